@@ -1,0 +1,38 @@
+//! Builds the kernel programs (`tracker-ebpf`) for the BPF target with the nightly toolchain and
+//! bpf-linker, so that `src/ebpf.rs` can embed the object. `cargo xtask build-and-load` installs
+//! what this needs.
+use anyhow::{Context as _, anyhow};
+use aya_build::Toolchain;
+
+fn main() -> anyhow::Result<()> {
+    if which_bpf_linker().is_none() {
+        return Err(anyhow!(
+            "bpf-linker not found on PATH: run `cargo xtask build-and-load` (it installs the toolchain)"
+        ));
+    }
+    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("reading the workspace metadata")?;
+    let ebpf = packages
+        .into_iter()
+        .find(|p| p.name.as_str() == "tracker-ebpf")
+        .ok_or_else(|| anyhow!("tracker-ebpf package not found in the workspace"))?;
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    let package = aya_build::Package {
+        name: ebpf.name.as_str(),
+        root_dir: root_dir.as_str(),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], Toolchain::default())
+}
+
+fn which_bpf_linker() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("bpf-linker"))
+        .find(|p| p.is_file())
+}

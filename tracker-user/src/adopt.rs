@@ -1,0 +1,153 @@
+//! Adopting an existing process and its descendants into a slot, in the kernel.
+//!
+//! The tagging itself is done by the `trk_adopt` task iterator (see tracker-ebpf/src/adopt.rs),
+//! which walks the kernel's task list and each task's real ancestry: no `/proc` scan decides
+//! who is a descendant. Once a process is tagged, its future children are tagged at fork.
+use std::{collections::BTreeSet, io::Read as _};
+
+use aya::programs::{
+    iter::IterLink,
+    links::{FdLink, PinnedLink},
+};
+use serde::Serialize;
+use tracker_common::{AdoptRecord, AdoptRequest, PF_KTHREAD};
+
+use crate::{
+    error::{Error, Result},
+    pidfd, procinfo, programs,
+    registry::SlotRecord,
+    tracker::Tracker,
+};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AdoptReport {
+    /// Processes (thread groups) newly tagged.
+    pub processes: usize,
+    /// Tasks (threads included) newly tagged.
+    pub tasks: usize,
+}
+
+impl Tracker {
+    /// Tag process `pid` and all its current descendants into slot `name`, and move them into
+    /// the slot's cgroups.
+    pub fn adopt(&self, name: &str, pid: u32) -> Result<AdoptReport> {
+        let rec = self.slot(name)?;
+        self.adopt_into(&rec, pid)
+    }
+
+    pub(crate) fn adopt_into(&self, rec: &SlotRecord, pid: u32) -> Result<AdoptReport> {
+        self.check_adoptable(rec, pid)?;
+        let tid = current_tid();
+        self.maps()
+            .adopt
+            .insert(
+                tid,
+                AdoptRequest {
+                    target_tgid: pid,
+                    slot: rec.id,
+                },
+                0,
+            )
+            .map_err(|e| Error::bpf("writing the adopt request", e))?;
+        // Two passes: a child forked by a parent that the first pass had not tagged yet is
+        // caught by the second; after the first pass every parent is tagged, so fork tags the
+        // rest.
+        let result = self.run_adopt_iter().and_then(|mut first| {
+            first.extend(self.run_adopt_iter()?);
+            Ok(first)
+        });
+        let _ = self.maps().adopt.remove(&tid);
+        let records = result?;
+        let processes: BTreeSet<u32> = records
+            .iter()
+            .map(|r| r.tgid)
+            .chain(std::iter::once(pid))
+            .collect();
+        for tgid in &processes {
+            rec.cgroups.add_process(*tgid)?;
+        }
+        Ok(AdoptReport {
+            processes: records.iter().filter(|r| r.tid == r.tgid).count(),
+            tasks: records.len(),
+        })
+    }
+
+    fn check_adoptable(&self, rec: &SlotRecord, pid: u32) -> Result<()> {
+        if pid <= 1 {
+            return Err(Error::RefusedAdopt {
+                pid,
+                why: "it is the init process",
+            });
+        }
+        if procinfo::own_ancestry().contains(&pid) {
+            return Err(Error::RefusedAdopt {
+                pid,
+                why: "it is this tracker process or one of its ancestors",
+            });
+        }
+        if let Err(e) = pidfd::open_process(pid) {
+            return Err(match e.raw_os_error() {
+                Some(libc::EINVAL) => Error::RefusedAdopt {
+                    pid,
+                    why: "it is a thread, not a process: adopt its process",
+                },
+                _ => Error::NoSuchProcess(pid),
+            });
+        }
+        let stat = procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.stat())
+            .map_err(|_| Error::NoSuchProcess(pid))?;
+        if stat.flags & PF_KTHREAD != 0 {
+            return Err(Error::RefusedAdopt {
+                pid,
+                why: "it is a kernel thread",
+            });
+        }
+        if stat.state == 'Z' {
+            return Err(Error::NoSuchProcess(pid));
+        }
+        if let Some(tag) = self.maps().tag(pid)?
+            && tag.slot != rec.id
+        {
+            return Err(Error::AlreadyInSlot {
+                pid,
+                slot: self.slot_name_of(tag.slot),
+            });
+        }
+        Ok(())
+    }
+
+    /// Run the pinned adopt iterator once; it returns a record per task it tagged.
+    fn run_adopt_iter(&self) -> Result<Vec<AdoptRecord>> {
+        let pin = self.paths().link_pin(programs::ADOPT);
+        let link = PinnedLink::from_pin(&pin)
+            .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
+        let link: IterLink = FdLink::from(link)
+            .try_into()
+            .map_err(|e| Error::bpf("the adopt iterator link", e))?;
+        let mut file = link
+            .into_file()
+            .map_err(|e| Error::bpf("starting the adopt iterator", e))?;
+        let mut bytes = vec![];
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io("running the adopt iterator", e))?;
+        Ok(bytes
+            .chunks_exact(size_of::<AdoptRecord>())
+            .map(|c| {
+                let u32_at = |i: usize| u32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+                let mut ns = [0u8; 8];
+                ns.copy_from_slice(&c[8..16]);
+                AdoptRecord {
+                    tid: u32_at(0),
+                    tgid: u32_at(4),
+                    start_ns: u64::from_ne_bytes(ns),
+                }
+            })
+            .collect())
+    }
+}
+
+fn current_tid() -> u32 {
+    // SAFETY: gettid cannot fail.
+    unsafe { libc::gettid() as u32 }
+}

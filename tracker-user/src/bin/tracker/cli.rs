@@ -1,0 +1,119 @@
+//! The command line, declared with clap.
+use std::ffi::OsString;
+
+use clap::{ArgAction, Parser, Subcommand};
+use tracker::loader::DEFAULT_MAX_SLOTS;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tracker",
+    version,
+    about = "Track every process of a batch job in the kernel, account it, and kill all of it.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Tracker instance: its own pins, state and cgroups [default: $TRACKER_INSTANCE, else tracker]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub instance: Option<String>,
+
+    /// More log output (-v info, -vv debug); TRACKER_LOG overrides
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the kernel programs and pin them (again: upgrade them, keeping every slot)
+    Load {
+        /// Slots the kernel maps make room for (fixed when the maps are first created)
+        #[arg(long, default_value_t = DEFAULT_MAX_SLOTS)]
+        max_slots: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What is loaded, where it is pinned, and which kernel features were found
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach every program and remove every pin, cgroup and state file
+    Unload {
+        /// Unload even while slots have live tasks (they stop being tracked)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create an empty slot, to adopt processes into
+    Create {
+        slot: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// The uid that owns the slot [default: the caller's]
+        #[arg(long)]
+        owner: Option<u32>,
+    },
+    /// Run a command as the first task of a new slot
+    Run {
+        /// Name of the new slot [default: generated]
+        #[arg(long)]
+        slot: Option<String>,
+        /// Print the slot name and return at once; the slot lives until `tracker kill`
+        #[arg(long)]
+        detach: bool,
+        /// Keep the slot after the command ends, for later queries (release it yourself)
+        #[arg(long, conflicts_with = "detach")]
+        keep: bool,
+        /// Seconds to wait for leftovers to die before reporting survivors
+        #[arg(long, default_value_t = 10.0)]
+        kill_timeout: f64,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// The command and its arguments
+        #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Every slot with its live task count
+    Slots {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every live process of a slot
+    Ps {
+        slot: String,
+        /// One row per thread
+        #[arg(long)]
+        threads: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put an existing process and all its descendants into a slot
+    Adopt { slot: String, pid: u32 },
+    /// Freeze and kill everything in a slot; exits 0 only when the slot is empty
+    Kill {
+        slot: String,
+        /// Seconds to wait for the slot to empty before reporting survivors
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget an empty slot
+    Release { slot: String },
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// At most N live tasks (threads included); a fork beyond fails with EAGAIN
+    #[arg(long, value_name = "N")]
+    pub tasks_max: Option<u64>,
+}
+
+impl LimitArgs {
+    pub fn to_limits(&self) -> tracker::Limits {
+        tracker::Limits {
+            tasks_max: self.tasks_max,
+        }
+    }
+}

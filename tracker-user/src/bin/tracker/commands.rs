@@ -1,0 +1,147 @@
+//! One function per command: parse nothing, decide nothing, call the library, print.
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use tracker::{
+    KillOptions, LoadOptions, Paths, RunOptions, SlotSpec, Tracker, generated_slot_name, loader,
+    status,
+};
+
+use crate::{
+    cli::{Cli, Command},
+    output,
+};
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let paths = match &cli.instance {
+        Some(name) => Paths::new(name)?,
+        None => Paths::from_env()?,
+    };
+    match cli.command {
+        Command::Load { max_slots, json } => load(&paths, max_slots, json),
+        Command::Status { json } => {
+            output::status(&status::status(&paths)?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unload { force } => {
+            let r = loader::unload(&paths, force)?;
+            output::unload(&paths, &r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Create {
+            slot,
+            limits,
+            owner,
+        } => {
+            let t = Tracker::open(paths)?;
+            let spec = SlotSpec {
+                name: slot,
+                owner_uid: owner.unwrap_or_else(caller_uid),
+                limits: limits.to_limits(),
+            };
+            let (rec, warnings) = t.create_slot(&spec)?;
+            output::warnings(&warnings);
+            println!("{}", rec.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            slot,
+            detach,
+            keep,
+            kill_timeout,
+            limits,
+            command,
+        } => {
+            let t = Tracker::open(paths)?;
+            let spec = SlotSpec {
+                name: slot.unwrap_or_else(generated_slot_name),
+                owner_uid: caller_uid(),
+                limits: limits.to_limits(),
+            };
+            let mut cmd = std::process::Command::new(&command[0]);
+            cmd.args(&command[1..]);
+            if detach {
+                let (rec, warnings) = t.create_slot(&spec)?;
+                output::warnings(&warnings);
+                if let Err(e) = t.spawn(&rec.name, &mut cmd, true) {
+                    let _ = t.release(&rec.name);
+                    return Err(e.into());
+                }
+                println!("{}", rec.name);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let opts = RunOptions {
+                keep_slot: keep,
+                kill: KillOptions {
+                    timeout: seconds(kill_timeout)?,
+                },
+            };
+            let outcome = t.run(&spec, &mut cmd, &opts)?;
+            output::run_outcome(&outcome);
+            Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+        }
+        Command::Slots { json } => {
+            output::slots(&Tracker::open(paths)?.slots()?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ps {
+            slot,
+            threads,
+            json,
+        } => {
+            output::processes(&Tracker::open(paths)?.processes(&slot, threads)?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Adopt { slot, pid } => {
+            let r = Tracker::open(paths)?.adopt(&slot, pid)?;
+            println!(
+                "adopted pid {pid} into slot {slot}: {} process(es), {} task(s) newly tagged",
+                r.processes, r.tasks
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kill {
+            slot,
+            timeout,
+            json,
+        } => {
+            let r = Tracker::open(paths)?.kill(
+                &slot,
+                &KillOptions {
+                    timeout: seconds(timeout)?,
+                },
+            )?;
+            output::kill(&r, json)?;
+            Ok(if r.is_complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Release { slot } => {
+            Tracker::open(paths)?.release(&slot)?;
+            println!("released slot {slot}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(paths: &Paths, max_slots: u32, json: bool) -> Result<ExitCode> {
+    let report = loader::load(paths, &LoadOptions { max_slots })?;
+    let st = status::status(paths).context("reading the status after loading")?;
+    if json {
+        output::print_json(&serde_json::json!({ "load": report, "status": st }))?;
+    } else {
+        output::load(&report, &st);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn seconds(s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("{s} is not a number of seconds"))
+}
+
+fn caller_uid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}

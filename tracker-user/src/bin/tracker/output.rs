@@ -1,0 +1,271 @@
+//! Tables for people, JSON for scripts.
+use std::io::Write as _;
+
+use anyhow::Result;
+use serde::Serialize;
+use tracker::{
+    KillReport, LoadReport, Paths, ProcessInfo, RunOutcome, SlotStatus, UnloadReport,
+    loader::LoadAction, status::Status,
+};
+
+pub fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Print rows as left-aligned columns; the last column is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len().saturating_sub(1);
+        let s: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+pub fn warnings(w: &[String]) {
+    for w in w {
+        eprintln!("tracker: warning: {w}");
+    }
+}
+
+pub fn load(report: &LoadReport, st: &Status) {
+    let what = match report.action {
+        LoadAction::Fresh => "loaded".to_owned(),
+        LoadAction::Upgraded => format!("upgraded, {} slot(s) kept", report.slots_kept),
+    };
+    println!(
+        "tracker {}: {what} (generation {})",
+        st.instance, report.generation
+    );
+    warnings(&report.warnings);
+    status_body(st);
+}
+
+pub fn status(st: &Status, json: bool) -> Result<()> {
+    if json {
+        return print_json(st);
+    }
+    if st.loaded {
+        println!(
+            "tracker {}: loaded (generation {})",
+            st.instance, st.generation
+        );
+    } else {
+        println!("tracker {}: not loaded", st.instance);
+    }
+    status_body(st);
+    Ok(())
+}
+
+fn status_body(st: &Status) {
+    println!("pinned under {} (root only)", st.pin_dir.display());
+    if st.loaded {
+        println!(
+            "capacity: {} tasks (pid_max), {} slots; {} slot(s) in use; tag failures: {}",
+            st.max_tasks,
+            st.max_slots.saturating_sub(1),
+            st.slots,
+            st.tag_failures
+        );
+    }
+    println!("programs:");
+    let rows: Vec<Vec<String>> = st
+        .programs
+        .iter()
+        .map(|p| {
+            let state = match (p.ready, p.on_demand) {
+                (true, false) => "attached",
+                (true, true) => "ready (attached during kills)",
+                (false, _) => "MISSING",
+            };
+            vec![
+                format!("  {}", p.name),
+                p.hook.clone(),
+                state.into(),
+                p.purpose.into(),
+            ]
+        })
+        .collect();
+    table(&["  NAME", "HOOK", "STATE", "PURPOSE"], &rows);
+    println!("kernel features (cgroup layout: {}):", st.cgroup_layout);
+    let rows: Vec<Vec<String>> = st
+        .features
+        .iter()
+        .map(|f| {
+            vec![
+                format!("  {}", f.name),
+                if f.present { "yes" } else { "no" }.into(),
+                f.detail.clone(),
+            ]
+        })
+        .collect();
+    table(&["  FEATURE", "FOUND", "DETAIL"], &rows);
+}
+
+pub fn unload(paths: &Paths, r: &UnloadReport) {
+    warnings(&r.warnings);
+    if r.was_loaded {
+        println!(
+            "tracker {}: unloaded; {} slot(s) forgotten, every pin removed",
+            paths.instance(),
+            r.slots_forgotten
+        );
+    } else {
+        println!("tracker {}: was not loaded", paths.instance());
+    }
+}
+
+pub fn slots(slots: &[SlotStatus], json: bool) -> Result<()> {
+    if json {
+        return print_json(slots);
+    }
+    let rows: Vec<Vec<String>> = slots
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.id.to_string(),
+                s.tasks_live.to_string(),
+                s.tasks_peak.to_string(),
+                s.tasks_started.to_string(),
+                s.execs.to_string(),
+                s.owner_uid.to_string(),
+                if s.doomed { "doomed" } else { "" }.into(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SLOT", "ID", "TASKS", "PEAK", "STARTED", "EXECS", "OWNER", "STATE",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn processes(procs: &[ProcessInfo], json: bool) -> Result<()> {
+    if json {
+        return print_json(procs);
+    }
+    let now = boottime_ns();
+    let rows: Vec<Vec<String>> = procs
+        .iter()
+        .map(|p| {
+            let cmd = if p.cmdline.is_empty() {
+                format!("[{}]", p.comm)
+            } else {
+                p.cmdline.join(" ")
+            };
+            vec![
+                p.pid.to_string(),
+                p.ppid.to_string(),
+                elapsed(now.saturating_sub(p.start_time_ns)),
+                p.state.clone(),
+                p.threads.to_string(),
+                p.uid.to_string(),
+                cmd,
+            ]
+        })
+        .collect();
+    table(
+        &["PID", "PPID", "ELAPSED", "S", "THR", "UID", "COMMAND"],
+        &rows,
+    );
+    Ok(())
+}
+
+pub fn kill(r: &KillReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(r);
+    }
+    warnings(&r.warnings);
+    println!(
+        "slot {}: killed {} process(es) ({} task(s)) in {:.1} ms{}",
+        r.slot,
+        r.killed,
+        r.tasks_killed,
+        r.elapsed_ms,
+        if r.froze { ", frozen first" } else { "" }
+    );
+    survivors(r);
+    Ok(())
+}
+
+fn survivors(r: &KillReport) {
+    for s in &r.survivors {
+        println!(
+            "survivor: pid {} (process {}) {} state {} in {}",
+            s.pid,
+            s.tgid,
+            s.comm,
+            s.state,
+            if s.wchan.is_empty() { "?" } else { &s.wchan }
+        );
+        for frame in &s.stack {
+            println!("    {frame}");
+        }
+    }
+}
+
+pub fn run_outcome(o: &RunOutcome) {
+    let l = &o.leftovers;
+    eprintln!(
+        "tracker: slot {}: command exited with status {}; killed {} leftover process(es) in {:.1} ms",
+        o.slot, o.exit_code, l.killed, l.elapsed_ms
+    );
+    warnings(&l.warnings);
+    if !l.survivors.is_empty() {
+        eprintln!(
+            "tracker: slot {} still has {} task(s); it is kept:",
+            o.slot,
+            l.survivors.len()
+        );
+        survivors(l);
+    }
+}
+
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `1:02:03`, `2:03`, `4.2s`.
+fn elapsed(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    if secs < 60 {
+        return format!("{:.1}s", ns as f64 / 1e9);
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
+}

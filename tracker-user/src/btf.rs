@@ -1,0 +1,156 @@
+//! Kernel struct offsets from the running kernel's BTF.
+//!
+//! Rust eBPF programs carry no CO-RE relocations, so the programs read kernel fields at offsets
+//! that user space resolves here, by name, from `/sys/kernel/btf/vmlinux`, and hands them over
+//! as a global. A field that is missing or of an unexpected size is a load error naming it,
+//! never a silently wrong number.
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use tracker_common::KernelOffsets;
+
+use crate::error::{Error, Result};
+
+/// Resolve every offset the programs need from the BTF at `path`.
+pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
+    if !path.exists() {
+        return Err(Error::NoBtf(path.into()));
+    }
+    let btf = Btf::from_file(path)
+        .map_err(|e| Error::Btf(format!("cannot parse {}: {e}", path.display())))?;
+    let r = Resolver { btf: &btf };
+    let task = "task_struct";
+    let pid = r.field(task, &["pid"], 4)?;
+    let tgid = r.field(task, &["tgid"], 4)?;
+    if tgid != pid + 4 {
+        return Err(Error::Btf(format!(
+            "task_struct.tgid is at {tgid}, not right after pid at {pid}"
+        )));
+    }
+    Ok(KernelOffsets {
+        task_pid: pid,
+        task_tgid: tgid,
+        task_flags: r.field(task, &["flags"], 4)?,
+        task_real_parent: r.field(task, &["real_parent"], 8)?,
+        task_start_boottime: r.field(task, &["start_boottime"], 8)?,
+        task_exit_code: r.field(task, &["exit_code"], 4)?,
+        _reserved: [0; 10],
+    })
+}
+
+struct Resolver<'a> {
+    btf: &'a Btf,
+}
+
+impl Resolver<'_> {
+    /// The byte offset of `path` (a field, or a chain through embedded structs) in struct
+    /// `name`, checking that the final field is `size` bytes wide.
+    fn field(&self, name: &str, path: &[&str], size: usize) -> Result<u32> {
+        let what = || format!("{name}.{}", path.join("."));
+        let mut ty = self.named_struct(name)?;
+        let mut bits = 0u32;
+        let mut last = None;
+        for (i, part) in path.iter().enumerate() {
+            let s = self
+                .as_struct(&ty)
+                .ok_or_else(|| Error::Btf(format!("{} is not a struct", what())))?;
+            let (off, member_ty) = self
+                .find_member(&s, part)?
+                .ok_or_else(|| Error::Btf(format!("{} not found in this kernel", what())))?;
+            bits += off;
+            ty = self.strip(member_ty)?;
+            if i + 1 == path.len() {
+                last = Some(ty.clone());
+            }
+        }
+        if !bits.is_multiple_of(8) {
+            return Err(Error::Btf(format!("{} is a bit field", what())));
+        }
+        let actual = last
+            .as_ref()
+            .map(|t| self.size_of(t))
+            .transpose()?
+            .flatten();
+        if actual != Some(size) {
+            return Err(Error::Btf(format!(
+                "{} is {} bytes wide, expected {size}",
+                what(),
+                actual.map_or("an unknown number of".to_owned(), |a| a.to_string())
+            )));
+        }
+        Ok(bits / 8)
+    }
+
+    fn named_struct(&self, name: &str) -> Result<Type> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|e| Error::Btf(format!("struct {name}: {e}")))?;
+        types
+            .into_iter()
+            .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()))
+            .ok_or_else(|| Error::Btf(format!("struct {name} not found")))
+    }
+
+    fn as_struct(&self, ty: &Type) -> Option<btf_rs::Struct> {
+        match ty {
+            Type::Struct(s) | Type::Union(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// Find `name` among the members of `s`, looking into anonymous structs and unions.
+    /// Returns the bit offset and the member's type.
+    fn find_member(&self, s: &btf_rs::Struct, name: &str) -> Result<Option<(u32, Type)>> {
+        for m in &s.members {
+            let member_name = self.btf.resolve_name(m).unwrap_or_default();
+            let mty = self
+                .btf
+                .resolve_chained_type(m)
+                .map_err(|e| Error::Btf(format!("member {member_name}: {e}")))?;
+            if member_name == name {
+                return Ok(Some((m.bit_offset(), mty)));
+            }
+            if member_name.is_empty()
+                && let Some(inner) = self.as_struct(&self.strip(mty)?)
+                && let Some((off, t)) = self.find_member(&inner, name)?
+            {
+                return Ok(Some((m.bit_offset() + off, t)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follow typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut ty: Type) -> Result<Type> {
+        for _ in 0..16 {
+            match &ty {
+                Type::Typedef(_)
+                | Type::Volatile(_)
+                | Type::Const(_)
+                | Type::Restrict(_)
+                | Type::TypeTag(_) => {
+                    let inner = ty
+                        .as_btf_type()
+                        .ok_or_else(|| Error::Btf("bad type chain".into()))?;
+                    ty = self
+                        .btf
+                        .resolve_chained_type(inner)
+                        .map_err(|e| Error::Btf(format!("type chain: {e}")))?;
+                }
+                _ => return Ok(ty),
+            }
+        }
+        Err(Error::Btf("type chain too long".into()))
+    }
+
+    fn size_of(&self, ty: &Type) -> Result<Option<usize>> {
+        Ok(match self.strip(ty.clone())? {
+            Type::Int(i) => Some(i.size()),
+            Type::Ptr(_) => Some(8),
+            Type::Enum(e) => Some(e.size()),
+            Type::Struct(s) | Type::Union(s) => Some(s.size()),
+            _ => None,
+        })
+    }
+}

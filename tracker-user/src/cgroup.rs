@@ -1,0 +1,323 @@
+//! A slot's cgroups, on whichever layout the machine has.
+//!
+//! - pure cgroup v2 (`/sys/fs/cgroup`): one directory, with the controllers enabled for it;
+//! - hybrid (cgroup2 at `/sys/fs/cgroup/unified` without controllers, v1 controllers beside it):
+//!   a v2 directory for freeze, kill and BPF programs, and v1 directories for the controllers;
+//! - v1 only: v1 directories, the freezer included;
+//! - none usable: no cgroups; tagging and kill work through the kernel tag alone.
+//!
+//! The cgroups are a means, not the truth: the kernel tag is. A root job can leave its cgroup,
+//! never its tag.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    error::{Error, IoContext, Result},
+    limits::Limits,
+    paths::{CgroupMounts, Paths},
+};
+
+/// v1 controllers a slot gets a directory in, when they are not available in v2.
+const V1_SLOT_CONTROLLERS: &[&str] = &["pids", "memory", "cpu", "cpuacct", "blkio"];
+/// v2 controllers the tracker enables for its slots on a pure v2 system.
+const V2_SLOT_CONTROLLERS: &[&str] = &["pids", "memory", "cpu", "io"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    Unified,
+    Hybrid,
+    Legacy,
+    None,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Unified => "cgroup v2",
+            Layout::Hybrid => "hybrid (cgroup v2 without controllers + v1 controllers)",
+            Layout::Legacy => "cgroup v1",
+            Layout::None => "none",
+        })
+    }
+}
+
+/// The cgroup directories of one slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCgroups {
+    /// The slot's cgroup2 directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unified: Option<PathBuf>,
+    /// The slot's v1 directory per controller.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub v1: BTreeMap<String, PathBuf>,
+}
+
+/// The machine's cgroup hierarchies, as far as the tracker uses them.
+#[derive(Clone, Debug)]
+pub struct Cgroups {
+    mounts: CgroupMounts,
+    paths: Paths,
+}
+
+impl Cgroups {
+    pub fn detect(paths: &Paths) -> Result<Self> {
+        Ok(Self {
+            mounts: CgroupMounts::detect()?,
+            paths: paths.clone(),
+        })
+    }
+
+    pub fn mounts(&self) -> &CgroupMounts {
+        &self.mounts
+    }
+
+    pub fn layout(&self) -> Layout {
+        match (&self.mounts.unified, self.mounts.v1.is_empty()) {
+            (Some(_), true) => Layout::Unified,
+            (Some(_), false) => Layout::Hybrid,
+            (None, false) => Layout::Legacy,
+            (None, true) => Layout::None,
+        }
+    }
+
+    /// Controllers available in the cgroup2 hierarchy.
+    fn v2_controllers(&self) -> Vec<String> {
+        self.mounts
+            .unified
+            .as_ref()
+            .and_then(|m| fs::read_to_string(m.join("cgroup.controllers")).ok())
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    /// Make the cgroups of a new slot and apply `limits`. A cgroup that cannot be made is a
+    /// warning (the slot still works by its tag); a limit that cannot be enforced is an error,
+    /// and then nothing is left behind.
+    pub fn create(&self, slot_name: &str, limits: &Limits) -> Result<(SlotCgroups, Vec<String>)> {
+        let mut warnings = vec![];
+        let mut cg = SlotCgroups::default();
+        let v2_ctrls = self.v2_controllers();
+        if let Some(mount) = &self.mounts.unified {
+            match self.make_v2(mount, slot_name, &v2_ctrls) {
+                Ok(dir) => cg.unified = Some(dir),
+                Err(e) => warnings.push(format!("no cgroup2 directory for the slot: {e}")),
+            }
+        }
+        let mut wanted: Vec<&str> = V1_SLOT_CONTROLLERS
+            .iter()
+            .copied()
+            .filter(|c| !v2_ctrls.iter().any(|v| v == c))
+            .collect();
+        if cg.unified.is_none() {
+            wanted.push("freezer");
+        }
+        for ctrl in wanted {
+            let Some(mount) = self.mounts.v1(ctrl) else {
+                continue;
+            };
+            let dir = self.paths.slot_cgroup(mount, slot_name);
+            match make_dir(&mount.join(self.paths.cgroup_parent())).and_then(|()| make_dir(&dir)) {
+                Ok(()) => {
+                    cg.v1.insert(ctrl.to_owned(), dir);
+                }
+                Err(e) => warnings.push(format!("no v1 {ctrl} cgroup for the slot: {e}")),
+            }
+        }
+        if let Err(e) = cg.apply(limits) {
+            let _ = self.remove(&cg);
+            return Err(e);
+        }
+        Ok((cg, warnings))
+    }
+
+    fn make_v2(&self, mount: &Path, slot_name: &str, ctrls: &[String]) -> Result<PathBuf> {
+        let parent = mount.join(self.paths.cgroup_parent());
+        make_dir(&parent)?;
+        // On a pure v2 system the slot's controllers must be enabled top-down. Failure leaves
+        // the slot without them; a limit that needs one then fails with a clear error.
+        let enable: Vec<String> = V2_SLOT_CONTROLLERS
+            .iter()
+            .filter(|c| ctrls.iter().any(|v| v == *c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !enable.is_empty() {
+            for dir in [mount, parent.as_path()] {
+                let _ = fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
+            }
+        }
+        let dir = self.paths.slot_cgroup(mount, slot_name);
+        make_dir(&dir)?;
+        Ok(dir)
+    }
+
+    /// Remove a slot's cgroup directories. They must be empty.
+    pub fn remove(&self, cg: &SlotCgroups) -> Result<()> {
+        for dir in cg.dirs() {
+            remove_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Remove this instance's parent directories if they are empty (used by unload).
+    pub fn remove_parents(&self) {
+        let mounts = self.mounts.unified.iter().chain(self.mounts.v1.values());
+        for m in mounts {
+            let _ = fs::remove_dir(m.join(self.paths.cgroup_parent()));
+        }
+    }
+}
+
+fn make_dir(dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(format!("creating {}", dir.display()), e)),
+    }
+}
+
+/// rmdir, retrying briefly: a cgroup whose last task is exiting can be busy for a moment.
+fn remove_dir(dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(Error::io(format!("removing {}", dir.display()), e)),
+        }
+    }
+}
+
+impl SlotCgroups {
+    pub fn is_empty(&self) -> bool {
+        self.unified.is_none() && self.v1.is_empty()
+    }
+
+    pub fn dirs(&self) -> impl Iterator<Item = &PathBuf> {
+        self.unified.iter().chain(self.v1.values())
+    }
+
+    /// Set the limits. A limit with no controller to enforce it is an error.
+    pub fn apply(&self, limits: &Limits) -> Result<()> {
+        if let Some(max) = limits.tasks_max {
+            let file = self
+                .controller_file("pids", "pids.max")
+                .ok_or(Error::LimitUnavailable {
+                    limit: "tasks-max",
+                    missing: "the pids controller (neither cgroup v2 nor v1 offers it to the slot)",
+                })?;
+            fs::write(&file, max.to_string()).ctx(|| format!("writing {}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// `file` of `controller` in whichever hierarchy has it for this slot.
+    fn controller_file(&self, controller: &str, file: &str) -> Option<PathBuf> {
+        let v2 = self
+            .unified
+            .as_ref()
+            .map(|d| d.join(file))
+            .filter(|p| p.exists());
+        v2.or_else(|| self.v1.get(controller).map(|d| d.join(file)))
+    }
+
+    /// Put process `pid` in every cgroup of the slot.
+    pub fn add_process(&self, pid: u32) -> Result<()> {
+        for dir in self.dirs() {
+            let procs = dir.join("cgroup.procs");
+            match fs::write(&procs, pid.to_string()) {
+                Ok(()) => {}
+                // The process exited meanwhile: nothing to move.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("moving pid {pid} to {}", procs.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pid in the slot's cgroups (the union over hierarchies).
+    pub fn procs(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .dirs()
+            .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Freeze the slot's cgroup and wait (up to `timeout`) until it is frozen.
+    /// Returns whether a freezer was available.
+    pub fn freeze(&self, timeout: Duration) -> bool {
+        if let Some(dir) = &self.unified
+            && fs::write(dir.join("cgroup.freeze"), "1").is_ok()
+        {
+            wait_until(timeout, || {
+                fs::read_to_string(dir.join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l == "frozen 1"))
+            });
+            return true;
+        }
+        if let Some(dir) = self.v1.get("freezer")
+            && fs::write(dir.join("freezer.state"), "FROZEN").is_ok()
+        {
+            wait_until(timeout, || {
+                fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+            });
+            return true;
+        }
+        false
+    }
+
+    pub fn thaw(&self) {
+        if let Some(dir) = &self.unified {
+            let _ = fs::write(dir.join("cgroup.freeze"), "0");
+        }
+        if let Some(dir) = self.v1.get("freezer") {
+            let _ = fs::write(dir.join("freezer.state"), "THAWED");
+        }
+    }
+
+    /// SIGKILL everything in the slot's cgroup2 directory at once (`cgroup.kill`, 5.14+).
+    /// Returns false where that is not available.
+    pub fn kill_all(&self) -> bool {
+        self.unified
+            .as_ref()
+            .is_some_and(|dir| fs::write(dir.join("cgroup.kill"), "1").is_ok())
+    }
+}
+
+/// Poll `done` every millisecond until it holds or `timeout` passes.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,134 @@
+//! The library's errors. Each message is one line that says what went wrong and, where there is
+//! one, what to do about it.
+use std::{io, path::PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("must run as root: the tracker's maps and cgroups are root-only")]
+    NotRoot,
+
+    #[error(
+        "the tracker is not loaded ({} is missing): run `cargo xtask build-and-load` or `tracker load`",
+        .0.display()
+    )]
+    NotLoaded(PathBuf),
+
+    #[error("bpffs is not mounted at {}: run `mount -t bpf bpf {}`", .0.display(), .0.display())]
+    BpffsUnavailable(PathBuf),
+
+    #[error(
+        "this kernel has no BTF ({} is missing): the tracker needs CONFIG_DEBUG_INFO_BTF=y",
+        .0.display()
+    )]
+    NoBtf(PathBuf),
+
+    #[error("kernel BTF: {0}")]
+    Btf(String),
+
+    #[error("the kernel refused program {program}: {detail}")]
+    ProgramLoad {
+        program: &'static str,
+        detail: String,
+    },
+
+    #[error("{what}: {detail}")]
+    Bpf { what: String, detail: String },
+
+    #[error(
+        "pinned map {} does not match this tracker ({detail}): it was made by another version; \
+         `tracker unload --force` then `tracker load` starts afresh (slots are forgotten)",
+        .path.display()
+    )]
+    IncompatiblePin { path: PathBuf, detail: String },
+
+    #[error("no slot named {0:?} (see `tracker slots`)")]
+    UnknownSlot(String),
+
+    #[error("a slot named {0:?} exists already")]
+    SlotExists(String),
+
+    #[error("invalid slot name {name:?}: {why}")]
+    InvalidSlotName { name: String, why: &'static str },
+
+    #[error(
+        "all {0} slots are in use: release some (`tracker release`) or load with a larger --max-slots"
+    )]
+    SlotsFull(u32),
+
+    #[error("slot {name:?} still has {tasks} live task(s): kill it first (`tracker kill {name}`)")]
+    SlotBusy { name: String, tasks: u64 },
+
+    #[error("{0} slot(s) still have live tasks: kill them first, or unload with --force")]
+    SlotsLive(usize),
+
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+
+    #[error("pid {pid} is already in slot {slot:?}")]
+    AlreadyInSlot { pid: u32, slot: String },
+
+    #[error("refusing to adopt pid {pid}: {why}")]
+    RefusedAdopt { pid: u32, why: &'static str },
+
+    #[error("{limit} cannot be enforced here: {missing}")]
+    LimitUnavailable {
+        limit: &'static str,
+        missing: &'static str,
+    },
+
+    #[error("invalid instance name {0:?}: use 1-32 of a-z, 0-9 and '-'")]
+    InvalidInstance(String),
+
+    #[error("slot registry {}: {detail}", .path.display())]
+    Registry { path: PathBuf, detail: String },
+
+    // The cause is part of the message, not a `source`, so it is printed once.
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
+}
+
+impl Error {
+    /// An I/O error with what we were doing when it happened.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            cause: source,
+        }
+    }
+
+    /// An error of aya's, with its causes, which aya's messages leave out.
+    pub fn bpf(what: impl Into<String>, err: impl std::error::Error) -> Self {
+        Self::Bpf {
+            what: what.into(),
+            detail: chain(&err),
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut src = err.source();
+    while let Some(e) = src {
+        let part = e.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        src = e.source();
+    }
+    s
+}
+
+/// Attach context to an `io::Result`.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}

@@ -1,0 +1,230 @@
+//! Starting a command as the first task of a slot, tagged before it runs a single instruction
+//! of its own; and `run`: start it, wait for it, and kill whatever it leaves behind.
+//!
+//! The child stops between fork and exec and hands its pid to a helper thread of ours, which
+//! adopts it (tags it in the kernel and moves it into the slot's cgroups) and only then lets it
+//! exec. Nothing of the command runs untagged, and the tracker process itself is never tagged.
+use std::{
+    io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::process::{CommandExt as _, ExitStatusExt as _},
+    },
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+};
+
+use serde::Serialize;
+use signal_hook::{consts::signal, iterator::Signals};
+
+use crate::{
+    adopt::AdoptReport,
+    error::{Error, IoContext, Result},
+    kill::{KillOptions, KillReport},
+    registry::SlotRecord,
+    tracker::{SlotSpec, Tracker},
+};
+
+/// How `Tracker::run` behaves.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Keep the slot (and its record) after the command ends, for later queries.
+    pub keep_slot: bool,
+    pub kill: KillOptions,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOutcome {
+    pub slot: String,
+    /// The command's exit status as a shell reports it: its code, or 128 + the signal.
+    pub exit_code: i32,
+    /// What was left of the slot when the command ended, and was killed.
+    pub leftovers: KillReport,
+    pub released: bool,
+}
+
+/// Signals `run` passes on to the command rather than dying of them. SIGINT is not among
+/// them: from a terminal it reaches the command directly, being in our process group.
+const FORWARDED: &[i32] = &[
+    signal::SIGTERM,
+    signal::SIGHUP,
+    signal::SIGQUIT,
+    signal::SIGUSR1,
+    signal::SIGUSR2,
+];
+
+impl Tracker {
+    /// Start `cmd` as the first task of slot `name`. `detach` puts it in a session of its own
+    /// with stdin from /dev/null, for a slot that outlives this process.
+    pub fn spawn(&self, name: &str, cmd: &mut Command, detach: bool) -> Result<Child> {
+        let rec = self.slot(name)?;
+        self.spawn_in(&rec, cmd, detach).map(|(child, _)| child)
+    }
+
+    fn spawn_in(
+        &self,
+        rec: &SlotRecord,
+        cmd: &mut Command,
+        detach: bool,
+    ) -> Result<(Child, AdoptReport)> {
+        let (ready_r, ready_w) = pipe()?;
+        let (go_r, go_w) = pipe()?;
+        let (ready_fd, go_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
+        if detach {
+            cmd.stdin(Stdio::null());
+        }
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // system calls, on descriptors that stay open until spawn returns.
+        unsafe { cmd.pre_exec(move || handshake(ready_fd, go_fd, detach)) };
+        thread::scope(|s| {
+            let helper = s.spawn(move || -> Result<AdoptReport> {
+                let pid = read_pid(&ready_r)?;
+                let adopted = self.adopt_into(rec, pid);
+                let _ = write_byte(&go_w, u8::from(adopted.is_ok()));
+                adopted
+            });
+            let spawned = cmd.spawn();
+            // Now the helper sees EOF if the child never got as far as the handshake.
+            drop((ready_w, go_r));
+            let adopted = helper.join().unwrap_or_else(|_| {
+                Err(Error::io(
+                    "tagging the command",
+                    io::Error::other("helper thread panicked"),
+                ))
+            });
+            match (spawned, adopted) {
+                (Ok(child), Ok(report)) => Ok((child, report)),
+                // The adoption's error says more than the child's "permission denied".
+                (_, Err(e)) => Err(e),
+                (Err(e), Ok(_)) => Err(Error::io(format!("starting {:?}", cmd.get_program()), e)),
+            }
+        })
+    }
+
+    /// Create a slot, run `cmd` in it to the end, kill whatever is left of the slot, and
+    /// release it (unless `opts.keep_slot`, or something survived the kill).
+    pub fn run(&self, spec: &SlotSpec, cmd: &mut Command, opts: &RunOptions) -> Result<RunOutcome> {
+        let (rec, _warnings) = self.create_slot(spec)?;
+        let mut child = match self.spawn_in(&rec, cmd, false) {
+            Ok((child, _)) => child,
+            Err(e) => {
+                let _ = self.kill_slot(&rec, &opts.kill);
+                let _ = self.release(&rec.name);
+                return Err(e);
+            }
+        };
+        let status = wait_forwarding_signals(&mut child)?;
+        let leftovers = self.kill_slot(&rec, &opts.kill)?;
+        let released =
+            !opts.keep_slot && leftovers.is_complete() && self.release(&rec.name).is_ok();
+        Ok(RunOutcome {
+            slot: rec.name,
+            exit_code: shell_status(status),
+            leftovers,
+            released,
+        })
+    }
+}
+
+/// Wait for `child`, passing on the signals in `FORWARDED` to it.
+fn wait_forwarding_signals(child: &mut Child) -> Result<ExitStatus> {
+    let mut signals = Signals::new(FORWARDED.iter().copied().chain([signal::SIGINT]))
+        .ctx(|| "installing signal handlers".into())?;
+    let handle = signals.handle();
+    let pid = child.id() as libc::pid_t;
+    let forwarder = thread::spawn(move || {
+        for sig in signals.forever() {
+            if FORWARDED.contains(&sig) {
+                // SAFETY: `pid` is our unreaped child, so it cannot have been reused.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    });
+    let status = child.wait().ctx(|| "waiting for the command".into());
+    handle.close();
+    let _ = forwarder.join();
+    status
+}
+
+/// An exit status as a shell gives it: the code, or 128 + the terminating signal.
+pub fn shell_status(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// In the child, between fork and exec: report our pid, then wait to be told we are tagged.
+fn handshake(ready: RawFd, go: RawFd, detach: bool) -> io::Result<()> {
+    // SAFETY: async-signal-safe system calls on descriptors inherited from the parent.
+    unsafe {
+        if detach && libc::setsid() < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pid = (libc::getpid() as u32).to_ne_bytes();
+        if libc::write(ready, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        let mut answer = 0u8;
+        loop {
+            let n = libc::read(go, (&raw mut answer).cast(), 1);
+            if n == 1 && answer == 1 {
+                return Ok(());
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            // Not tagged: refuse to run untracked. (No allocation here: a raw OS error.)
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two new descriptors that we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::io("creating a pipe", io::Error::last_os_error()));
+    }
+    // SAFETY: fresh descriptors from pipe2.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn read_pid(fd: &OwnedFd) -> Result<u32> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into a local buffer from a descriptor we own.
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match n {
+            0 => {
+                return Err(Error::io(
+                    "starting the command",
+                    io::Error::other("it exited before it could be tagged"),
+                ));
+            }
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(Error::io("waiting for the command to start", e));
+                }
+            }
+            n => got += n as usize,
+        }
+    }
+    Ok(u32::from_ne_bytes(buf))
+}
+
+fn write_byte(fd: &OwnedFd, b: u8) -> io::Result<()> {
+    // SAFETY: writing one byte from a local to a descriptor we own.
+    if unsafe { libc::write(fd.as_raw_fd(), (&raw const b).cast(), 1) } == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

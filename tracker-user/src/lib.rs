@@ -1,0 +1,34 @@
+//! tracker: kernel-side process tracking, accounting and atomic kill for batch systems.
+//!
+//! Every descendant of a job is tagged with its slot in a BPF map at fork, in the kernel,
+//! before it runs; the slot is killed by dooming it in the kernel, freezing its cgroup and
+//! killing every tagged task. This library is the one API; the `tracker` CLI and daemon are
+//! thin faces over [`Tracker`] and the [`loader`].
+pub mod adopt;
+mod batch;
+pub mod btf;
+pub mod cgroup;
+pub mod error;
+pub mod kill;
+pub mod launch;
+pub mod limits;
+pub mod loader;
+pub mod maps;
+pub mod paths;
+mod pidfd;
+pub mod procinfo;
+pub mod programs;
+pub mod registry;
+pub mod status;
+pub mod sys;
+mod tracker;
+
+pub use adopt::AdoptReport;
+pub use error::{Error, Result};
+pub use kill::{KillOptions, KillReport, Survivor};
+pub use launch::{RunOptions, RunOutcome, shell_status};
+pub use limits::Limits;
+pub use loader::{LoadOptions, LoadReport, UnloadReport};
+pub use paths::Paths;
+pub use procinfo::ProcessInfo;
+pub use tracker::{SlotSpec, SlotStatus, Tracker, generated_slot_name, validate_slot_name};

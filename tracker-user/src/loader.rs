@@ -1,0 +1,326 @@
+//! Loading, upgrading and unloading the kernel programs and their pins.
+//!
+//! A load pins every map, every always-on link and every on-demand program under the
+//! instance's bpffs directory, so tracking goes on while no tracker process runs. Loading again
+//! is an upgrade: the pinned maps (and so every slot and tag) are reused, the new programs are
+//! attached beside the old ones but stay idle until the shared generation number is switched to
+//! theirs, and then the old links are dropped. No event is missed and none is counted twice.
+use std::{
+    fs,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    path::Path,
+};
+
+use aya::{
+    Btf, EbpfLoader,
+    maps::{Array, MapError},
+    programs::{BtfTracePoint, Iter, ProgramError, links::FdLink},
+};
+use serde::Serialize;
+use tracker_common::{Config, global_name, map_name};
+
+use crate::{
+    btf,
+    cgroup::Cgroups,
+    error::{Error, IoContext, Result},
+    maps::{Maps, SHAPES},
+    paths::{PID_MAX, Paths},
+    programs::{Attach, Kind, PROGRAMS, ProgramSpec},
+    registry::{self, StateLock},
+    sys,
+};
+
+/// The kernel programs, built by build.rs from tracker-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracker"));
+
+pub const DEFAULT_MAX_SLOTS: u32 = 1024;
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Slots the per-slot maps have room for (ids 1..max_slots). Fixed when the maps are
+    /// first created; an upgrade keeps the existing size.
+    pub max_slots: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_slots: DEFAULT_MAX_SLOTS,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadAction {
+    /// Nothing was loaded; maps were created.
+    Fresh,
+    /// Programs were replaced; the pinned maps and every slot were kept.
+    Upgraded,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    pub action: LoadAction,
+    pub generation: u64,
+    pub slots_kept: usize,
+    pub warnings: Vec<String>,
+}
+
+pub fn load(paths: &Paths, opts: &LoadOptions) -> Result<LoadReport> {
+    sys::require_root()?;
+    sys::require_bpffs(paths.bpffs_root())?;
+    let offsets = btf::kernel_offsets(paths.btf())?;
+    let kernel_btf = Btf::parse_file(paths.btf(), aya::Endianness::default())
+        .map_err(|e| Error::Btf(e.to_string()))?;
+    let _lock = StateLock::exclusive(paths)?;
+
+    let mut existing = 0;
+    for shape in SHAPES {
+        existing += usize::from(shape.check_pin(paths)?.is_some());
+    }
+    let fresh = existing == 0;
+    for dir in [
+        paths.pin_dir(),
+        paths.maps_dir(),
+        paths.links_dir(),
+        paths.progs_dir(),
+    ] {
+        make_private_dir(&dir)?;
+    }
+    let result = load_locked(paths, opts, &offsets, &kernel_btf, fresh);
+    if result.is_err() && fresh {
+        // Leave nothing half-made behind a failed first load.
+        let _ = remove_pins(paths);
+    }
+    result
+}
+
+fn load_locked(
+    paths: &Paths,
+    opts: &LoadOptions,
+    offsets: &tracker_common::KernelOffsets,
+    kernel_btf: &Btf,
+    fresh: bool,
+) -> Result<LoadReport> {
+    let previous = if fresh {
+        0
+    } else {
+        Maps::open(paths)?.active_generation()?
+    };
+    let generation = previous + 1;
+    let pid_max = read_pid_max()?;
+    let max_slots = opts.max_slots.max(2);
+
+    let map_pins: Vec<(&str, std::path::PathBuf)> = SHAPES
+        .iter()
+        .map(|s| (s.name, paths.map_pin(s.name)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(Some(kernel_btf))
+        .override_global(global_name::OFFSETS, offsets, true)
+        .override_global(global_name::GENERATION, &generation, true)
+        .map_max_entries(map_name::TASKS, pid_max)
+        .map_max_entries(map_name::SLOTS, max_slots)
+        .map_max_entries(map_name::COUNTERS, max_slots);
+    for (name, pin) in &map_pins {
+        loader.map_pin_path(name, pin.as_path());
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| Error::bpf("loading the eBPF object", e))?;
+
+    let mut warnings = vec![];
+    let mut staged = vec![];
+    for spec in PROGRAMS {
+        match stage_program(paths, &mut ebpf, spec, kernel_btf) {
+            Ok(pin) => staged.push(pin),
+            Err(e) if !spec.required => warnings.push(format!("{} disabled: {e}", spec.name)),
+            Err(e) => {
+                for (staging, _) in &staged {
+                    let _ = fs::remove_file(staging);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    // Switch: from here on the new programs count and the old ones return at once.
+    let config_map = ebpf.map_mut(map_name::CONFIG).ok_or_else(|| Error::Bpf {
+        what: "the eBPF object".into(),
+        detail: "has no config map".into(),
+    })?;
+    let mut config: Array<_, Config> =
+        Array::try_from(config_map).map_err(|e: MapError| Error::bpf("config map", e))?;
+    config
+        .set(
+            0,
+            Config {
+                active_generation: generation,
+            },
+            0,
+        )
+        .map_err(|e| Error::bpf("activating the new programs", e))?;
+
+    // Replacing a link's pin drops the old link, which detaches the old program.
+    for (staging, pin) in &staged {
+        fs::rename(staging, pin).ctx(|| format!("pinning {}", pin.display()))?;
+    }
+    if fresh {
+        registry::reset_locked(paths)?;
+    }
+    let slots_kept = registry::read_locked(paths)?.slots.len();
+    Ok(LoadReport {
+        action: if fresh {
+            LoadAction::Fresh
+        } else {
+            LoadAction::Upgraded
+        },
+        generation,
+        slots_kept,
+        warnings,
+    })
+}
+
+/// Load one program and pin it (or its link) at a staging path. Returns (staging, final).
+fn stage_program(
+    paths: &Paths,
+    ebpf: &mut aya::Ebpf,
+    spec: &ProgramSpec,
+    kernel_btf: &Btf,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let failed = |e: ProgramError| Error::ProgramLoad {
+        program: spec.name,
+        detail: describe(&e),
+    };
+    let prog = ebpf.program_mut(spec.name).ok_or(Error::ProgramLoad {
+        program: spec.name,
+        detail: "missing from the object".into(),
+    })?;
+    let pin = match spec.attach {
+        Attach::Pinned => paths.link_pin(spec.name),
+        Attach::OnDemand => paths.prog_pin(spec.name),
+    };
+    let staging = Paths::staging(&pin);
+    let _ = fs::remove_file(&staging);
+    let pin_failed =
+        |e: aya::pin::PinError| Error::bpf(format!("pinning {}", staging.display()), e);
+    match spec.kind {
+        Kind::BtfTracePoint(tp) => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(failed)?;
+            p.load(tp, kernel_btf).map_err(failed)?;
+            match spec.attach {
+                Attach::Pinned => {
+                    let id = p.attach().map_err(failed)?;
+                    let link: FdLink = p.take_link(id).map_err(failed)?.into();
+                    link.pin(&staging).map_err(pin_failed)?;
+                }
+                Attach::OnDemand => p.pin(&staging).map_err(pin_failed)?,
+            }
+        }
+        Kind::TaskIter => {
+            let p: &mut Iter = prog.try_into().map_err(failed)?;
+            p.load("task", kernel_btf).map_err(failed)?;
+            let id = p.attach().map_err(failed)?;
+            let link: FdLink = p
+                .take_link(id)
+                .map_err(failed)?
+                .try_into()
+                .map_err(|e| Error::bpf("iterator link", e))?;
+            link.pin(&staging).map_err(pin_failed)?;
+        }
+    }
+    Ok((staging, pin))
+}
+
+/// The verifier's log is long; keep its last lines, which say why.
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{io_error}; verifier: {}", tail.join(" | "))
+        }
+        other => crate::error::chain(other),
+    }
+}
+
+fn make_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .ctx(|| format!("creating {}", dir.display()))?;
+    // An existing directory keeps its mode otherwise; the pins must stay root-only.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .ctx(|| format!("restricting {}", dir.display()))
+}
+
+fn read_pid_max() -> Result<u32> {
+    let text = fs::read_to_string(PID_MAX).ctx(|| format!("reading {PID_MAX}"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| Error::io(PID_MAX, std::io::Error::other("not a number")))
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UnloadReport {
+    pub was_loaded: bool,
+    pub slots_forgotten: usize,
+    pub warnings: Vec<String>,
+}
+
+/// Detach every program and remove every pin, cgroup and state file of the instance.
+/// Refused while a slot has live tasks, unless `force`.
+pub fn unload(paths: &Paths, force: bool) -> Result<UnloadReport> {
+    sys::require_root()?;
+    if !paths.pin_dir().exists() {
+        return Ok(UnloadReport::default());
+    }
+    let _lock = StateLock::exclusive(paths)?;
+    let reg = registry::read_locked(paths)?;
+    let mut report = UnloadReport {
+        was_loaded: true,
+        slots_forgotten: reg.slots.len(),
+        ..Default::default()
+    };
+    if let Ok(maps) = Maps::open(paths) {
+        let live: Vec<&str> = reg
+            .slots
+            .iter()
+            .filter(|s| maps.control(s.id).is_ok_and(|c| c.live_tasks > 0))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !live.is_empty() && !force {
+            return Err(Error::SlotsLive(live.len()));
+        }
+    }
+    let cgroups = Cgroups::detect(paths)?;
+    for slot in &reg.slots {
+        if let Err(e) = cgroups.remove(&slot.cgroups) {
+            report.warnings.push(format!("slot {}: {e}", slot.name));
+        }
+    }
+    cgroups.remove_parents();
+    remove_pins(paths)?;
+    let _ = fs::remove_file(paths.registry_file());
+    Ok(report)
+}
+
+fn remove_pins(paths: &Paths) -> Result<()> {
+    // Links first, so that nothing runs while the maps go.
+    for dir in [paths.links_dir(), paths.progs_dir(), paths.maps_dir()] {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                fs::remove_file(e.path()).ctx(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+        let _ = fs::remove_dir(&dir);
+    }
+    fs::remove_dir(paths.pin_dir()).ctx(|| format!("removing {}", paths.pin_dir().display()))
+}

@@ -1,0 +1,76 @@
+//! What `/proc` says about a tagged task, for `ps` and kill reports. `/proc` is read only for
+//! tasks the kernel says are tagged, and only when asked: never to find or follow processes.
+use std::fs;
+
+use serde::Serialize;
+use tracker_common::TaskTag;
+
+/// One process of a slot (a thread group), as `tracker ps` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Nanoseconds since boot (`start_boottime`): with `pid`, names the process for ever.
+    pub start_time_ns: u64,
+    /// The `/proc` state letter: R, S, D, T, Z, ...
+    pub state: String,
+    pub comm: String,
+    pub uid: u32,
+    pub threads: u32,
+    pub cmdline: Vec<String>,
+}
+
+/// The `/proc/<tid>/stat` start time (clock ticks since boot) that matches a tag's start.
+pub fn start_ticks(start_ns: u64) -> u64 {
+    let hz = procfs::ticks_per_second().max(1);
+    start_ns / (1_000_000_000 / hz)
+}
+
+/// Read `/proc` for a tagged task, if it is still the task the tag names.
+pub fn describe(tid: u32, tag: &TaskTag) -> Option<ProcessInfo> {
+    let proc = procfs::process::Process::new(tid as i32).ok()?;
+    let stat = proc.stat().ok()?;
+    if stat.starttime != start_ticks(tag.start_ns) {
+        return None;
+    }
+    Some(ProcessInfo {
+        pid: tid,
+        ppid: stat.ppid.max(0) as u32,
+        start_time_ns: tag.start_ns,
+        state: stat.state.to_string(),
+        comm: stat.comm,
+        uid: proc.uid().unwrap_or(u32::MAX),
+        threads: stat.num_threads.max(0) as u32,
+        cmdline: proc.cmdline().unwrap_or_default(),
+    })
+}
+
+/// The kernel stack of a task, for diagnosing one that will not die (D state on NFS...).
+pub fn kernel_stack(tid: u32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{tid}/stack"))
+        .map(|s| s.lines().map(|l| l.trim().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Where a task sleeps in the kernel, if it does.
+pub fn wchan(tid: u32) -> String {
+    fs::read_to_string(format!("/proc/{tid}/wchan")).unwrap_or_default()
+}
+
+/// The pid and every ancestor of the current process: none of them may be adopted, or the
+/// tracker would tag itself.
+pub fn own_ancestry() -> Vec<u32> {
+    let mut chain = vec![std::process::id()];
+    let mut pid = std::process::id() as i32;
+    for _ in 0..256 {
+        let Ok(stat) = procfs::process::Process::new(pid).and_then(|p| p.stat()) else {
+            break;
+        };
+        if stat.ppid <= 0 {
+            break;
+        }
+        chain.push(stat.ppid as u32);
+        pid = stat.ppid;
+    }
+    chain
+}

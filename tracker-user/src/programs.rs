@@ -1,0 +1,106 @@
+//! The declarative table of the tracker's kernel programs: what each is, how it is attached,
+//! and what it needs from the kernel. The loader walks this table; a program that is not
+//! `required` and fails to load costs its feature (with a warning), not the whole tracker.
+
+/// What a program needs from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// BTF-typed tracepoints (`tp_btf`, 5.5+).
+    TpBtf,
+    /// BPF task iterators (5.8+).
+    TaskIter,
+    /// `bpf_send_signal` (5.3+).
+    SendSignal,
+}
+
+impl Need {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Need::TpBtf => "tp_btf",
+            Need::TaskIter => "iter/task",
+            Need::SendSignal => "bpf_send_signal",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A `tp_btf` program on this tracepoint.
+    BtfTracePoint(&'static str),
+    /// A task iterator.
+    TaskIter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// Attached at load; the link is pinned under `links/`, so it stays attached while no
+    /// tracker process runs.
+    Pinned,
+    /// Only the program is pinned (under `progs/`); whoever needs it attaches it for as long as
+    /// it needs it.
+    OnDemand,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec {
+    /// The function name in tracker-ebpf, which is also the pin's file name.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub attach: Attach,
+    pub required: bool,
+    pub needs: &'static [Need],
+    pub purpose: &'static str,
+}
+
+pub const FORK: &str = "trk_fork";
+pub const EXIT: &str = "trk_exit";
+pub const EXEC: &str = "trk_exec";
+pub const ADOPT: &str = "trk_adopt";
+pub const DOOM: &str = "trk_doom";
+
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec {
+        name: FORK,
+        kind: Kind::BtfTracePoint("sched_process_fork"),
+        attach: Attach::Pinned,
+        required: true,
+        needs: &[Need::TpBtf, Need::SendSignal],
+        purpose: "tags the children of tagged tasks before they run",
+    },
+    ProgramSpec {
+        name: EXIT,
+        kind: Kind::BtfTracePoint("sched_process_exit"),
+        attach: Attach::Pinned,
+        required: true,
+        needs: &[Need::TpBtf],
+        purpose: "untags and accounts exiting tasks",
+    },
+    ProgramSpec {
+        name: EXEC,
+        kind: Kind::BtfTracePoint("sched_process_exec"),
+        attach: Attach::Pinned,
+        required: true,
+        needs: &[Need::TpBtf, Need::SendSignal],
+        purpose: "counts execs, follows a thread that execs",
+    },
+    ProgramSpec {
+        name: ADOPT,
+        kind: Kind::TaskIter,
+        attach: Attach::Pinned,
+        required: true,
+        needs: &[Need::TaskIter],
+        purpose: "tags an existing process tree (adopt, run)",
+    },
+    ProgramSpec {
+        name: DOOM,
+        kind: Kind::BtfTracePoint("sys_enter"),
+        attach: Attach::OnDemand,
+        required: true,
+        needs: &[Need::TpBtf, Need::SendSignal],
+        purpose: "kills a doomed slot's tasks at their next syscall, during a kill",
+    },
+];
+
+pub fn spec(name: &str) -> Option<&'static ProgramSpec> {
+    PROGRAMS.iter().find(|p| p.name == name)
+}

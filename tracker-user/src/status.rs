@@ -1,0 +1,189 @@
+//! What is loaded, where it is pinned, and which kernel features were found.
+use std::{fs, path::PathBuf};
+
+use aya::programs::{
+    ProgramInfo,
+    links::{FdLink, PinnedLink},
+    loaded_programs,
+};
+use serde::Serialize;
+
+use crate::{
+    cgroup::{Cgroups, Layout},
+    error::Result,
+    maps::Maps,
+    paths::{BPF_STATS, LSM_LIST, Paths, TRACEFS},
+    programs::{Attach, Kind, PROGRAMS},
+    registry, sys,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub instance: String,
+    pub pin_dir: PathBuf,
+    pub loaded: bool,
+    pub generation: u64,
+    pub programs: Vec<ProgramStatus>,
+    pub features: Vec<Feature>,
+    pub cgroup_layout: Layout,
+    /// Tasks the tasks map can hold (the kernel's `pid_max` at load time).
+    pub max_tasks: u32,
+    pub max_slots: u32,
+    pub slots: usize,
+    pub tag_failures: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramStatus {
+    pub name: &'static str,
+    pub hook: String,
+    /// For pinned links: attached. For on-demand programs: loaded and ready to attach.
+    pub ready: bool,
+    pub on_demand: bool,
+    pub prog_id: Option<u32>,
+    /// From the kernel's BPF statistics (`kernel.bpf_stats_enabled=1`), else 0.
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub purpose: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Feature {
+    pub name: &'static str,
+    pub present: bool,
+    pub detail: String,
+}
+
+pub fn status(paths: &Paths) -> Result<Status> {
+    let maps = Maps::open(paths).ok();
+    let loaded = maps.is_some();
+    let cgroups = Cgroups::detect(paths)?;
+    let programs = PROGRAMS
+        .iter()
+        .map(|spec| {
+            let info = match spec.attach {
+                Attach::Pinned => PinnedLink::from_pin(paths.link_pin(spec.name))
+                    .ok()
+                    .and_then(|l| FdLink::from(l).info().ok())
+                    .and_then(|li| program_by_id(li.program_id())),
+                Attach::OnDemand => ProgramInfo::from_pin(paths.prog_pin(spec.name)).ok(),
+            };
+            ProgramStatus {
+                name: spec.name,
+                hook: match spec.kind {
+                    Kind::BtfTracePoint(tp) => format!("tp_btf/{tp}"),
+                    Kind::TaskIter => "iter/task".into(),
+                },
+                ready: info.is_some(),
+                on_demand: spec.attach == Attach::OnDemand,
+                prog_id: info.as_ref().map(ProgramInfo::id),
+                run_count: info.as_ref().map_or(0, ProgramInfo::run_count),
+                run_time_ns: info.as_ref().map_or(0, |i| i.run_time().as_nanos() as u64),
+                purpose: spec.purpose,
+            }
+        })
+        .collect();
+    let (generation, max_tasks, max_slots, tag_failures) = match &maps {
+        Some(m) => (
+            m.active_generation().unwrap_or(0),
+            m.tasks_capacity(),
+            m.max_slots(),
+            m.global().map(|g| g.tag_failures).unwrap_or(0),
+        ),
+        None => (0, 0, 0, 0),
+    };
+    let slots = if loaded {
+        registry::read(paths).map(|r| r.slots.len()).unwrap_or(0)
+    } else {
+        0
+    };
+    Ok(Status {
+        instance: paths.instance().to_owned(),
+        pin_dir: paths.pin_dir(),
+        loaded,
+        generation,
+        programs,
+        features: features(paths, &cgroups),
+        cgroup_layout: cgroups.layout(),
+        max_tasks,
+        max_slots,
+        slots,
+        tag_failures,
+    })
+}
+
+fn program_by_id(id: u32) -> Option<ProgramInfo> {
+    loaded_programs().flatten().find(|p| p.id() == id)
+}
+
+fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
+    let mut f = vec![];
+    let mut add = |name, present, detail: String| {
+        f.push(Feature {
+            name,
+            present,
+            detail,
+        })
+    };
+    add(
+        "btf",
+        paths.btf().exists(),
+        paths.btf().display().to_string(),
+    );
+    add(
+        "bpffs",
+        sys::fs_magic_is(paths.bpffs_root(), sys::BPF_FS_MAGIC),
+        paths.bpffs_root().display().to_string(),
+    );
+    add(
+        "tracefs",
+        sys::fs_magic_is(TRACEFS.as_ref(), sys::TRACEFS_MAGIC),
+        format!("{TRACEFS} (not needed by tp_btf programs)"),
+    );
+    let stats = fs::read_to_string(BPF_STATS)
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+    add(
+        "bpf_stats",
+        stats,
+        "kernel.bpf_stats_enabled: per-program run counts and times".into(),
+    );
+    let mounts = cgroups.mounts();
+    add(
+        "cgroup2",
+        mounts.unified.is_some(),
+        mounts
+            .unified
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    );
+    let probe = mounts
+        .unified
+        .as_ref()
+        .map(|m| m.join(paths.cgroup_parent()));
+    let has = |file: &str| probe.as_ref().is_some_and(|d| d.join(file).exists());
+    add(
+        "cgroup.freeze",
+        has("cgroup.freeze"),
+        "freeze a slot in one write (5.2+)".into(),
+    );
+    add(
+        "cgroup.kill",
+        has("cgroup.kill"),
+        "kill a slot in one write (5.14+)".into(),
+    );
+    let v1: Vec<&str> = mounts.v1.keys().map(String::as_str).collect();
+    add("cgroup v1 controllers", !v1.is_empty(), v1.join(" "));
+    let lsm = fs::read_to_string(LSM_LIST);
+    add(
+        "bpf lsm",
+        lsm.as_ref()
+            .is_ok_and(|s| s.split(',').any(|l| l.trim() == "bpf")),
+        match lsm {
+            Ok(s) => format!("active LSMs: {}", s.trim()),
+            Err(_) => "unknown (securityfs not mounted); not used by this version".into(),
+        },
+    );
+    f
+}

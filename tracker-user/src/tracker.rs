@@ -1,0 +1,297 @@
+//! The library's one API: the CLI and the daemon are thin faces over `Tracker`.
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tracker_common::{SLOT_ACTIVE, SlotControl, TaskTag};
+
+use crate::{
+    cgroup::{Cgroups, SlotCgroups},
+    error::{Error, Result},
+    limits::Limits,
+    maps::Maps,
+    paths::Paths,
+    procinfo::{self, ProcessInfo},
+    registry::{self, SlotRecord},
+    sys,
+};
+
+/// A handle on a loaded tracker instance.
+pub struct Tracker {
+    paths: Paths,
+    maps: Mutex<Maps>,
+    cgroups: Cgroups,
+}
+
+/// What a new slot is.
+#[derive(Clone, Debug, Default)]
+pub struct SlotSpec {
+    pub name: String,
+    pub owner_uid: u32,
+    pub limits: Limits,
+}
+
+/// A slot and its kernel-side state, read now.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub id: u32,
+    pub owner_uid: u32,
+    pub created_unix_ms: u64,
+    /// Tasks (threads included) in the slot now.
+    pub tasks_live: u64,
+    pub tasks_peak: u64,
+    pub tasks_started: u64,
+    pub procs_started: u64,
+    pub procs_exited: u64,
+    pub execs: u64,
+    pub exits_by_signal: u64,
+    pub doom_kills: u64,
+    pub tag_failures: u64,
+    pub doomed: bool,
+    pub cgroups: SlotCgroups,
+    pub limits: Limits,
+}
+
+impl Tracker {
+    /// Open the pinned maps of a loaded instance.
+    pub fn open(paths: Paths) -> Result<Self> {
+        sys::require_root()?;
+        let maps = Maps::open(&paths)?;
+        let cgroups = Cgroups::detect(&paths)?;
+        Ok(Self {
+            paths,
+            maps: Mutex::new(maps),
+            cgroups,
+        })
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    pub(crate) fn maps(&self) -> MutexGuard<'_, Maps> {
+        // A panic while holding the lock cannot leave the maps inconsistent: they live in
+        // the kernel, the guard only serialises our syscalls.
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Create a slot. Returns its record and any warnings (a cgroup that could not be made).
+    pub fn create_slot(&self, spec: &SlotSpec) -> Result<(SlotRecord, Vec<String>)> {
+        validate_slot_name(&spec.name)?;
+        registry::update(&self.paths, |reg| {
+            if reg.find(&spec.name).is_some() {
+                return Err(Error::SlotExists(spec.name.clone()));
+            }
+            let mut maps = self.maps();
+            let id = reg.free_id(maps.max_slots())?;
+            let generation = reg.next_generation;
+            reg.next_generation += 1;
+            let (cgroups, warnings) = self.cgroups.create(&spec.name, &spec.limits)?;
+            maps.reset_counters(id)?;
+            maps.set_control(
+                id,
+                SlotControl {
+                    flags: SLOT_ACTIVE,
+                    generation,
+                    ..Default::default()
+                },
+            )?;
+            let record = SlotRecord {
+                name: spec.name.clone(),
+                id,
+                generation,
+                owner_uid: spec.owner_uid,
+                created_unix_ms: now_ms(),
+                cgroups,
+                limits: spec.limits.clone(),
+            };
+            reg.slots.push(record.clone());
+            Ok((record, warnings))
+        })
+    }
+
+    pub fn slot(&self, name: &str) -> Result<SlotRecord> {
+        Ok(registry::read(&self.paths)?.get(name)?.clone())
+    }
+
+    pub fn slot_status(&self, name: &str) -> Result<SlotStatus> {
+        let rec = self.slot(name)?;
+        self.status_of(&rec)
+    }
+
+    fn status_of(&self, rec: &SlotRecord) -> Result<SlotStatus> {
+        let maps = self.maps();
+        let ctl = maps.control(rec.id)?;
+        let c = maps.counters(rec.id)?;
+        Ok(SlotStatus {
+            name: rec.name.clone(),
+            id: rec.id,
+            owner_uid: rec.owner_uid,
+            created_unix_ms: rec.created_unix_ms,
+            tasks_live: ctl.live_tasks,
+            tasks_peak: ctl.peak_tasks,
+            tasks_started: c.tasks_started,
+            procs_started: c.procs_started,
+            procs_exited: c.procs_exited,
+            execs: c.execs,
+            exits_by_signal: c.exits_by_signal,
+            doom_kills: c.doom_kills,
+            tag_failures: c.tag_failures,
+            doomed: ctl.flags & tracker_common::SLOT_DOOMED != 0,
+            cgroups: rec.cgroups.clone(),
+            limits: rec.limits.clone(),
+        })
+    }
+
+    /// Every slot, by name.
+    pub fn slots(&self) -> Result<Vec<SlotStatus>> {
+        let reg = registry::read(&self.paths)?;
+        let mut out: Vec<SlotStatus> = reg
+            .slots
+            .iter()
+            .map(|r| self.status_of(r))
+            .collect::<Result<_>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The tagged tasks of a slot, as the kernel has them now.
+    pub fn tags(&self, name: &str) -> Result<Vec<(u32, TaskTag)>> {
+        let rec = self.slot(name)?;
+        self.maps().tags_of(rec.id)
+    }
+
+    /// The live processes of a slot (one row per thread group), or every thread.
+    pub fn processes(&self, name: &str, threads: bool) -> Result<Vec<ProcessInfo>> {
+        let tags = self.tags(name)?;
+        let mut rows: BTreeMap<u32, ProcessInfo> = BTreeMap::new();
+        for (tid, tag) in &tags {
+            // A process is shown through its leader, or through a thread when the leader is
+            // gone; with `threads` every task gets its row.
+            let key = if threads { *tid } else { tag.tgid };
+            if rows.contains_key(&key) && *tid != tag.tgid {
+                continue;
+            }
+            if let Some(info) = procinfo::describe(*tid, tag) {
+                let info = if threads {
+                    info
+                } else {
+                    ProcessInfo {
+                        pid: tag.tgid,
+                        ..info
+                    }
+                };
+                rows.insert(key, info);
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    /// Forget an empty slot: its record, its cgroups and its kernel state.
+    pub fn release(&self, name: &str) -> Result<()> {
+        registry::update(&self.paths, |reg| {
+            let rec = reg.get(name)?.clone();
+            let mut maps = self.maps();
+            let tasks = maps.tags_of(rec.id)?.len() as u64;
+            if tasks > 0 {
+                return Err(Error::SlotBusy {
+                    name: name.to_owned(),
+                    tasks,
+                });
+            }
+            self.cgroups.remove(&rec.cgroups)?;
+            maps.set_control(rec.id, SlotControl::default())?;
+            maps.reset_counters(rec.id)?;
+            reg.slots.retain(|s| s.name != name);
+            Ok(())
+        })
+    }
+
+    /// The name of the slot that holds slot id `id`, for messages.
+    pub(crate) fn slot_name_of(&self, id: u32) -> String {
+        registry::read(&self.paths)
+            .ok()
+            .and_then(|r| r.slots.iter().find(|s| s.id == id).map(|s| s.name.clone()))
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+}
+
+/// Slot names travel through cgroup paths, file names and command lines: keep them plain.
+pub fn validate_slot_name(name: &str) -> Result<()> {
+    let why = if name.is_empty() || name.len() > 64 {
+        Some("use 1 to 64 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        Some("use only letters, digits, '.', '_' and '-'")
+    } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        Some("start with a letter or a digit")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::InvalidSlotName {
+            name: name.to_owned(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A slot name for `tracker run` without `--slot`.
+pub fn generated_slot_name() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("run-{}-{:04x}", std::process::id(), nanos & 0xffff)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_batch_systems_use_are_valid() {
+        for ok in ["1234", "1234.0", "slot1_3", "job-42.batch", "a"] {
+            assert!(validate_slot_name(ok).is_ok(), "{ok} refused");
+        }
+    }
+
+    #[test]
+    fn unsafe_slot_names_are_refused() {
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "..",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(validate_slot_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn generated_names_are_valid() {
+        assert!(validate_slot_name(&generated_slot_name()).is_ok());
+    }
+}
