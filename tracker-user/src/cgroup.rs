@@ -167,6 +167,15 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Make this instance's cgroup2 parent directory, where the slots will go (at load, so
+    /// that what the kernel offers there can be reported before the first slot).
+    pub fn ensure_parent(&self) -> Result<()> {
+        match &self.mounts.unified {
+            Some(m) => make_dir(&m.join(self.paths.cgroup_parent())),
+            None => Ok(()),
+        }
+    }
+
     /// Remove this instance's parent directories if they are empty (used by unload).
     pub fn remove_parents(&self) {
         let mounts = self.mounts.unified.iter().chain(self.mounts.v1.values());

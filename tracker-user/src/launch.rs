@@ -10,7 +10,7 @@ use std::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::process::{CommandExt as _, ExitStatusExt as _},
     },
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus},
     thread,
 };
 
@@ -54,8 +54,8 @@ const FORWARDED: &[i32] = &[
 ];
 
 impl Tracker {
-    /// Start `cmd` as the first task of slot `name`. `detach` puts it in a session of its own
-    /// with stdin from /dev/null, for a slot that outlives this process.
+    /// Start `cmd` as the first task of slot `name`. `detach` puts it in a session of its own,
+    /// for a slot that outlives this process (its stdio is the caller's choice).
     pub fn spawn(&self, name: &str, cmd: &mut Command, detach: bool) -> Result<Child> {
         let rec = self.slot(name)?;
         self.spawn_in(&rec, cmd, detach).map(|(child, _)| child)
@@ -70,9 +70,6 @@ impl Tracker {
         let (ready_r, ready_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
         let (ready_fd, go_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
-        if detach {
-            cmd.stdin(Stdio::null());
-        }
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls, on descriptors that stay open until spawn returns.
         unsafe { cmd.pre_exec(move || handshake(ready_fd, go_fd, detach)) };

@@ -170,6 +170,9 @@ fn load_locked(
     if fresh {
         registry::reset_locked(paths)?;
     }
+    if let Err(e) = Cgroups::detect(paths).and_then(|c| c.ensure_parent()) {
+        warnings.push(format!("no cgroup parent directory: {e}"));
+    }
     let slots_kept = registry::read_locked(paths)?.slots.len();
     Ok(LoadReport {
         action: if fresh {

@@ -30,6 +30,10 @@ pub const BPFFS_ENV: &str = "TRACKER_BPFFS";
 /// Overrides where the kernel's BTF is read (default `/sys/kernel/btf/vmlinux`).
 pub const BTF_ENV: &str = "TRACKER_BTF";
 
+/// `off` makes the tracker use no cgroups at all (tag-only mode, e.g. where cgroupfs is
+/// read-only); tagging and kill work the same, without freeze and cgroup limits.
+pub const CGROUPS_ENV: &str = "TRACKER_CGROUPS";
+
 /// The paths of one tracker instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
@@ -159,6 +163,9 @@ pub struct CgroupMounts {
 
 impl CgroupMounts {
     pub fn detect() -> Result<Self> {
+        if std::env::var(CGROUPS_ENV).is_ok_and(|v| v == "off") {
+            return Ok(Self::default());
+        }
         let text = fs::read_to_string(MOUNTINFO).ctx(|| format!("reading {MOUNTINFO}"))?;
         Ok(Self::parse(&text))
     }

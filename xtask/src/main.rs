@@ -1,1 +1,72 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//! - `build-and-load`: install what is missing, build, install `tracker` on PATH, load it;
+//! - `test`: every check and test, unit and real-kernel (what CI runs);
+//! - `bench`: overhead and kill-time benchmarks against a no-tracker baseline.
+mod bench;
+mod prereqs;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install prerequisites, build, install `tracker` on PATH and load (or upgrade) it
+    BuildAndLoad {
+        /// Where to install the binary
+        #[arg(long, default_value = "/usr/local/bin")]
+        bin_dir: std::path::PathBuf,
+        /// Extra arguments for `tracker load` (e.g. --max-slots 4096)
+        #[arg(trailing_var_arg = true)]
+        load_args: Vec<String>,
+    },
+    /// Run every check and test, unit and real-kernel
+    Test {
+        /// Only run tests whose name contains this
+        filter: Option<String>,
+    },
+    /// Measure the tracker's overhead and kill time against a no-tracker baseline
+    Bench {
+        /// Repetitions of each interleaved round
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::BuildAndLoad { bin_dir, load_args } => build_and_load(&bin_dir, &load_args),
+        Task::Test { filter } => test::run(filter.as_deref()),
+        Task::Bench { rounds } => bench::run(rounds),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_and_load(bin_dir: &std::path::Path, load_args: &[String]) -> anyhow::Result<()> {
+    prereqs::require_root()?;
+    prereqs::ensure_toolchain()?;
+    prereqs::ensure_kernel_filesystems()?;
+    let built = run::build_tracker(true)?;
+    let installed = run::install(&built, bin_dir)?;
+    println!("xtask: installed {}", installed.display());
+    run::status(
+        std::process::Command::new(&installed)
+            .arg("load")
+            .args(load_args),
+    )
+}

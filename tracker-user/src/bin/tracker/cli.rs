@@ -62,6 +62,9 @@ pub enum Command {
         /// Print the slot name and return at once; the slot lives until `tracker kill`
         #[arg(long)]
         detach: bool,
+        /// With --detach: append the command's stdout and stderr to FILE [default: /dev/null]
+        #[arg(long, value_name = "FILE", requires = "detach")]
+        output: Option<std::path::PathBuf>,
         /// Keep the slot after the command ends, for later queries (release it yourself)
         #[arg(long, conflicts_with = "detach")]
         keep: bool,

@@ -1,5 +1,10 @@
 //! One function per command: parse nothing, decide nothing, call the library, print.
-use std::{process::ExitCode, time::Duration};
+use std::{
+    fs::OpenOptions,
+    path::Path,
+    process::{ExitCode, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use tracker::{
@@ -47,6 +52,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run {
             slot,
             detach,
+            output: output_file,
             keep,
             kill_timeout,
             limits,
@@ -61,6 +67,10 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             let mut cmd = std::process::Command::new(&command[0]);
             cmd.args(&command[1..]);
             if detach {
+                // A detached job must not hold our stdout: whoever reads the slot name from
+                // it would wait for the job to end.
+                let (out, err) = detached_output(output_file.as_deref())?;
+                cmd.stdin(Stdio::null()).stdout(out).stderr(err);
                 let (rec, warnings) = t.create_slot(&spec)?;
                 output::warnings(&warnings);
                 if let Err(e) = t.spawn(&rec.name, &mut cmd, true) {
@@ -135,6 +145,18 @@ fn load(paths: &Paths, max_slots: u32, json: bool) -> Result<ExitCode> {
         output::load(&report, &st);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn detached_output(file: Option<&Path>) -> Result<(Stdio, Stdio)> {
+    let Some(file) = file else {
+        return Ok((Stdio::null(), Stdio::null()));
+    };
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .with_context(|| format!("opening {}", file.display()))?;
+    Ok((f.try_clone()?.into(), f.into()))
 }
 
 fn seconds(s: f64) -> Result<Duration> {

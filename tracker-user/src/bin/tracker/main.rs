@@ -8,7 +8,25 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's usage errors span several lines; say it in one.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            eprintln!("tracker: {first} (see `tracker --help`)");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(cli.verbose);
     match commands::dispatch(cli) {
         Ok(code) => code,

@@ -1,0 +1,188 @@
+/*
+ * The escape artist: every trick a job uses to leave its batch system's tracking, one per
+ * mode, so that the tests can check that each one stays in its slot and dies with it.
+ * Built by tests/build.rs. Processes name themselves (prctl PR_SET_NAME) after the marker
+ * given on the command line, so a test can find any survivor anywhere on the machine.
+ *
+ * usage: escape MODE MARKER [ARGS...]
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <grp.h>
+#include <stdint.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *marker = "escape";
+
+static void name_self(void) { prctl(PR_SET_NAME, marker, 0, 0, 0); }
+
+static __attribute__((noreturn)) void sleep_forever(void) {
+    name_self();
+    for (;;) pause();
+}
+
+static void *thread_sleep(void *arg) {
+    (void)arg;
+    for (;;) pause();
+    return NULL;
+}
+
+/* The classic daemonize: fork, setsid, fork again, parent and middle exit. */
+static int daemonize(void) {
+    pid_t p = fork();
+    if (p < 0) return 1;
+    if (p > 0) { waitpid(p, NULL, 0); return 0; }
+    setsid();
+    if (fork() != 0) _exit(0);
+    sleep_forever();
+    return 0;
+}
+
+/* A child with an empty environment and its own process group, then a grandchild. */
+static int env_and_pgrp(const char *self) {
+    pid_t p = fork();
+    if (p < 0) return 1;
+    if (p == 0) {
+        setpgid(0, 0);
+        char *argv[] = {(char *)self, "sleep", (char *)marker, NULL};
+        char *envp[] = {NULL};
+        execve(self, argv, envp);
+        _exit(127);
+    }
+    return 0;
+}
+
+static int threads(int n) {
+    pthread_t t;
+    for (int i = 0; i < n; i++) pthread_create(&t, NULL, thread_sleep, NULL);
+    sleep_forever();
+    return 0;
+}
+
+/* vfork, then exec a sleeper in the child. */
+static int do_vfork(const char *self) {
+    pid_t p = vfork();
+    if (p == 0) {
+        execl(self, self, "sleep", marker, (char *)NULL);
+        _exit(127);
+    }
+    return p < 0;
+}
+
+/* clone(CLONE_PARENT): the child is our sibling, its parent is our parent. */
+static int clone_parent(void) {
+    long p = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
+    if (p == 0) sleep_forever();
+    return p < 0;
+}
+
+/* The pid hopper: fork and exit, over and over, so the live pid keeps changing. */
+static __attribute__((noreturn)) int hopper(void) {
+    name_self();
+    for (;;) {
+        pid_t p = fork();
+        if (p > 0) _exit(0);
+        if (p < 0) usleep(100);
+    }
+}
+
+/* The fork bomb: everyone forks for ever. */
+static __attribute__((noreturn)) int forkbomb(void) {
+    name_self();
+    for (;;) {
+        if (fork() < 0) usleep(50);
+    }
+}
+
+/* A root job leaves its slot's cgroups: move itself into each hierarchy's root cgroup. */
+static int leave_cgroups(int argc, char **argv) {
+    name_self();
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", getpid());
+    for (int i = 0; i < argc; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/cgroup.procs", argv[i]);
+        int fd = open(path, O_WRONLY);
+        if (fd < 0 || write(fd, pid, strlen(pid)) < 0) {
+            fprintf(stderr, "escape: cannot move to %s: %s\n", path, strerror(errno));
+            return 1;
+        }
+        close(fd);
+    }
+    printf("left\n");
+    fflush(stdout);
+    sleep_forever();
+    return 0;
+}
+
+/* fork at once, before anything else: the child must be tagged too. */
+static int fork_now(void) {
+    if (fork() == 0) sleep_forever();
+    sleep_forever();
+    return 0;
+}
+
+/* Try to reach the tracker's maps as an unprivileged user: print one line per attempt. */
+static int try_maps(int argc, char **argv) {
+    if (argc < 2) return 2;
+    uid_t uid = (uid_t)atoi(argv[0]);
+    if (setgroups(0, NULL) != 0 && errno != EPERM) perror("setgroups");
+    if (setgid(uid) != 0 || setuid(uid) != 0) { perror("setuid"); return 2; }
+    for (int i = 1; i < argc; i++) {
+        union {
+            struct { unsigned long long pathname; unsigned int bpf_fd, file_flags; } obj;
+            struct { unsigned int id, next_id, open_flags; } get;
+            char pad[128];
+        } attr;
+        int fd;
+        const char *what;
+        memset(&attr, 0, sizeof attr);
+        if (argv[i][0] == '/') {
+            attr.obj.pathname = (unsigned long long)(uintptr_t)argv[i];
+            fd = syscall(SYS_bpf, 7 /* BPF_OBJ_GET */, &attr, sizeof attr);
+            what = "obj_get";
+        } else {
+            attr.get.id = (unsigned int)atoi(argv[i]);
+            fd = syscall(SYS_bpf, 14 /* BPF_MAP_GET_FD_BY_ID */, &attr, sizeof attr);
+            what = "get_fd_by_id";
+        }
+        if (fd >= 0) printf("%s %s OPENED\n", what, argv[i]);
+        else printf("%s %s denied %s\n", what, argv[i], strerror(errno));
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: escape MODE MARKER [ARGS...]\n");
+        return 2;
+    }
+    const char *mode = argv[1];
+    marker = argv[2];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (!strcmp(mode, "sleep")) sleep_forever();
+    if (!strcmp(mode, "daemonize")) return daemonize();
+    if (!strcmp(mode, "env-pgrp")) return env_and_pgrp(argv[0]);
+    if (!strcmp(mode, "threads")) return threads(argc > 3 ? atoi(argv[3]) : 4);
+    if (!strcmp(mode, "vfork")) return do_vfork(argv[0]);
+    if (!strcmp(mode, "clone-parent")) return clone_parent();
+    if (!strcmp(mode, "hopper")) return hopper();
+    if (!strcmp(mode, "forkbomb")) return forkbomb();
+    if (!strcmp(mode, "leave-cgroups")) return leave_cgroups(argc - 3, argv + 3);
+    if (!strcmp(mode, "fork-now")) return fork_now();
+    if (!strcmp(mode, "try-maps")) return try_maps(argc - 3, argv + 3);
+    fprintf(stderr, "escape: unknown mode %s\n", mode);
+    return 2;
+}

@@ -1,0 +1,233 @@
+//! Fixtures for the real-kernel tests.
+//!
+//! Each test gets its own tracker instance (`t-<pid>-<n>`): its own programs, pins, state and
+//! cgroups, so tests never disturb a tracker loaded on the machine nor each other, and the
+//! instance is killed and unloaded when the test ends, failed or not. (`cargo xtask test`
+//! also removes instances left by a test process that was itself killed.)
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tracker::{KillOptions, LoadOptions, Paths, Tracker, loader};
+
+/// The C helper with one escape trick per mode (tests/helpers/escape.c).
+pub const ESCAPE: &str = env!("ESCAPE_HELPER");
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Whether a skipped core test must fail instead (CI sets this through `cargo xtask test`).
+pub fn strict() -> bool {
+    std::env::var("TRACKER_TEST_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// Skip a test because the machine lacks `what`; under CI, fail instead.
+pub fn skip(what: &str) {
+    assert!(!strict(), "core kernel test cannot run: {what}");
+    eprintln!("SKIP: {what}");
+}
+
+/// What a kernel test needs; `None` after reporting a skip.
+fn kernel_ready() -> Option<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        skip("not root: the kernel tests load BPF programs");
+        return None;
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        skip("the kernel has no BTF");
+        return None;
+    }
+    if !tracker::sys::fs_magic_is(Path::new("/sys/fs/bpf"), tracker::sys::BPF_FS_MAGIC) {
+        skip("bpffs is not mounted at /sys/fs/bpf (cargo xtask test mounts it)");
+        return None;
+    }
+    Some(())
+}
+
+/// One isolated tracker instance, unloaded on drop.
+pub struct Instance {
+    pub paths: Paths,
+    pub name: String,
+}
+
+impl Instance {
+    /// Load a fresh instance, or `None` (after a skip) where the kernel cannot.
+    pub fn start() -> Option<Self> {
+        kernel_ready()?;
+        let name = format!(
+            "t-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let paths = Paths::new(&name).unwrap();
+        loader::load(&paths, &LoadOptions { max_slots: 64 }).unwrap();
+        Some(Self { paths, name })
+    }
+
+    pub fn tracker(&self) -> Tracker {
+        Tracker::open(self.paths.clone()).unwrap()
+    }
+
+    /// The `tracker` binary, pointed at this instance.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(tracker_bin());
+        c.env("TRACKER_INSTANCE", &self.name)
+            .env_remove("TRACKER_LOG");
+        c
+    }
+
+    /// Run the CLI and return its output, whatever its exit status.
+    pub fn cli_output(&self, args: &[&str]) -> Output {
+        self.cli().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Run the CLI, assert success, return stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli_output(args);
+        assert!(
+            out.status.success(),
+            "tracker {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `tracker run --detach --slot SLOT -- ESCAPE MODE MARKER ARGS...`
+    pub fn run_detached(
+        &self,
+        slot: &str,
+        extra: &[&str],
+        mode: &str,
+        marker: &str,
+        args: &[&str],
+    ) {
+        let mut a = vec!["run", "--detach", "--slot", slot];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["--", ESCAPE, mode, marker]);
+        a.extend_from_slice(args);
+        let out = self.cli_ok(&a);
+        assert_eq!(out.trim(), slot);
+    }
+
+    /// The pids `tracker ps SLOT --json` reports.
+    pub fn ps(&self, slot: &str) -> Vec<Proc> {
+        let out = self.cli_ok(&["ps", slot, "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| Proc {
+                pid: p["pid"].as_u64().unwrap() as u32,
+                ppid: p["ppid"].as_u64().unwrap() as u32,
+                comm: p["comm"].as_str().unwrap().to_owned(),
+                threads: p["threads"].as_u64().unwrap() as u32,
+            })
+            .collect()
+    }
+
+    /// `tracker kill SLOT --json`, asserting exit 0 and no survivors.
+    pub fn kill_clean(&self, slot: &str) -> serde_json::Value {
+        let out = self.cli_output(&["kill", slot, "--json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("kill output is not JSON ({e}): {text}"));
+        assert!(out.status.success(), "kill failed: {v}");
+        assert_eq!(
+            v["survivors"].as_array().unwrap().len(),
+            0,
+            "survivors: {v}"
+        );
+        v
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Leave nothing running and nothing loaded, even when the test failed.
+        if let Ok(t) = Tracker::open(self.paths.clone()) {
+            for s in t.slots().unwrap_or_default() {
+                let _ = t.kill(
+                    &s.name,
+                    &KillOptions {
+                        timeout: Duration::from_secs(5),
+                    },
+                );
+            }
+        }
+        if let Err(e) = loader::unload(&self.paths, true) {
+            eprintln!("warning: unloading test instance {}: {e}", self.name);
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub threads: u32,
+}
+
+/// The tracker binary under test: `TRACKER_BIN` (set by `cargo xtask test`), else the debug
+/// build in this workspace.
+pub fn tracker_bin() -> PathBuf {
+    std::env::var_os("TRACKER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tracker"))
+}
+
+/// Poll `cond` every 10 ms until it holds, for at most `timeout`.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+/// Every process on the machine whose name is `comm` (to find survivors of a kill anywhere,
+/// not only in the slot).
+pub fn processes_named(comm: &str) -> Vec<u32> {
+    let mut pids = vec![];
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // A zombie has exited and holds nothing but its pid: it is dead.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next());
+        if fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+            && state != Some("Z")
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A marker name (≤ 15 bytes, the kernel's comm length) unique to this test process.
+pub fn marker(tag: &str) -> String {
+    let m = format!("{tag}{}", std::process::id() % 100_000);
+    m.chars().take(15).collect()
+}
+
+/// The pid `pid`'s cgroup memberships, one line per hierarchy.
+pub fn cgroups_of(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}

@@ -1,0 +1,260 @@
+//! The containment promise: every trick a job uses to escape its batch system stays in its
+//! slot (as `tracker ps` shows) and dies with `tracker kill`, with nothing left anywhere.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::BTreeSet, time::Duration};
+
+use tracker_tests::{ESCAPE, Instance, cgroups_of, marker, processes_named, wait_for};
+
+const T: Duration = Duration::from_secs(10);
+
+/// Start `mode` in slot `slot`, wait until `want` processes named `m` exist, check that every
+/// one of them is in the slot, then kill the slot and check that none is left on the machine.
+fn contained(inst: &Instance, slot: &str, mode: &str, m: &str, args: &[&str], want: usize) {
+    inst.run_detached(slot, &[], mode, m, args);
+    assert!(
+        wait_for(T, || processes_named(m).len() >= want),
+        "{mode}: expected {want} process(es) named {m}, found {:?}",
+        processes_named(m)
+    );
+    let escapees: BTreeSet<u32> = processes_named(m).into_iter().collect();
+    let in_slot: BTreeSet<u32> = inst.ps(slot).iter().map(|p| p.pid).collect();
+    assert!(
+        escapees.is_subset(&in_slot),
+        "{mode}: {escapees:?} not all in slot {in_slot:?}"
+    );
+    let report = inst.kill_clean(slot);
+    assert!(
+        report["killed"].as_u64().unwrap() >= want as u64,
+        "{mode}: {report}"
+    );
+    assert!(
+        wait_for(T, || processes_named(m).is_empty()),
+        "{mode}: survivors {:?}",
+        processes_named(m)
+    );
+    assert!(inst.ps(slot).is_empty());
+    inst.cli_ok(&["release", slot]);
+}
+
+#[test]
+fn classic_daemonize_double_fork_with_setsid() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("dfork");
+    contained(&inst, "daemonize", "daemonize", &m, &[], 1);
+}
+
+#[test]
+fn shell_double_fork_and_nohup_disown() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("nohup");
+    let script = format!(
+        "(setsid {ESCAPE} sleep {m} &) ; nohup {ESCAPE} sleep {m} >/dev/null 2>&1 & disown; exit 0"
+    );
+    inst.cli_ok(&[
+        "run", "--detach", "--slot", "shell", "--", "bash", "-c", &script,
+    ]);
+    assert!(wait_for(T, || processes_named(&m).len() == 2));
+    let pids: BTreeSet<u32> = processes_named(&m).into_iter().collect();
+    let in_slot: BTreeSet<u32> = inst.ps("shell").iter().map(|p| p.pid).collect();
+    assert!(pids.is_subset(&in_slot), "{pids:?} vs {in_slot:?}");
+    inst.kill_clean("shell");
+    assert!(wait_for(T, || processes_named(&m).is_empty()));
+}
+
+#[test]
+fn empty_environment_and_new_process_group() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("envi");
+    contained(&inst, "envpgrp", "env-pgrp", &m, &[], 1);
+    // And through env -i from a shell, in a new session.
+    let m2 = marker("envsh");
+    let script = format!("env -i setsid {ESCAPE} sleep {m2} & exit 0");
+    inst.cli_ok(&[
+        "run", "--detach", "--slot", "envsh", "--", "bash", "-c", &script,
+    ]);
+    assert!(wait_for(T, || processes_named(&m2).len() == 1));
+    let pid = processes_named(&m2)[0];
+    assert!(inst.ps("envsh").iter().any(|p| p.pid == pid));
+    inst.kill_clean("envsh");
+    assert!(wait_for(T, || processes_named(&m2).is_empty()));
+}
+
+#[test]
+fn threads_are_tagged() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("thr");
+    inst.run_detached("threads", &[], "threads", &m, &["4"]);
+    assert!(wait_for(T, || inst
+        .ps("threads")
+        .first()
+        .is_some_and(|p| p.threads == 5)));
+    let rows = inst.cli_ok(&["ps", "threads", "--threads", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 5, "{rows}");
+    let status = inst.tracker().slot_status("threads").unwrap();
+    assert_eq!(status.tasks_live, 5);
+    let report = inst.kill_clean("threads");
+    assert_eq!(report["tasks_killed"].as_u64(), Some(5), "{report}");
+    assert_eq!(report["killed"].as_u64(), Some(1), "{report}");
+}
+
+#[test]
+fn vfork_and_clone_parent() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("vfork");
+    // The vfork child execs a sleeper; its parent exits.
+    contained(&inst, "vfork", "vfork", &m, &[], 1);
+    let m = marker("clonep");
+    // CLONE_PARENT makes the child a sibling of its creator: a child of `tracker run`'s
+    // detached process's parent, outside any tree the creator roots.
+    contained(&inst, "cloneparent", "clone-parent", &m, &[], 1);
+}
+
+#[test]
+fn a_command_that_forks_at_once_is_tagged_before_it_runs() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("fnow");
+    contained(&inst, "forknow", "fork-now", &m, &[], 2);
+}
+
+#[test]
+fn pid_hopper_is_followed_and_killed() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("hop");
+    inst.run_detached("hopper", &[], "hopper", &m, &[]);
+    let t = inst.tracker();
+    assert!(wait_for(T, || t
+        .slot_status("hopper")
+        .unwrap()
+        .tasks_started
+        > 2000));
+    // Its pid changes thousands of times a second, yet the slot always has it, and only it.
+    for _ in 0..20 {
+        let ps = inst.ps("hopper");
+        assert!(ps.len() <= 2, "{ps:?}");
+        assert!(ps.iter().all(|p| p.comm == m), "{ps:?}");
+    }
+    let before = t.slot_status("hopper").unwrap();
+    assert!(
+        before.tasks_live >= 1 && before.tasks_live <= 2,
+        "{before:?}"
+    );
+    inst.kill_clean("hopper");
+    assert!(
+        wait_for(T, || processes_named(&m).is_empty()),
+        "{:?}",
+        processes_named(&m)
+    );
+    assert_eq!(t.slot_status("hopper").unwrap().tasks_live, 0);
+}
+
+#[test]
+fn fork_bomb_is_killed_while_it_forks() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("bomb");
+    inst.run_detached("bomb", &["--tasks-max", "300"], "forkbomb", &m, &[]);
+    let t = inst.tracker();
+    assert!(wait_for(T, || t.slot_status("bomb").unwrap().tasks_live >= 250));
+    let report = inst.kill_clean("bomb");
+    assert!(report["killed"].as_u64().unwrap() >= 250, "{report}");
+    assert!(
+        wait_for(T, || processes_named(&m).is_empty()),
+        "{:?}",
+        processes_named(&m)
+    );
+    let after = t.slot_status("bomb").unwrap();
+    assert_eq!(after.tasks_live, 0, "{after:?}");
+}
+
+#[test]
+fn root_job_that_leaves_its_cgroup_is_still_killed() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let t = inst.tracker();
+    let mounts = t.cgroups().mounts().clone();
+    let roots: Vec<String> = mounts
+        .unified
+        .iter()
+        .chain(mounts.v1.values())
+        .map(|p| p.display().to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if roots.is_empty() {
+        tracker_tests::skip("no cgroup hierarchy on this machine");
+        return;
+    }
+    let m = marker("leave");
+    let mut args: Vec<&str> = roots.iter().map(String::as_str).collect();
+    args.retain(|r| !r.ends_with("cpuset"));
+    inst.run_detached("leaver", &[], "leave-cgroups", &m, &args);
+    assert!(wait_for(T, || processes_named(&m).len() == 1));
+    let pid = processes_named(&m)[0];
+    // It is out of every slot cgroup...
+    assert!(
+        wait_for(T, || !cgroups_of(pid).contains("slot-leaver")),
+        "{}",
+        cgroups_of(pid)
+    );
+    // ...but not out of the slot.
+    assert!(inst.ps("leaver").iter().any(|p| p.pid == pid));
+    inst.kill_clean("leaver");
+    assert!(wait_for(T, || processes_named(&m).is_empty()));
+}
+
+#[test]
+fn without_cgroups_tagging_and_kill_work_by_the_tag_alone() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("nocg");
+    let out = inst
+        .cli()
+        .env("TRACKER_CGROUPS", "off")
+        .args([
+            "run",
+            "--detach",
+            "--slot",
+            "nocg",
+            "--",
+            ESCAPE,
+            "daemonize",
+            &m,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_for(T, || processes_named(&m).len() == 1));
+    let pid = processes_named(&m)[0];
+    assert!(
+        !cgroups_of(pid).contains("slot-nocg"),
+        "{}",
+        cgroups_of(pid)
+    );
+    assert!(inst.ps("nocg").iter().any(|p| p.pid == pid));
+    let report = inst.kill_clean("nocg");
+    assert_eq!(report["froze"], false, "{report}");
+    assert!(wait_for(T, || processes_named(&m).is_empty()));
+}

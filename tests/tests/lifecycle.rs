@@ -1,0 +1,241 @@
+//! Slots, pins and programs over their life: run, adopt, kill, release; the tracker process
+//! dying; upgrading the programs; unloading.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use tracker::{LoadOptions, loader};
+use tracker_tests::{ESCAPE, Instance, marker, processes_named, wait_for};
+
+const T: Duration = Duration::from_secs(10);
+
+#[test]
+fn run_kills_the_leftovers_and_exits_with_the_commands_status() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("left");
+    let script = format!("(setsid {ESCAPE} sleep {m} &); {ESCAPE} daemonize {m}; exit 7");
+    let out = inst.cli_output(&["run", "--slot", "left", "--", "bash", "-c", &script]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("killed 2 leftover process(es)"), "{stderr}");
+    assert!(processes_named(&m).is_empty(), "{:?}", processes_named(&m));
+    // The slot was released with the command.
+    assert!(inst.tracker().slots().unwrap().is_empty());
+    // Killed by a signal: 128 + signal, as a shell says.
+    let out = inst.cli_output(&["run", "--", "bash", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15));
+}
+
+#[test]
+fn the_tracker_process_is_never_in_the_slot() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("self");
+    let mut child = inst
+        .cli()
+        .args(["run", "--slot", "own", "--", ESCAPE, "sleep", &m])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(T, || processes_named(&m).len() == 1));
+    let ps: BTreeSet<u32> = inst.ps("own").iter().map(|p| p.pid).collect();
+    assert_eq!(
+        ps,
+        processes_named(&m).into_iter().collect(),
+        "only the command is in the slot"
+    );
+    assert!(!ps.contains(&child.id()));
+    // Adopting the tracker's own ancestors is refused.
+    let out = inst.cli_output(&["adopt", "own", &std::process::id().to_string()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ancestors"));
+    inst.kill_clean("own");
+    child.wait().unwrap();
+}
+
+#[test]
+fn adopt_takes_a_process_and_its_descendants() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("adopt");
+    let mut tree = Command::new("bash")
+        .args([
+            "-c",
+            &format!("{ESCAPE} sleep {m} & {ESCAPE} sleep {m} & wait"),
+        ])
+        .spawn()
+        .unwrap();
+    assert!(wait_for(T, || processes_named(&m).len() == 2));
+    inst.cli_ok(&["create", "adopted"]);
+    let out = inst.cli_ok(&["adopt", "adopted", &tree.id().to_string()]);
+    assert!(out.contains("3 process(es)"), "{out}");
+    let ps: BTreeSet<u32> = inst.ps("adopted").iter().map(|p| p.pid).collect();
+    let want: BTreeSet<u32> = processes_named(&m).into_iter().chain([tree.id()]).collect();
+    assert_eq!(ps, want);
+    // A process already in a slot cannot be adopted into another.
+    inst.cli_ok(&["create", "other"]);
+    let out = inst.cli_output(&["adopt", "other", &tree.id().to_string()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in slot \"adopted\""));
+    inst.kill_clean("adopted");
+    tree.wait().unwrap();
+    assert!(processes_named(&m).is_empty());
+}
+
+#[test]
+fn a_process_that_is_not_tagged_is_never_signalled() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let t = inst.tracker();
+    let m = marker("job");
+    inst.run_detached("innocent", &[], "sleep", &m, &[]);
+    let rec = t.slot("innocent").unwrap();
+    let Some(v2) = rec.cgroups.unified.clone() else {
+        tracker_tests::skip("no cgroup2 directory for the slot");
+        return;
+    };
+    // Someone (root) puts an unrelated process into the slot's cgroup.
+    let mut stranger = Command::new(ESCAPE)
+        .args(["sleep", &marker("strange")])
+        .spawn()
+        .unwrap();
+    fs::write(v2.join("cgroup.procs"), stranger.id().to_string()).unwrap();
+    let report = inst.kill_clean("innocent");
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains(&stranger.id().to_string()),
+        "{report}"
+    );
+    assert!(processes_named(&m).is_empty());
+    assert!(
+        stranger.try_wait().unwrap().is_none(),
+        "the untagged process was killed"
+    );
+    // Move it back out so that the slot's cgroup can go.
+    fs::write(
+        v2.parent().unwrap().parent().unwrap().join("cgroup.procs"),
+        stranger.id().to_string(),
+    )
+    .unwrap();
+    stranger.kill().unwrap();
+    stranger.wait().unwrap();
+}
+
+#[test]
+fn slots_survive_the_tracker_process_being_killed() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("surv");
+    // A job that forks a new daemon a moment after it starts, when the tracker is gone.
+    let script = format!("sleep 1; ({ESCAPE} daemonize {m}); exec {ESCAPE} sleep {m}");
+    let mut run = inst
+        .cli()
+        .args(["run", "--slot", "surv", "--", "bash", "-c", &script])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the command runs, the tracker still holds it between fork and exec.
+    assert!(wait_for(T, || inst
+        .ps("surv")
+        .iter()
+        .any(|p| p.comm == "sleep")));
+    // SIGKILL: no cleanup of any kind runs.
+    run.kill().unwrap();
+    run.wait().unwrap();
+    assert!(wait_for(T, || processes_named(&m).len() == 2));
+    let ps: BTreeSet<u32> = inst.ps("surv").iter().map(|p| p.pid).collect();
+    assert_eq!(ps, processes_named(&m).into_iter().collect::<BTreeSet<_>>());
+    let status = inst.tracker().slot_status("surv").unwrap();
+    assert_eq!(status.tasks_live, 2);
+    inst.kill_clean("surv");
+    assert!(processes_named(&m).is_empty());
+}
+
+#[test]
+fn loading_again_upgrades_without_losing_slots_or_counting_twice() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("upg");
+    inst.run_detached("upg", &[], "sleep", &m, &[]);
+    let t = inst.tracker();
+    let before = t.slot_status("upg").unwrap();
+    let report = loader::load(&inst.paths, &LoadOptions::default()).unwrap();
+    assert_eq!(report.action, loader::LoadAction::Upgraded);
+    assert_eq!(report.generation, 2);
+    assert_eq!(report.slots_kept, 1);
+    // Still tracked; a fork after the upgrade is counted exactly once.
+    let pid = processes_named(&m)[0];
+    assert!(inst.ps("upg").iter().any(|p| p.pid == pid));
+    inst.cli_ok(&["create", "upg2"]);
+    let script = format!("{ESCAPE} daemonize {m}x; true");
+    inst.cli_ok(&[
+        "run", "--detach", "--slot", "upg3", "--", "bash", "-c", &script,
+    ]);
+    assert!(wait_for(T, || processes_named(&format!("{m}x")).len() == 1));
+    let s3 = t.slot_status("upg3").unwrap();
+    // bash, the daemonize parent, its middle child and the daemon: 4 tasks, once each.
+    assert_eq!(s3.tasks_started, 4, "{s3:?}");
+    let after = t.slot_status("upg").unwrap();
+    assert_eq!(after.tasks_live, before.tasks_live);
+    // Exactly one set of links is attached.
+    let st = tracker::status::status(&inst.paths).unwrap();
+    assert_eq!(st.generation, 2);
+    assert!(st.programs.iter().all(|p| p.ready), "{:?}", st.programs);
+    inst.kill_clean("upg");
+    inst.kill_clean("upg3");
+}
+
+#[test]
+fn release_and_unload_refuse_live_slots_and_then_leave_nothing() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("rel");
+    inst.run_detached("rel", &[], "sleep", &m, &[]);
+    let cg = inst.tracker().slot("rel").unwrap().cgroups;
+    let out = inst.cli_output(&["release", "rel"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("still has 1 live task"));
+    let out = inst.cli_output(&["unload"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("live tasks"));
+    inst.kill_clean("rel");
+    // The record outlives its processes until it is released.
+    let slots = inst.cli_ok(&["slots", "--json"]);
+    assert!(slots.contains("\"rel\""), "{slots}");
+    inst.cli_ok(&["release", "rel"]);
+    for dir in cg.dirs() {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+    inst.cli_ok(&["unload"]);
+    assert!(!inst.paths.pin_dir().exists());
+    // Unloading again is harmless.
+    assert!(inst.cli_ok(&["unload"]).contains("was not loaded"));
+}
+
+#[test]
+fn kill_reports_what_it_did() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("rep");
+    inst.run_detached("rep", &[], "threads", &m, &["2"]);
+    assert!(wait_for(T, || inst.ps("rep").len() == 1));
+    let out = inst.cli_ok(&["kill", "rep"]);
+    assert!(out.contains("killed 1 process(es) (3 task(s))"), "{out}");
+    let v = inst.kill_clean("rep");
+    assert_eq!(v["killed"], 0);
+    assert!(v["elapsed_ms"].as_f64().is_some());
+}

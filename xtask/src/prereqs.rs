@@ -1,0 +1,154 @@
+//! Check, and install where missing, what building and loading the tracker needs:
+//! LLVM 22 (Debian), bpf-linker built against it, the nightly toolchain's `rust-src`, and the
+//! kernel's tracefs and bpffs mounts. Each step says what it found or did in one line; a step
+//! that cannot be done is one line saying what to do.
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run::quiet;
+
+const LLVM_MAJOR: &str = "22";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("must run as root: loading BPF programs and making cgroups need it");
+    }
+    Ok(())
+}
+
+pub fn ensure_toolchain() -> Result<()> {
+    ensure_llvm()?;
+    ensure_nightly()?;
+    ensure_rust_src()?;
+    ensure_bpf_linker()
+}
+
+fn say(what: &str) {
+    println!("xtask: {what}");
+}
+
+fn ensure_llvm() -> Result<()> {
+    if Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
+        say(&format!("LLVM {LLVM_MAJOR}: found in {LLVM_PREFIX}"));
+        return Ok(());
+    }
+    say(&format!(
+        "LLVM {LLVM_MAJOR}: installing {} with apt-get",
+        LLVM_PACKAGES.join(" ")
+    ));
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        quiet(&mut c).map(|_| ())
+    };
+    apt(&["update", "-qq"])
+        .and_then(|()| apt(&[&["install", "-y", "-qq"][..], LLVM_PACKAGES].concat()))
+        .context(format!(
+            "cannot install LLVM {LLVM_MAJOR}: install {} by hand (Debian/Ubuntu apt repositories)",
+            LLVM_PACKAGES.join(" ")
+        ))
+}
+
+/// bpf-linker reads the LLVM bitcode rustc writes, so nightly's LLVM must be the one
+/// bpf-linker is built against.
+fn ensure_nightly() -> Result<()> {
+    let out = quiet(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
+        .context("the nightly toolchain is missing: `rustup toolchain install nightly`")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let llvm = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .unwrap_or("unknown")
+        .to_owned();
+    if llvm.split('.').next() != Some(LLVM_MAJOR) {
+        bail!(
+            "nightly rustc uses LLVM {llvm}, but bpf-linker is built for LLVM {LLVM_MAJOR}: \
+             install a nightly whose `rustc -vV` says LLVM {LLVM_MAJOR}"
+        );
+    }
+    say(&format!("nightly toolchain: LLVM {llvm}"));
+    Ok(())
+}
+
+fn ensure_rust_src() -> Result<()> {
+    let out = quiet(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        say("nightly rust-src: installed");
+        return Ok(());
+    }
+    say("nightly rust-src: installing");
+    quiet(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .map(|_| ())
+        .context("cannot add rust-src: `rustup component add rust-src --toolchain nightly`")
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    if let Ok(out) = Command::new("bpf-linker").arg("--version").output()
+        && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+    {
+        say(&format!("bpf-linker {BPF_LINKER_VERSION}: installed"));
+        return Ok(());
+    }
+    say(&format!(
+        "bpf-linker {BPF_LINKER_VERSION}: building against LLVM {LLVM_MAJOR} (about a minute)"
+    ));
+    let mut c = Command::new(env!("CARGO"));
+    c.args(["install", "--quiet", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{LLVM_MAJOR}")])
+        // Without these it finds Debian's default llvm-config (LLVM 14) and cannot link.
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env(format!("LLVM_SYS_{LLVM_MAJOR}1_PREFIX"), LLVM_PREFIX);
+    quiet(&mut c)
+        .map(|_| ())
+        .context("cannot build bpf-linker")?;
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+/// Mount tracefs and bpffs where they are not mounted.
+pub fn ensure_kernel_filesystems() -> Result<()> {
+    for (fstype, dir) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        if is_mounted(fstype, dir)? {
+            say(&format!("{fstype}: mounted at {dir}"));
+            continue;
+        }
+        say(&format!("{fstype}: mounting at {dir}"));
+        quiet(Command::new("mount").args(["-t", fstype, fstype, dir])).with_context(|| {
+            format!("cannot mount {fstype} at {dir}: `mount -t {fstype} {fstype} {dir}`")
+        })?;
+    }
+    Ok(())
+}
+
+fn is_mounted(fstype: &str, dir: &str) -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    Ok(mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(1) == Some(&dir) && f.get(2) == Some(&fstype)
+    }))
+}
