@@ -32,7 +32,5 @@ fn main() -> anyhow::Result<()> {
 
 fn which_bpf_linker() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("bpf-linker"))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join("bpf-linker")).find(|p| p.is_file())
 }

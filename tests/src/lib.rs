@@ -61,11 +61,7 @@ impl Instance {
     /// Load a fresh instance, or `None` (after a skip) where the kernel cannot.
     pub fn start() -> Option<Self> {
         kernel_ready()?;
-        let name = format!(
-            "t-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("t-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let paths = Paths::new(&name).unwrap();
         loader::load(&paths, &LoadOptions { max_slots: 64 }).unwrap();
         Some(Self { paths, name })
@@ -78,8 +74,7 @@ impl Instance {
     /// The `tracker` binary, pointed at this instance.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(tracker_bin());
-        c.env("TRACKER_INSTANCE", &self.name)
-            .env_remove("TRACKER_LOG");
+        c.env("TRACKER_INSTANCE", &self.name).env_remove("TRACKER_LOG");
         c
     }
 
@@ -140,11 +135,7 @@ impl Instance {
         let v: serde_json::Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("kill output is not JSON ({e}): {text}"));
         assert!(out.status.success(), "kill failed: {v}");
-        assert_eq!(
-            v["survivors"].as_array().unwrap().len(),
-            0,
-            "survivors: {v}"
-        );
+        assert_eq!(v["survivors"].as_array().unwrap().len(), 0, "survivors: {v}");
         v
     }
 }
@@ -154,12 +145,7 @@ impl Drop for Instance {
         // Leave nothing running and nothing loaded, even when the test failed.
         if let Ok(t) = Tracker::open(self.paths.clone()) {
             for s in t.slots().unwrap_or_default() {
-                let _ = t.kill(
-                    &s.name,
-                    &KillOptions {
-                        timeout: Duration::from_secs(5),
-                    },
-                );
+                let _ = t.kill(&s.name, &KillOptions { timeout: Duration::from_secs(5) });
             }
         }
         if let Err(e) = loader::unload(&self.paths, true) {
@@ -208,10 +194,7 @@ pub fn processes_named(comm: &str) -> Vec<u32> {
             continue;
         };
         // A zombie has exited and holds nothing but its pid: it is dead.
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().next());
+        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
         if fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
             && state != Some("Z")
         {

@@ -19,15 +19,9 @@ fn contained(inst: &Instance, slot: &str, mode: &str, m: &str, args: &[&str], wa
     );
     let escapees: BTreeSet<u32> = processes_named(m).into_iter().collect();
     let in_slot: BTreeSet<u32> = inst.ps(slot).iter().map(|p| p.pid).collect();
-    assert!(
-        escapees.is_subset(&in_slot),
-        "{mode}: {escapees:?} not all in slot {in_slot:?}"
-    );
+    assert!(escapees.is_subset(&in_slot), "{mode}: {escapees:?} not all in slot {in_slot:?}");
     let report = inst.kill_clean(slot);
-    assert!(
-        report["killed"].as_u64().unwrap() >= want as u64,
-        "{mode}: {report}"
-    );
+    assert!(report["killed"].as_u64().unwrap() >= want as u64, "{mode}: {report}");
     assert!(
         wait_for(T, || processes_named(m).is_empty()),
         "{mode}: survivors {:?}",
@@ -55,9 +49,7 @@ fn shell_double_fork_and_nohup_disown() {
     let script = format!(
         "(setsid {ESCAPE} sleep {m} &) ; nohup {ESCAPE} sleep {m} >/dev/null 2>&1 & disown; exit 0"
     );
-    inst.cli_ok(&[
-        "run", "--detach", "--slot", "shell", "--", "bash", "-c", &script,
-    ]);
+    inst.cli_ok(&["run", "--detach", "--slot", "shell", "--", "bash", "-c", &script]);
     assert!(wait_for(T, || processes_named(&m).len() == 2));
     let pids: BTreeSet<u32> = processes_named(&m).into_iter().collect();
     let in_slot: BTreeSet<u32> = inst.ps("shell").iter().map(|p| p.pid).collect();
@@ -76,9 +68,7 @@ fn empty_environment_and_new_process_group() {
     // And through env -i from a shell, in a new session.
     let m2 = marker("envsh");
     let script = format!("env -i setsid {ESCAPE} sleep {m2} & exit 0");
-    inst.cli_ok(&[
-        "run", "--detach", "--slot", "envsh", "--", "bash", "-c", &script,
-    ]);
+    inst.cli_ok(&["run", "--detach", "--slot", "envsh", "--", "bash", "-c", &script]);
     assert!(wait_for(T, || processes_named(&m2).len() == 1));
     let pid = processes_named(&m2)[0];
     assert!(inst.ps("envsh").iter().any(|p| p.pid == pid));
@@ -93,10 +83,7 @@ fn threads_are_tagged() {
     };
     let m = marker("thr");
     inst.run_detached("threads", &[], "threads", &m, &["4"]);
-    assert!(wait_for(T, || inst
-        .ps("threads")
-        .first()
-        .is_some_and(|p| p.threads == 5)));
+    assert!(wait_for(T, || inst.ps("threads").first().is_some_and(|p| p.threads == 5)));
     let rows = inst.cli_ok(&["ps", "threads", "--threads", "--json"]);
     let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 5, "{rows}");
@@ -138,11 +125,7 @@ fn pid_hopper_is_followed_and_killed() {
     let m = marker("hop");
     inst.run_detached("hopper", &[], "hopper", &m, &[]);
     let t = inst.tracker();
-    assert!(wait_for(T, || t
-        .slot_status("hopper")
-        .unwrap()
-        .tasks_started
-        > 2000));
+    assert!(wait_for(T, || t.slot_status("hopper").unwrap().tasks_started > 2000));
     // Its pid changes thousands of times a second, yet the slot always has it, and only it.
     for _ in 0..20 {
         let ps = inst.ps("hopper");
@@ -150,16 +133,9 @@ fn pid_hopper_is_followed_and_killed() {
         assert!(ps.iter().all(|p| p.comm == m), "{ps:?}");
     }
     let before = t.slot_status("hopper").unwrap();
-    assert!(
-        before.tasks_live >= 1 && before.tasks_live <= 2,
-        "{before:?}"
-    );
+    assert!(before.tasks_live >= 1 && before.tasks_live <= 2, "{before:?}");
     inst.kill_clean("hopper");
-    assert!(
-        wait_for(T, || processes_named(&m).is_empty()),
-        "{:?}",
-        processes_named(&m)
-    );
+    assert!(wait_for(T, || processes_named(&m).is_empty()), "{:?}", processes_named(&m));
     assert_eq!(t.slot_status("hopper").unwrap().tasks_live, 0);
 }
 
@@ -174,11 +150,7 @@ fn fork_bomb_is_killed_while_it_forks() {
     assert!(wait_for(T, || t.slot_status("bomb").unwrap().tasks_live >= 250));
     let report = inst.kill_clean("bomb");
     assert!(report["killed"].as_u64().unwrap() >= 250, "{report}");
-    assert!(
-        wait_for(T, || processes_named(&m).is_empty()),
-        "{:?}",
-        processes_named(&m)
-    );
+    assert!(wait_for(T, || processes_named(&m).is_empty()), "{:?}", processes_named(&m));
     let after = t.slot_status("bomb").unwrap();
     assert_eq!(after.tasks_live, 0, "{after:?}");
 }
@@ -209,11 +181,7 @@ fn root_job_that_leaves_its_cgroup_is_still_killed() {
     assert!(wait_for(T, || processes_named(&m).len() == 1));
     let pid = processes_named(&m)[0];
     // It is out of every slot cgroup...
-    assert!(
-        wait_for(T, || !cgroups_of(pid).contains("slot-leaver")),
-        "{}",
-        cgroups_of(pid)
-    );
+    assert!(wait_for(T, || !cgroups_of(pid).contains("slot-leaver")), "{}", cgroups_of(pid));
     // ...but not out of the slot.
     assert!(inst.ps("leaver").iter().any(|p| p.pid == pid));
     inst.kill_clean("leaver");
@@ -229,30 +197,13 @@ fn without_cgroups_tagging_and_kill_work_by_the_tag_alone() {
     let out = inst
         .cli()
         .env("TRACKER_CGROUPS", "off")
-        .args([
-            "run",
-            "--detach",
-            "--slot",
-            "nocg",
-            "--",
-            ESCAPE,
-            "daemonize",
-            &m,
-        ])
+        .args(["run", "--detach", "--slot", "nocg", "--", ESCAPE, "daemonize", &m])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(wait_for(T, || processes_named(&m).len() == 1));
     let pid = processes_named(&m)[0];
-    assert!(
-        !cgroups_of(pid).contains("slot-nocg"),
-        "{}",
-        cgroups_of(pid)
-    );
+    assert!(!cgroups_of(pid).contains("slot-nocg"), "{}", cgroups_of(pid));
     assert!(inst.ps("nocg").iter().any(|p| p.pid == pid));
     let report = inst.kill_clean("nocg");
     assert_eq!(report["froze"], false, "{report}");

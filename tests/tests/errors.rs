@@ -20,23 +20,14 @@ fn unknown_and_duplicate_slots() {
     let Some(inst) = Instance::start() else {
         return;
     };
-    for args in [
-        &["ps", "nope"][..],
-        &["kill", "nope"],
-        &["release", "nope"],
-        &["adopt", "nope", "1"],
-    ] {
+    for args in
+        [&["ps", "nope"][..], &["kill", "nope"], &["release", "nope"], &["adopt", "nope", "1"]]
+    {
         one_line_error(&inst.cli_output(args), "no slot named \"nope\"");
     }
     inst.cli_ok(&["create", "dup"]);
-    one_line_error(
-        &inst.cli_output(&["create", "dup"]),
-        "a slot named \"dup\" exists already",
-    );
-    one_line_error(
-        &inst.cli_output(&["run", "--slot", "dup", "--", "true"]),
-        "exists already",
-    );
+    one_line_error(&inst.cli_output(&["create", "dup"]), "a slot named \"dup\" exists already");
+    one_line_error(&inst.cli_output(&["run", "--slot", "dup", "--", "true"]), "exists already");
     one_line_error(&inst.cli_output(&["create", "../etc"]), "invalid slot name");
     // Nothing changed: still exactly the one slot.
     assert_eq!(inst.tracker().slots().unwrap().len(), 1);
@@ -51,14 +42,8 @@ fn adopt_of_dead_missing_or_special_pids() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
-    one_line_error(
-        &inst.cli_output(&["adopt", "a", &dead.to_string()]),
-        "no process with pid",
-    );
-    one_line_error(
-        &inst.cli_output(&["adopt", "a", "4194304"]),
-        "no process with pid 4194304",
-    );
+    one_line_error(&inst.cli_output(&["adopt", "a", &dead.to_string()]), "no process with pid");
+    one_line_error(&inst.cli_output(&["adopt", "a", "4194304"]), "no process with pid 4194304");
     one_line_error(&inst.cli_output(&["adopt", "a", "1"]), "init");
     one_line_error(&inst.cli_output(&["adopt", "a", "2"]), "kernel thread");
     one_line_error(&inst.cli_output(&["adopt", "a", "x"]), "invalid value");
@@ -72,14 +57,7 @@ fn a_command_that_cannot_start_leaves_no_slot() {
     };
     let out = inst.cli_output(&["run", "--slot", "ghost", "--", "/nonexistent/cmd"]);
     one_line_error(&out, "/nonexistent/cmd");
-    let out = inst.cli_output(&[
-        "run",
-        "--detach",
-        "--slot",
-        "ghost",
-        "--",
-        "/nonexistent/cmd",
-    ]);
+    let out = inst.cli_output(&["run", "--detach", "--slot", "ghost", "--", "/nonexistent/cmd"]);
     one_line_error(&out, "/nonexistent/cmd");
     assert!(inst.tracker().slots().unwrap().is_empty());
 }
@@ -90,13 +68,7 @@ fn not_root() {
         return;
     };
     for args in [&["slots"][..], &["load"], &["unload"], &["kill", "x"]] {
-        let out = inst
-            .cli()
-            .args(args)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
+        let out = inst.cli().args(args).uid(65534).gid(65534).output().unwrap();
         one_line_error(&out, "must run as root");
     }
 }
@@ -143,12 +115,7 @@ fn kill_of_an_empty_slot_is_harmless() {
     assert_eq!(v["killed"], 0);
     let m = marker("after");
     // The slot can still be used after a kill.
-    inst.cli_ok(&[
-        "run", "--detach", "--slot", "again", "--", ESCAPE, "sleep", &m,
-    ]);
-    assert!(wait_for(
-        std::time::Duration::from_secs(5),
-        || processes_named(&m).len() == 1
-    ));
+    inst.cli_ok(&["run", "--detach", "--slot", "again", "--", ESCAPE, "sleep", &m]);
+    assert!(wait_for(std::time::Duration::from_secs(5), || processes_named(&m).len() == 1));
     inst.kill_clean("again");
 }

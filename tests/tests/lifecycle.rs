@@ -47,11 +47,7 @@ fn the_tracker_process_is_never_in_the_slot() {
         .unwrap();
     assert!(wait_for(T, || processes_named(&m).len() == 1));
     let ps: BTreeSet<u32> = inst.ps("own").iter().map(|p| p.pid).collect();
-    assert_eq!(
-        ps,
-        processes_named(&m).into_iter().collect(),
-        "only the command is in the slot"
-    );
+    assert_eq!(ps, processes_named(&m).into_iter().collect(), "only the command is in the slot");
     assert!(!ps.contains(&child.id()));
     // Adopting the tracker's own ancestors is refused.
     let out = inst.cli_output(&["adopt", "own", &std::process::id().to_string()]);
@@ -68,10 +64,7 @@ fn adopt_takes_a_process_and_its_descendants() {
     };
     let m = marker("adopt");
     let mut tree = Command::new("bash")
-        .args([
-            "-c",
-            &format!("{ESCAPE} sleep {m} & {ESCAPE} sleep {m} & wait"),
-        ])
+        .args(["-c", &format!("{ESCAPE} sleep {m} & {ESCAPE} sleep {m} & wait")])
         .spawn()
         .unwrap();
     assert!(wait_for(T, || processes_named(&m).len() == 2));
@@ -104,23 +97,12 @@ fn a_process_that_is_not_tagged_is_never_signalled() {
         return;
     };
     // Someone (root) puts an unrelated process into the slot's cgroup.
-    let mut stranger = Command::new(ESCAPE)
-        .args(["sleep", &marker("strange")])
-        .spawn()
-        .unwrap();
+    let mut stranger = Command::new(ESCAPE).args(["sleep", &marker("strange")]).spawn().unwrap();
     fs::write(v2.join("cgroup.procs"), stranger.id().to_string()).unwrap();
     let report = inst.kill_clean("innocent");
-    assert!(
-        report["warnings"]
-            .to_string()
-            .contains(&stranger.id().to_string()),
-        "{report}"
-    );
+    assert!(report["warnings"].to_string().contains(&stranger.id().to_string()), "{report}");
     assert!(processes_named(&m).is_empty());
-    assert!(
-        stranger.try_wait().unwrap().is_none(),
-        "the untagged process was killed"
-    );
+    assert!(stranger.try_wait().unwrap().is_none(), "the untagged process was killed");
     // Move it back out so that the slot's cgroup can go.
     fs::write(
         v2.parent().unwrap().parent().unwrap().join("cgroup.procs"),
@@ -146,10 +128,7 @@ fn slots_survive_the_tracker_process_being_killed() {
         .spawn()
         .unwrap();
     // Until the command runs, the tracker still holds it between fork and exec.
-    assert!(wait_for(T, || inst
-        .ps("surv")
-        .iter()
-        .any(|p| p.comm == "sleep")));
+    assert!(wait_for(T, || inst.ps("surv").iter().any(|p| p.comm == "sleep")));
     // SIGKILL: no cleanup of any kind runs.
     run.kill().unwrap();
     run.wait().unwrap();
@@ -180,9 +159,7 @@ fn loading_again_upgrades_without_losing_slots_or_counting_twice() {
     assert!(inst.ps("upg").iter().any(|p| p.pid == pid));
     inst.cli_ok(&["create", "upg2"]);
     let script = format!("{ESCAPE} daemonize {m}x; true");
-    inst.cli_ok(&[
-        "run", "--detach", "--slot", "upg3", "--", "bash", "-c", &script,
-    ]);
+    inst.cli_ok(&["run", "--detach", "--slot", "upg3", "--", "bash", "-c", &script]);
     assert!(wait_for(T, || processes_named(&format!("{m}x")).len() == 1));
     let s3 = t.slot_status("upg3").unwrap();
     // bash, the daemonize parent, its middle child and the daemon: 4 tasks, once each.

@@ -11,13 +11,7 @@ fn map_ids(dir: &std::path::Path) -> Vec<u32> {
     fs::read_dir(dir)
         .unwrap()
         .flatten()
-        .map(|e| {
-            aya::maps::MapData::from_pin(e.path())
-                .unwrap()
-                .info()
-                .unwrap()
-                .id()
-        })
+        .map(|e| aya::maps::MapData::from_pin(e.path()).unwrap().info().unwrap().id())
         .collect()
 }
 
@@ -26,17 +20,9 @@ fn pins_are_root_only() {
     let Some(inst) = Instance::start() else {
         return;
     };
-    let mode = fs::metadata(inst.paths.pin_dir())
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = fs::metadata(inst.paths.pin_dir()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "pin directory mode {mode:o}");
-    for d in [
-        inst.paths.maps_dir(),
-        inst.paths.links_dir(),
-        inst.paths.progs_dir(),
-    ] {
+    for d in [inst.paths.maps_dir(), inst.paths.links_dir(), inst.paths.progs_dir()] {
         assert_eq!(
             fs::metadata(&d).unwrap().permissions().mode() & 0o777,
             0o700,
@@ -59,17 +45,11 @@ fn an_unprivileged_job_cannot_reach_the_maps() {
     // The job drops to uid 65534 inside its slot, then tries every way in: by pin path, and
     // by map id (which needs CAP_SYS_ADMIN).
     let m = marker("sec");
-    let mut cmd = vec![
-        "run", "--slot", "sec", "--", ESCAPE, "try-maps", &m, "65534",
-    ];
+    let mut cmd = vec!["run", "--slot", "sec", "--", ESCAPE, "try-maps", &m, "65534"];
     cmd.extend(args.iter().map(String::as_str));
     let out = inst.cli_output(&cmd);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(stdout.lines().count(), args.len(), "{stdout}");
     for line in stdout.lines() {
         assert!(line.contains("denied"), "the job reached a map: {line}");

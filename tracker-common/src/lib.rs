@@ -10,7 +10,8 @@ use core::mem::{offset_of, size_of};
 
 /// Map names, which are also the file names of the pins under `<bpffs dir>/maps/`.
 pub mod map_name {
-    /// `tid -> TaskTag`: every tagged task.
+    /// `tid -> TaskTag`, an array sized to `pid_max` (slot 0: untagged), mmapable: what every
+    /// program checks on every call, and what user space scans to list a slot's tasks.
     pub const TASKS: &str = "TRK_TASKS";
     /// `slot id -> SlotControl`: flags and shared (atomic) per-slot values.
     pub const SLOTS: &str = "TRK_SLOTS";
@@ -40,13 +41,21 @@ pub const SLOT_DOOMED: u32 = 1 << 1;
 
 /// `PF_KTHREAD` from `include/linux/sched.h`: kernel threads are never adopted.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
+/// `PF_EXITING`: a task in `do_exit` is never adopted (its exit may already be past).
+pub const PF_EXITING: u32 = 0x0000_0004;
+/// `TASK_NEW` (`task_struct.__state`): a child between `copy_process` and its first wake-up,
+/// which the fork program tags; the adopt iterator leaves it alone so they never both do.
+pub const TASK_NEW: u32 = 0x0000_0800;
+/// `BPF_F_MMAPABLE`: user space maps the tasks array to scan it without a syscall per entry.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 pub const SIGKILL: u32 = 9;
 
-/// The kernel's record that a task belongs to a slot. Keyed by the task's tid.
+/// The kernel's record that a task belongs to a slot, at index `tid` of the tasks array.
 ///
-/// `start_ns` is the task's `start_boottime`, so that `(tid, start_ns)` names one task for ever,
-/// and user space can match it against `/proc/<pid>/stat` field 22.
+/// `start_ns` is the task's `start_boottime`, so that `(tid, start_ns)` names one task for ever:
+/// an entry whose start does not match the task now holding the tid is stale and ignored, and
+/// user space matches it against `/proc/<pid>/stat` field 22.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskTag {
@@ -139,7 +148,8 @@ pub struct KernelOffsets {
     pub task_real_parent: u32,
     pub task_start_boottime: u32,
     pub task_exit_code: u32,
-    pub _reserved: [u32; 10],
+    pub task_state: u32,
+    pub _reserved: [u32; 9],
 }
 
 /// Assert at compile time that `$ty` has size `$size` and each field its expected offset.
@@ -151,14 +161,7 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(TaskTag, 16, slot = 0, tgid = 4, start_ns = 8);
-assert_layout!(
-    SlotControl,
-    32,
-    flags = 0,
-    live_tasks = 8,
-    peak_tasks = 16,
-    generation = 24
-);
+assert_layout!(SlotControl, 32, flags = 0, live_tasks = 8, peak_tasks = 16, generation = 24);
 assert_layout!(
     SlotCounters,
     128,
@@ -184,6 +187,7 @@ assert_layout!(
     task_real_parent = 12,
     task_start_boottime = 16,
     task_exit_code = 20,
+    task_state = 24,
 );
 
 #[cfg(feature = "user")]

@@ -2,11 +2,12 @@
 //! user space (`tracker adopt`, and `tracker run` for its first task).
 //!
 //! The iterator runs in the context of the process reading it, so the request is keyed by the
-//! reader's tid and concurrent adopters do not need a lock. It writes one `AdoptRecord` per task
-//! it tagged. A task forked by a not-yet-tagged parent while the iteration runs may be missed;
-//! user space runs the iterator twice, and after the first run every parent is tagged.
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_seq_write};
-use tracker_common::{AdoptRecord, PF_KTHREAD, TaskTag};
+//! reader's tid. It writes one `AdoptRecord` per task it tagged. A task forked by a not-yet-
+//! tagged parent while the iteration runs may be missed; user space runs the iterator until a
+//! run tags nothing, and after the first run every parent is tagged. User space also runs one
+//! adoption at a time, so that two never tag the same task at once.
+use aya_ebpf::{bindings::task_struct, helpers::generated::bpf_seq_write};
+use tracker_common::{AdoptRecord, PF_EXITING, PF_KTHREAD, TASK_NEW, TaskTag};
 
 use crate::{
     kernel::{Task, current_tid, offsets},
@@ -28,7 +29,7 @@ struct IterMeta {
 #[repr(C)]
 pub struct IterTaskCtx {
     meta: *const IterMeta,
-    task: *const u8,
+    task: *mut task_struct,
 }
 
 #[unsafe(no_mangle)]
@@ -44,33 +45,29 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
         return 0;
     };
     let off = offsets();
-    let task = Task(task);
+    let task = Task::of(task);
     let Some((tid, tgid)) = task.ids(&off) else {
         return 0;
     };
-    if task.flags(&off).is_none_or(|f| f & PF_KTHREAD != 0) {
-        return 0;
-    }
-    if TASKS.get_ptr(&tid).is_some() || !descends_from(task, req.target_tgid) {
+    // Kernel threads are not jobs. A task that is exiting may be past its exit program, which
+    // would leave its tag behind; a new task (TASK_NEW) is the fork program's to tag.
+    if task.flags(&off).is_none_or(|f| f & (PF_KTHREAD | PF_EXITING) != 0)
+        || task.state(&off).is_none_or(|s| s & TASK_NEW != 0)
+    {
         return 0;
     }
     let Some(start_ns) = task.start_ns(&off) else {
         return 0;
     };
-    let tag = TaskTag {
-        slot: req.slot,
-        tgid,
-        start_ns,
-    };
-    if TASKS.insert(&tid, &tag, u64::from(BPF_NOEXIST)).is_err() {
+    let tagged = TASKS.get(tid).is_some_and(|t| t.slot != 0 && t.start_ns == start_ns);
+    if tagged || !descends_from(task, req.target_tgid) {
         return 0;
     }
-    slot::task_entered(req.slot, tid == tgid);
-    let rec = AdoptRecord {
-        tid,
-        tgid,
-        start_ns,
-    };
+    let tag = TaskTag { slot: req.slot, tgid, start_ns };
+    if !slot::tag(tid, &tag) {
+        return 0;
+    }
+    let rec = AdoptRecord { tid, tgid, start_ns };
     // SAFETY: `meta` is the iterator's metadata; the record is a plain local.
     unsafe {
         bpf_seq_write(

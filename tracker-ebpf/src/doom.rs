@@ -3,12 +3,12 @@
 //! SIGKILL also makes a fork already under way fail (`copy_process` checks for it).
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use crate::{kernel::current_tid, maps::TASKS, slot};
+use crate::{kernel::current_tid, slot};
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn trk_doom(_ctx: BtfTracePointContext) -> u32 {
-    // SAFETY: the value is copied out at once.
-    if let Some(tag) = (unsafe { TASKS.get(&current_tid()) }).copied()
+    // `current_tag` checks the start time, so a task that merely inherited a tid is spared.
+    if let Some(tag) = slot::current_tag(current_tid())
         && slot::is_doomed(tag.slot)
     {
         slot::doom_current(tag.slot);

@@ -1,28 +1,26 @@
 //! `sched_process_exec`: count execs, keep the tag on the right tid, and kill a doomed exec.
-use aya_ebpf::{bindings::BPF_ANY, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     kernel::{current_tid, is_active},
-    maps::TASKS,
     slot,
 };
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn trk_exec(ctx: BtfTracePointContext) -> u32 {
-    let tid = current_tid();
     // A thread that is not the leader takes the leader's pid when it execs: `old_pid` is the
     // tid it had, under which its tag still is.
     let old_pid: u64 = ctx.arg(1);
     let old_tid = old_pid as u32;
-    // SAFETY: the value is copied out at once.
-    let Some(tag) = (unsafe { TASKS.get(&old_tid) }).copied() else {
+    let Some(tag) = slot::current_tag(old_tid) else {
         return 0;
     };
     if !is_active() {
         return 0;
     }
-    if old_tid != tid && TASKS.insert(&tid, &tag, u64::from(BPF_ANY)).is_ok() {
-        let _ = TASKS.remove(&old_tid);
+    let tid = current_tid();
+    if old_tid != tid {
+        slot::retag(old_tid, tid, &tag);
     }
     slot::with_counters(tag.slot, |c| c.execs += 1);
     if slot::is_doomed(tag.slot) {

@@ -1,6 +1,12 @@
 //! Reading kernel structures at offsets resolved from the running kernel's BTF, and the
 //! generation gate that makes program upgrades count every event exactly once.
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use aya_ebpf::{
+    bindings::task_struct,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+    },
+};
+
 use tracker_common::KernelOffsets;
 
 use crate::maps::CONFIG;
@@ -14,7 +20,8 @@ static TRK_OFFSETS: KernelOffsets = KernelOffsets {
     task_real_parent: 0,
     task_start_boottime: 0,
     task_exit_code: 0,
-    _reserved: [0; 10],
+    task_state: 0,
+    _reserved: [0; 9],
 };
 
 /// This object's generation, set by the loader.
@@ -33,9 +40,14 @@ pub fn offsets() -> KernelOffsets {
 pub fn is_active() -> bool {
     // SAFETY: as in `offsets`.
     let generation = unsafe { core::ptr::read_volatile(&TRK_GENERATION) };
-    CONFIG
-        .get(0)
-        .is_some_and(|c| c.active_generation == generation)
+    CONFIG.get(0).is_some_and(|c| c.active_generation == generation)
+}
+
+/// The current task.
+#[inline(always)]
+pub fn current_task() -> *mut task_struct {
+    // SAFETY: a helper without arguments; never NULL in process context.
+    unsafe { bpf_get_current_task_btf() }
 }
 
 #[inline(always)]
@@ -46,6 +58,12 @@ pub fn current_tid() -> u32 {
 /// A `task_struct` pointer, as handed to us by a BTF tracepoint or an iterator.
 #[derive(Clone, Copy)]
 pub struct Task(pub *const u8);
+
+impl Task {
+    pub fn of(p: *mut task_struct) -> Self {
+        Self(p.cast_const().cast())
+    }
+}
 
 impl Task {
     #[inline(always)]
@@ -79,6 +97,11 @@ impl Task {
     #[inline(always)]
     pub fn exit_code(self, off: &KernelOffsets) -> Option<u32> {
         self.read(off.task_exit_code)
+    }
+
+    #[inline(always)]
+    pub fn state(self, off: &KernelOffsets) -> Option<u32> {
+        self.read(off.task_state)
     }
 
     #[inline(always)]

@@ -1,15 +1,20 @@
-//! The maps. Sizes here are placeholders: the loader sets the real ones (`TRK_TASKS` from
+//! The maps. Sizes here are placeholders: the loader sets the real ones (the tasks array from
 //! `pid_max`, the per-slot arrays from the configured slot count) before loading.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use tracker_common::{AdoptRequest, Config, GlobalCounters, SlotControl, SlotCounters, TaskTag};
+use tracker_common::{
+    AdoptRequest, BPF_F_MMAPABLE, Config, GlobalCounters, SlotControl, SlotCounters, TaskTag,
+};
 
-/// Not preallocated: memory follows the number of tagged tasks, not `pid_max`.
+/// `tid -> TaskTag`, slot 0 meaning untagged. An array lookup is inlined by the verifier into
+/// a bounds check and a load, so the untagged path of every program is one memory access, and
+/// tagging never allocates (a hash map insert measured ~350 ns here, task-local storage
+/// ~2 µs). Every tid has its entry, so the map can never be full. Mmapable: user space scans
+/// it in place.
 #[map(name = "TRK_TASKS")]
-pub static TASKS: HashMap<u32, TaskTag> = HashMap::with_max_entries(32768, BPF_F_NO_PREALLOC);
+pub static TASKS: Array<TaskTag> = Array::with_max_entries(32768, BPF_F_MMAPABLE);
 
 #[map(name = "TRK_SLOTS")]
 pub static SLOTS: Array<SlotControl> = Array::with_max_entries(1024, 0);

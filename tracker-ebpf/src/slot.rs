@@ -1,8 +1,84 @@
-//! Per-slot bookkeeping shared by the programs that tag and untag tasks.
+//! Tags and per-slot bookkeeping, shared by the programs that tag and untag tasks.
 use aya_ebpf::helpers::bpf_send_signal;
-use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters};
+use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters, TaskTag};
 
-use crate::maps::{COUNTERS, GLOBAL, SLOTS};
+use crate::{
+    kernel::{Task, current_task, offsets},
+    maps::{COUNTERS, GLOBAL, SLOTS, TASKS},
+};
+
+/// The tag of the current task, found under `tid` (its tid, or the tid it had before an
+/// exec). The untagged path is one array load. An entry left by an earlier task with the same
+/// tid (possible only if a task was adopted at the instant it exited) has another start time:
+/// it is cleared on the way and its slot's count corrected, and the task is not tagged.
+#[inline(always)]
+pub fn current_tag(tid: u32) -> Option<TaskTag> {
+    let entry = TASKS.get_ptr_mut(tid)?;
+    // SAFETY: an array element, valid for the map's lifetime.
+    let tag = unsafe { *entry };
+    if tag.slot == 0 {
+        return None;
+    }
+    let start = Task::of(current_task()).start_ns(&offsets())?;
+    if start != tag.start_ns {
+        // SAFETY: as above.
+        unsafe { *entry = TaskTag::default() };
+        task_left(tag.slot);
+        return None;
+    }
+    Some(tag)
+}
+
+/// Tag task `tid` with `tag`; returns whether this call tagged it (and counted it).
+#[inline(always)]
+pub fn tag(tid: u32, tag: &TaskTag) -> bool {
+    let Some(entry) = TASKS.get_ptr_mut(tid) else {
+        // A tid beyond the array: pid_max grew after the load. Never silent.
+        tag_failed(tag.slot);
+        return false;
+    };
+    // SAFETY: an array element, valid for the map's lifetime.
+    let old = unsafe { *entry };
+    if old.slot != 0 {
+        if old.start_ns == tag.start_ns {
+            return false;
+        }
+        // A stale entry of an earlier task with this tid.
+        task_left(old.slot);
+    }
+    // SAFETY: as above. The slot is written last, so a reader that sees it sees the rest.
+    unsafe {
+        (*entry).tgid = tag.tgid;
+        (*entry).start_ns = tag.start_ns;
+        core::ptr::write_volatile(&raw mut (*entry).slot, tag.slot);
+    }
+    task_entered(tag.slot, tid == tag.tgid);
+    true
+}
+
+/// Untag task `tid` of `slot` at its exit.
+#[inline(always)]
+pub fn untag(tid: u32, slot: u32) {
+    if let Some(entry) = TASKS.get_ptr_mut(tid) {
+        // SAFETY: an array element, valid for the map's lifetime.
+        unsafe { *entry = TaskTag::default() };
+        task_left(slot);
+    }
+}
+
+/// Move a tag from `old_tid` to `tid`: a thread that exec'd took its leader's pid.
+#[inline(always)]
+pub fn retag(old_tid: u32, tid: u32, tag: &TaskTag) {
+    let (Some(old), Some(new)) = (TASKS.get_ptr_mut(old_tid), TASKS.get_ptr_mut(tid)) else {
+        return;
+    };
+    // SAFETY: array elements, valid for the map's lifetime. The leader, whose entry this was,
+    // has passed its exit (de_thread waits for it), so nothing else writes it.
+    unsafe {
+        *new = *tag;
+        *old = TaskTag::default();
+    }
+}
 
 #[inline(always)]
 pub fn with_counters(slot: u32, f: impl FnOnce(&mut SlotCounters)) {
@@ -26,7 +102,7 @@ fn atomic_add(p: *mut u64, v: u64) {
 
 /// A task entered `slot`: count it, and raise the peak of live tasks.
 #[inline(always)]
-pub fn task_entered(slot: u32, is_leader: bool) {
+fn task_entered(slot: u32, is_leader: bool) {
     if let Some(ctl) = SLOTS.get_ptr_mut(slot) {
         // SAFETY: map value pointer, see `atomic_add`.
         unsafe {
@@ -49,7 +125,7 @@ pub fn task_entered(slot: u32, is_leader: bool) {
 
 /// A task of `slot` passed `do_exit`.
 #[inline(always)]
-pub fn task_left(slot: u32) {
+fn task_left(slot: u32) {
     if let Some(ctl) = SLOTS.get_ptr_mut(slot) {
         // SAFETY: map value pointer, see `atomic_add`. Adding 2^64-1 subtracts one.
         atomic_add(unsafe { &raw mut (*ctl).live_tasks }, u64::MAX);

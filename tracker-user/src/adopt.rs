@@ -15,9 +15,11 @@ use tracker_common::{AdoptRecord, AdoptRequest, PF_KTHREAD};
 use crate::{
     error::{Error, Result},
     pidfd, procinfo, programs,
-    registry::SlotRecord,
+    registry::{SlotRecord, StateLock},
     tracker::Tracker,
 };
+
+const MAX_PASSES: usize = 8;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AdoptReport {
@@ -37,32 +39,17 @@ impl Tracker {
 
     pub(crate) fn adopt_into(&self, rec: &SlotRecord, pid: u32) -> Result<AdoptReport> {
         self.check_adoptable(rec, pid)?;
+        let _one_at_a_time = StateLock::adoption(self.paths())?;
         let tid = current_tid();
         self.maps()
             .adopt
-            .insert(
-                tid,
-                AdoptRequest {
-                    target_tgid: pid,
-                    slot: rec.id,
-                },
-                0,
-            )
+            .insert(tid, AdoptRequest { target_tgid: pid, slot: rec.id }, 0)
             .map_err(|e| Error::bpf("writing the adopt request", e))?;
-        // Two passes: a child forked by a parent that the first pass had not tagged yet is
-        // caught by the second; after the first pass every parent is tagged, so fork tags the
-        // rest.
-        let result = self.run_adopt_iter().and_then(|mut first| {
-            first.extend(self.run_adopt_iter()?);
-            Ok(first)
-        });
+        let result = self.adopt_passes();
         let _ = self.maps().adopt.remove(&tid);
         let records = result?;
-        let processes: BTreeSet<u32> = records
-            .iter()
-            .map(|r| r.tgid)
-            .chain(std::iter::once(pid))
-            .collect();
+        let processes: BTreeSet<u32> =
+            records.iter().map(|r| r.tgid).chain(std::iter::once(pid)).collect();
         for tgid in &processes {
             rec.cgroups.add_process(*tgid)?;
         }
@@ -74,10 +61,7 @@ impl Tracker {
 
     fn check_adoptable(&self, rec: &SlotRecord, pid: u32) -> Result<()> {
         if pid <= 1 {
-            return Err(Error::RefusedAdopt {
-                pid,
-                why: "it is the init process",
-            });
+            return Err(Error::RefusedAdopt { pid, why: "it is the init process" });
         }
         if procinfo::own_ancestry().contains(&pid) {
             return Err(Error::RefusedAdopt {
@@ -98,10 +82,7 @@ impl Tracker {
             .and_then(|p| p.stat())
             .map_err(|_| Error::NoSuchProcess(pid))?;
         if stat.flags & PF_KTHREAD != 0 {
-            return Err(Error::RefusedAdopt {
-                pid,
-                why: "it is a kernel thread",
-            });
+            return Err(Error::RefusedAdopt { pid, why: "it is a kernel thread" });
         }
         if stat.state == 'Z' {
             return Err(Error::NoSuchProcess(pid));
@@ -109,12 +90,24 @@ impl Tracker {
         if let Some(tag) = self.maps().tag(pid)?
             && tag.slot != rec.id
         {
-            return Err(Error::AlreadyInSlot {
-                pid,
-                slot: self.slot_name_of(tag.slot),
-            });
+            return Err(Error::AlreadyInSlot { pid, slot: self.slot_name_of(tag.slot) });
         }
         Ok(())
+    }
+
+    /// Run the iterator until a pass tags nothing. A child forked by a parent that a pass had
+    /// not reached yet is caught by the next; after the first pass every parent is tagged and
+    /// fork tags the rest, so this ends after two or three passes.
+    fn adopt_passes(&self) -> Result<Vec<AdoptRecord>> {
+        let mut all = self.run_adopt_iter()?;
+        for _ in 0..MAX_PASSES {
+            let more = self.run_adopt_iter()?;
+            if more.is_empty() {
+                break;
+            }
+            all.extend(more);
+        }
+        Ok(all)
     }
 
     /// Run the pinned adopt iterator once; it returns a record per task it tagged.
@@ -122,26 +115,19 @@ impl Tracker {
         let pin = self.paths().link_pin(programs::ADOPT);
         let link = PinnedLink::from_pin(&pin)
             .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
-        let link: IterLink = FdLink::from(link)
-            .try_into()
-            .map_err(|e| Error::bpf("the adopt iterator link", e))?;
-        let mut file = link
-            .into_file()
-            .map_err(|e| Error::bpf("starting the adopt iterator", e))?;
+        let link: IterLink =
+            FdLink::from(link).try_into().map_err(|e| Error::bpf("the adopt iterator link", e))?;
+        let mut file =
+            link.into_file().map_err(|e| Error::bpf("starting the adopt iterator", e))?;
         let mut bytes = vec![];
-        file.read_to_end(&mut bytes)
-            .map_err(|e| Error::io("running the adopt iterator", e))?;
+        file.read_to_end(&mut bytes).map_err(|e| Error::io("running the adopt iterator", e))?;
         Ok(bytes
             .chunks_exact(size_of::<AdoptRecord>())
             .map(|c| {
                 let u32_at = |i: usize| u32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
                 let mut ns = [0u8; 8];
                 ns.copy_from_slice(&c[8..16]);
-                AdoptRecord {
-                    tid: u32_at(0),
-                    tgid: u32_at(4),
-                    start_ns: u64::from_ne_bytes(ns),
-                }
+                AdoptRecord { tid: u32_at(0), tgid: u32_at(4), start_ns: u64::from_ne_bytes(ns) }
             })
             .collect())
     }

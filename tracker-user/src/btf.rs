@@ -34,7 +34,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         task_real_parent: r.field(task, &["real_parent"], 8)?,
         task_start_boottime: r.field(task, &["start_boottime"], 8)?,
         task_exit_code: r.field(task, &["exit_code"], 4)?,
-        _reserved: [0; 10],
+        task_state: r.field(task, &["__state"], 4)?,
+        _reserved: [0; 9],
     })
 }
 
@@ -66,11 +67,7 @@ impl Resolver<'_> {
         if !bits.is_multiple_of(8) {
             return Err(Error::Btf(format!("{} is a bit field", what())));
         }
-        let actual = last
-            .as_ref()
-            .map(|t| self.size_of(t))
-            .transpose()?
-            .flatten();
+        let actual = last.as_ref().map(|t| self.size_of(t)).transpose()?.flatten();
         if actual != Some(size) {
             return Err(Error::Btf(format!(
                 "{} is {} bytes wide, expected {size}",
@@ -130,9 +127,8 @@ impl Resolver<'_> {
                 | Type::Const(_)
                 | Type::Restrict(_)
                 | Type::TypeTag(_) => {
-                    let inner = ty
-                        .as_btf_type()
-                        .ok_or_else(|| Error::Btf("bad type chain".into()))?;
+                    let inner =
+                        ty.as_btf_type().ok_or_else(|| Error::Btf("bad type chain".into()))?;
                     ty = self
                         .btf
                         .resolve_chained_type(inner)

@@ -70,10 +70,7 @@ pub struct Cgroups {
 
 impl Cgroups {
     pub fn detect(paths: &Paths) -> Result<Self> {
-        Ok(Self {
-            mounts: CgroupMounts::detect()?,
-            paths: paths.clone(),
-        })
+        Ok(Self { mounts: CgroupMounts::detect()?, paths: paths.clone() })
     }
 
     pub fn mounts(&self) -> &CgroupMounts {
@@ -220,12 +217,10 @@ impl SlotCgroups {
     /// Set the limits. A limit with no controller to enforce it is an error.
     pub fn apply(&self, limits: &Limits) -> Result<()> {
         if let Some(max) = limits.tasks_max {
-            let file = self
-                .controller_file("pids", "pids.max")
-                .ok_or(Error::LimitUnavailable {
-                    limit: "tasks-max",
-                    missing: "the pids controller (neither cgroup v2 nor v1 offers it to the slot)",
-                })?;
+            let file = self.controller_file("pids", "pids.max").ok_or(Error::LimitUnavailable {
+                limit: "tasks-max",
+                missing: "the pids controller (neither cgroup v2 nor v1 offers it to the slot)",
+            })?;
             fs::write(&file, max.to_string()).ctx(|| format!("writing {}", file.display()))?;
         }
         Ok(())
@@ -233,11 +228,7 @@ impl SlotCgroups {
 
     /// `file` of `controller` in whichever hierarchy has it for this slot.
     fn controller_file(&self, controller: &str, file: &str) -> Option<PathBuf> {
-        let v2 = self
-            .unified
-            .as_ref()
-            .map(|d| d.join(file))
-            .filter(|p| p.exists());
+        let v2 = self.unified.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
         v2.or_else(|| self.v1.get(controller).map(|d| d.join(file)))
     }
 
@@ -250,10 +241,7 @@ impl SlotCgroups {
                 // The process exited meanwhile: nothing to move.
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
                 Err(e) => {
-                    return Err(Error::io(
-                        format!("moving pid {pid} to {}", procs.display()),
-                        e,
-                    ));
+                    return Err(Error::io(format!("moving pid {pid} to {}", procs.display()), e));
                 }
             }
         }
@@ -265,11 +253,7 @@ impl SlotCgroups {
         let mut pids: Vec<u32> = self
             .dirs()
             .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
-            .flat_map(|s| {
-                s.lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect::<Vec<u32>>()
-            })
+            .flat_map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>())
             .collect();
         pids.sort_unstable();
         pids.dedup();
@@ -311,9 +295,7 @@ impl SlotCgroups {
     /// SIGKILL everything in the slot's cgroup2 directory at once (`cgroup.kill`, 5.14+).
     /// Returns false where that is not available.
     pub fn kill_all(&self) -> bool {
-        self.unified
-            .as_ref()
-            .is_some_and(|dir| fs::write(dir.join("cgroup.kill"), "1").is_ok())
+        self.unified.as_ref().is_some_and(|dir| fs::write(dir.join("cgroup.kill"), "1").is_ok())
     }
 }
 

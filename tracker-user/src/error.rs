@@ -28,10 +28,7 @@ pub enum Error {
     Btf(String),
 
     #[error("the kernel refused program {program}: {detail}")]
-    ProgramLoad {
-        program: &'static str,
-        detail: String,
-    },
+    ProgramLoad { program: &'static str, detail: String },
 
     #[error("{what}: {detail}")]
     Bpf { what: String, detail: String },
@@ -73,10 +70,7 @@ pub enum Error {
     RefusedAdopt { pid: u32, why: &'static str },
 
     #[error("{limit} cannot be enforced here: {missing}")]
-    LimitUnavailable {
-        limit: &'static str,
-        missing: &'static str,
-    },
+    LimitUnavailable { limit: &'static str, missing: &'static str },
 
     #[error("invalid instance name {0:?}: use 1-32 of a-z, 0-9 and '-'")]
     InvalidInstance(String),
@@ -92,18 +86,12 @@ pub enum Error {
 impl Error {
     /// An I/O error with what we were doing when it happened.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            cause: source,
-        }
+        Self::Io { context: context.into(), cause: source }
     }
 
     /// An error of aya's, with its causes, which aya's messages leave out.
     pub fn bpf(what: impl Into<String>, err: impl std::error::Error) -> Self {
-        Self::Bpf {
-            what: what.into(),
-            detail: chain(&err),
-        }
+        Self::Bpf { what: what.into(), detail: chain(&err) }
     }
 }
 

@@ -35,9 +35,7 @@ pub struct KillOptions {
 
 impl Default for KillOptions {
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(10),
-        }
+        Self { timeout: Duration::from_secs(10) }
     }
 }
 
@@ -84,8 +82,7 @@ impl DoomLink {
         let pin = tracker.paths().prog_pin(programs::DOOM);
         let mut prog = BtfTracePoint::from_pin(&pin)
             .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
-        prog.attach()
-            .map_err(|e| Error::bpf("attaching the doom program", e))?;
+        prog.attach().map_err(|e| Error::bpf("attaching the doom program", e))?;
         Ok(Self { _prog: prog })
     }
 }
@@ -144,10 +141,7 @@ impl Tracker {
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
             froze,
             doom_kills: after.doom_kills - before.doom_kills,
-            survivors: remaining
-                .iter()
-                .map(|(tid, tag)| survivor(*tid, tag))
-                .collect(),
+            survivors: remaining.iter().map(|(tid, tag)| survivor(*tid, tag)).collect(),
             warnings,
         })
     }
@@ -161,12 +155,8 @@ impl Tracker {
         warnings: &mut Vec<String>,
     ) -> bool {
         let tagged: BTreeSet<u32> = tags.iter().map(|(_, t)| t.tgid).collect();
-        let strangers: Vec<u32> = rec
-            .cgroups
-            .procs()
-            .into_iter()
-            .filter(|p| !tagged.contains(p))
-            .collect();
+        let strangers: Vec<u32> =
+            rec.cgroups.procs().into_iter().filter(|p| !tagged.contains(p)).collect();
         if !strangers.is_empty() {
             warnings.push(format!(
                 "untagged processes {strangers:?} are in the slot's cgroup: they were left alone"

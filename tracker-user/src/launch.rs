@@ -45,13 +45,8 @@ pub struct RunOutcome {
 
 /// Signals `run` passes on to the command rather than dying of them. SIGINT is not among
 /// them: from a terminal it reaches the command directly, being in our process group.
-const FORWARDED: &[i32] = &[
-    signal::SIGTERM,
-    signal::SIGHUP,
-    signal::SIGQUIT,
-    signal::SIGUSR1,
-    signal::SIGUSR2,
-];
+const FORWARDED: &[i32] =
+    &[signal::SIGTERM, signal::SIGHUP, signal::SIGQUIT, signal::SIGUSR1, signal::SIGUSR2];
 
 impl Tracker {
     /// Start `cmd` as the first task of slot `name`. `detach` puts it in a session of its own,
@@ -84,10 +79,7 @@ impl Tracker {
             // Now the helper sees EOF if the child never got as far as the handshake.
             drop((ready_w, go_r));
             let adopted = helper.join().unwrap_or_else(|_| {
-                Err(Error::io(
-                    "tagging the command",
-                    io::Error::other("helper thread panicked"),
-                ))
+                Err(Error::io("tagging the command", io::Error::other("helper thread panicked")))
             });
             match (spawned, adopted) {
                 (Ok(child), Ok(report)) => Ok((child, report)),
@@ -114,12 +106,7 @@ impl Tracker {
         let leftovers = self.kill_slot(&rec, &opts.kill)?;
         let released =
             !opts.keep_slot && leftovers.is_complete() && self.release(&rec.name).is_ok();
-        Ok(RunOutcome {
-            slot: rec.name,
-            exit_code: shell_status(status),
-            leftovers,
-            released,
-        })
+        Ok(RunOutcome { slot: rec.name, exit_code: shell_status(status), leftovers, released })
     }
 }
 
@@ -145,9 +132,7 @@ fn wait_forwarding_signals(child: &mut Child) -> Result<ExitStatus> {
 
 /// An exit status as a shell gives it: the code, or 128 + the terminating signal.
 pub fn shell_status(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// In the child, between fork and exec: report our pid, then wait to be told we are tagged.
@@ -191,13 +176,8 @@ fn read_pid(fd: &OwnedFd) -> Result<u32> {
     let mut got = 0;
     while got < buf.len() {
         // SAFETY: reading into a local buffer from a descriptor we own.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                buf[got..].as_mut_ptr().cast(),
-                buf.len() - got,
-            )
-        };
+        let n =
+            unsafe { libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), buf.len() - got) };
         match n {
             0 => {
                 return Err(Error::io(

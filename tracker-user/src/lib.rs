@@ -5,7 +5,6 @@
 //! killing every tagged task. This library is the one API; the `tracker` CLI and daemon are
 //! thin faces over [`Tracker`] and the [`loader`].
 pub mod adopt;
-mod batch;
 pub mod btf;
 pub mod cgroup;
 pub mod error;

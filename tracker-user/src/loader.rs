@@ -44,9 +44,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            max_slots: DEFAULT_MAX_SLOTS,
-        }
+        Self { max_slots: DEFAULT_MAX_SLOTS }
     }
 }
 
@@ -80,12 +78,7 @@ pub fn load(paths: &Paths, opts: &LoadOptions) -> Result<LoadReport> {
         existing += usize::from(shape.check_pin(paths)?.is_some());
     }
     let fresh = existing == 0;
-    for dir in [
-        paths.pin_dir(),
-        paths.maps_dir(),
-        paths.links_dir(),
-        paths.progs_dir(),
-    ] {
+    for dir in [paths.pin_dir(), paths.maps_dir(), paths.links_dir(), paths.progs_dir()] {
         make_private_dir(&dir)?;
     }
     let result = load_locked(paths, opts, &offsets, &kernel_btf, fresh);
@@ -103,19 +96,13 @@ fn load_locked(
     kernel_btf: &Btf,
     fresh: bool,
 ) -> Result<LoadReport> {
-    let previous = if fresh {
-        0
-    } else {
-        Maps::open(paths)?.active_generation()?
-    };
+    let previous = if fresh { 0 } else { Maps::open(paths)?.active_generation()? };
     let generation = previous + 1;
     let pid_max = read_pid_max()?;
     let max_slots = opts.max_slots.max(2);
 
-    let map_pins: Vec<(&str, std::path::PathBuf)> = SHAPES
-        .iter()
-        .map(|s| (s.name, paths.map_pin(s.name)))
-        .collect();
+    let map_pins: Vec<(&str, std::path::PathBuf)> =
+        SHAPES.iter().map(|s| (s.name, paths.map_pin(s.name))).collect();
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(kernel_btf))
@@ -127,9 +114,8 @@ fn load_locked(
     for (name, pin) in &map_pins {
         loader.map_pin_path(name, pin.as_path());
     }
-    let mut ebpf = loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| Error::bpf("loading the eBPF object", e))?;
+    let mut ebpf =
+        loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("loading the eBPF object", e))?;
 
     let mut warnings = vec![];
     let mut staged = vec![];
@@ -154,13 +140,7 @@ fn load_locked(
     let mut config: Array<_, Config> =
         Array::try_from(config_map).map_err(|e: MapError| Error::bpf("config map", e))?;
     config
-        .set(
-            0,
-            Config {
-                active_generation: generation,
-            },
-            0,
-        )
+        .set(0, Config { active_generation: generation }, 0)
         .map_err(|e| Error::bpf("activating the new programs", e))?;
 
     // Replacing a link's pin drops the old link, which detaches the old program.
@@ -175,11 +155,7 @@ fn load_locked(
     }
     let slots_kept = registry::read_locked(paths)?.slots.len();
     Ok(LoadReport {
-        action: if fresh {
-            LoadAction::Fresh
-        } else {
-            LoadAction::Upgraded
-        },
+        action: if fresh { LoadAction::Fresh } else { LoadAction::Upgraded },
         generation,
         slots_kept,
         warnings,
@@ -193,10 +169,7 @@ fn stage_program(
     spec: &ProgramSpec,
     kernel_btf: &Btf,
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let failed = |e: ProgramError| Error::ProgramLoad {
-        program: spec.name,
-        detail: describe(&e),
-    };
+    let failed = |e: ProgramError| Error::ProgramLoad { program: spec.name, detail: describe(&e) };
     let prog = ebpf.program_mut(spec.name).ok_or(Error::ProgramLoad {
         program: spec.name,
         detail: "missing from the object".into(),
@@ -240,10 +213,7 @@ fn stage_program(
 /// The verifier's log is long; keep its last lines, which say why.
 fn describe(e: &ProgramError) -> String {
     match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
+        ProgramError::LoadError { io_error, verifier_log } => {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(8).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -266,9 +236,7 @@ fn make_private_dir(dir: &Path) -> Result<()> {
 
 fn read_pid_max() -> Result<u32> {
     let text = fs::read_to_string(PID_MAX).ctx(|| format!("reading {PID_MAX}"))?;
-    text.trim()
-        .parse()
-        .map_err(|_| Error::io(PID_MAX, std::io::Error::other("not a number")))
+    text.trim().parse().map_err(|_| Error::io(PID_MAX, std::io::Error::other("not a number")))
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -287,11 +255,8 @@ pub fn unload(paths: &Paths, force: bool) -> Result<UnloadReport> {
     }
     let _lock = StateLock::exclusive(paths)?;
     let reg = registry::read_locked(paths)?;
-    let mut report = UnloadReport {
-        was_loaded: true,
-        slots_forgotten: reg.slots.len(),
-        ..Default::default()
-    };
+    let mut report =
+        UnloadReport { was_loaded: true, slots_forgotten: reg.slots.len(), ..Default::default() };
     if let Ok(maps) = Maps::open(paths) {
         let live: Vec<&str> = reg
             .slots

@@ -1,12 +1,11 @@
 //! Typed handles on the pinned maps, and the shapes the loader checks pins against.
 use std::{
     mem::size_of,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
 };
 
-use aya::maps::{
-    Array, HashMap, IterableMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues,
-};
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use tracker_common::{
     AdoptRequest, Config, GlobalCounters, SlotControl, SlotCounters, TaskTag, map_name,
 };
@@ -25,7 +24,7 @@ pub struct MapShape {
 }
 
 pub const SHAPES: &[MapShape] = &[
-    shape::<u32, TaskTag>(map_name::TASKS, MapType::Hash),
+    shape::<u32, TaskTag>(map_name::TASKS, MapType::Array),
     shape::<u32, SlotControl>(map_name::SLOTS, MapType::Array),
     shape::<u32, SlotCounters>(map_name::COUNTERS, MapType::PerCpuArray),
     shape::<u32, AdoptRequest>(map_name::ADOPT, MapType::Hash),
@@ -34,12 +33,7 @@ pub const SHAPES: &[MapShape] = &[
 ];
 
 const fn shape<K, V>(name: &'static str, map_type: MapType) -> MapShape {
-    MapShape {
-        name,
-        map_type,
-        key_size: size_of::<K>() as u32,
-        value_size: size_of::<V>() as u32,
-    }
+    MapShape { name, map_type, key_size: size_of::<K>() as u32, value_size: size_of::<V>() as u32 }
 }
 
 impl MapShape {
@@ -51,9 +45,7 @@ impl MapShape {
         }
         let info = MapInfo::from_pin(&path)
             .map_err(|e| Error::bpf(format!("opening {}", path.display()), e))?;
-        let map_type = info
-            .map_type()
-            .map_err(|e| Error::bpf("reading map info", e))?;
+        let map_type = info.map_type().map_err(|e| Error::bpf("reading map info", e))?;
         let mismatch = if map_type != self.map_type {
             Some(format!("type {map_type:?}, expected {:?}", self.map_type))
         } else if info.key_size() != self.key_size || info.value_size() != self.value_size {
@@ -76,7 +68,7 @@ impl MapShape {
 
 /// The pinned maps of a loaded tracker.
 pub struct Maps {
-    pub tasks: HashMap<MapData, u32, TaskTag>,
+    tasks: TasksView,
     pub slots: Array<MapData, SlotControl>,
     pub counters: PerCpuArray<MapData, SlotCounters>,
     pub adopt: HashMap<MapData, u32, AdoptRequest>,
@@ -96,16 +88,14 @@ fn open_map(paths: &Paths, name: &str) -> Result<Map> {
 
 macro_rules! typed {
     ($paths:expr, $name:expr) => {
-        open_map($paths, $name)?
-            .try_into()
-            .map_err(|e| Error::bpf(format!("map {}", $name), e))?
+        open_map($paths, $name)?.try_into().map_err(|e| Error::bpf(format!("map {}", $name), e))?
     };
 }
 
 impl Maps {
     pub fn open(paths: &Paths) -> Result<Self> {
         Ok(Self {
-            tasks: typed!(paths, map_name::TASKS),
+            tasks: TasksView::open(paths)?,
             slots: typed!(paths, map_name::SLOTS),
             counters: typed!(paths, map_name::COUNTERS),
             adopt: typed!(paths, map_name::ADOPT),
@@ -114,56 +104,36 @@ impl Maps {
         })
     }
 
-    /// How many tasks the tasks map can hold.
+    /// How many tasks the tasks map can hold (one entry per possible tid).
     pub fn tasks_capacity(&self) -> u32 {
-        self.tasks
-            .map()
-            .info()
-            .map(|i| i.max_entries())
-            .unwrap_or(0)
+        self.tasks.len as u32
     }
 
     pub fn max_slots(&self) -> u32 {
         self.slots.len()
     }
 
+    /// The tag at `tid`, if the entry is set. Whether it names the task that has that tid now
+    /// is for the caller to check against the start time.
     pub fn tag(&self, tid: u32) -> Result<Option<TaskTag>> {
-        match self.tasks.get(&tid, 0) {
-            Ok(tag) => Ok(Some(tag)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(Error::bpf("reading the tasks map", e)),
-        }
+        Ok(self.tasks.get(tid as usize).filter(|t| t.slot != 0))
     }
 
-    /// Every tagged task, read with `BPF_MAP_LOOKUP_BATCH`: its bucket cursor stays valid while
-    /// entries are deleted, where a `get_next_key` walk restarts from the first key each time
-    /// its current key vanishes, which under a fork storm could never finish.
+    /// Every set entry of the tasks array, `(tid, tag)`, read in place.
     pub fn all_tags(&self) -> Result<Vec<(u32, TaskTag)>> {
-        let fd = self.tasks_fd();
-        crate::batch::lookup_all::<u32, TaskTag>(fd)
-            .map_err(|e| Error::io("reading the tasks map", e))
+        Ok(self.tasks.scan(|_| true))
     }
 
     pub fn tags_of(&self, slot: u32) -> Result<Vec<(u32, TaskTag)>> {
-        let mut tags = self.all_tags()?;
-        tags.retain(|(_, t)| t.slot == slot);
-        Ok(tags)
-    }
-
-    fn tasks_fd(&self) -> i32 {
-        self.tasks.map().fd().as_fd().as_raw_fd()
+        Ok(self.tasks.scan(|s| s == slot))
     }
 
     pub fn control(&self, slot: u32) -> Result<SlotControl> {
-        self.slots
-            .get(&slot, 0)
-            .map_err(|e| Error::bpf(format!("reading slot {slot}"), e))
+        self.slots.get(&slot, 0).map_err(|e| Error::bpf(format!("reading slot {slot}"), e))
     }
 
     pub fn set_control(&mut self, slot: u32, ctl: SlotControl) -> Result<()> {
-        self.slots
-            .set(slot, ctl, 0)
-            .map_err(|e| Error::bpf(format!("writing slot {slot}"), e))
+        self.slots.set(slot, ctl, 0).map_err(|e| Error::bpf(format!("writing slot {slot}"), e))
     }
 
     /// Change only the flags of a slot. The kernel changes `live_tasks` and `peak_tasks`
@@ -182,9 +152,7 @@ impl Maps {
             .counters
             .get(&slot, 0)
             .map_err(|e| Error::bpf(format!("reading counters of slot {slot}"), e))?;
-        Ok(per_cpu
-            .iter()
-            .fold(SlotCounters::default(), |acc, c| sum_counters(&acc, c)))
+        Ok(per_cpu.iter().fold(SlotCounters::default(), |acc, c| sum_counters(&acc, c)))
     }
 
     pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
@@ -195,24 +163,16 @@ impl Maps {
     }
 
     pub fn global(&self) -> Result<GlobalCounters> {
-        let per_cpu = self
-            .global
-            .get(&0, 0)
-            .map_err(|e| Error::bpf("reading global counters", e))?;
-        Ok(per_cpu
-            .iter()
-            .fold(GlobalCounters::default(), |mut acc, c| {
-                acc.tag_failures += c.tag_failures;
-                acc
-            }))
+        let per_cpu =
+            self.global.get(&0, 0).map_err(|e| Error::bpf("reading global counters", e))?;
+        Ok(per_cpu.iter().fold(GlobalCounters::default(), |mut acc, c| {
+            acc.tag_failures += c.tag_failures;
+            acc
+        }))
     }
 
     pub fn active_generation(&self) -> Result<u64> {
-        Ok(self
-            .config
-            .get(&0, 0)
-            .map_err(|e| Error::bpf("reading config", e))?
-            .active_generation)
+        Ok(self.config.get(&0, 0).map_err(|e| Error::bpf("reading config", e))?.active_generation)
     }
 }
 
@@ -232,5 +192,77 @@ fn sum_counters(a: &SlotCounters, b: &SlotCounters) -> SlotCounters {
         doom_kills: a.doom_kills + b.doom_kills,
         tag_failures: a.tag_failures + b.tag_failures,
         _reserved: [0; 8],
+    }
+}
+
+/// The tasks array, mapped read-only into our memory (it is created `BPF_F_MMAPABLE`), so that
+/// listing a slot reads memory instead of making a syscall per entry.
+struct TasksView {
+    base: NonNull<TaskTag>,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: a read-only shared mapping; readers use volatile reads.
+unsafe impl Send for TasksView {}
+// SAFETY: as above.
+unsafe impl Sync for TasksView {}
+
+impl TasksView {
+    fn open(paths: &Paths) -> Result<Self> {
+        let path = paths.map_pin(map_name::TASKS);
+        if !path.exists() {
+            return Err(Error::NotLoaded(path));
+        }
+        let data = MapData::from_pin(&path)
+            .map_err(|e| Error::bpf(format!("opening {}", path.display()), e))?;
+        let len = data.info().map_err(|e| Error::bpf("tasks map info", e))?.max_entries() as usize;
+        // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len * size_of::<TaskTag>()).next_multiple_of(page);
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: mapping a BPF array map read-only; the kernel checks the length.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, fd, 0)
+        };
+        if p == libc::MAP_FAILED {
+            return Err(Error::io(
+                format!("mapping {}", path.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let base = NonNull::new(p.cast())
+            .ok_or_else(|| Error::io("mmap", std::io::Error::other("NULL")))?;
+        // The mapping holds its own reference to the map; the fd may close.
+        Ok(Self { base, len, bytes })
+    }
+
+    fn get(&self, i: usize) -> Option<TaskTag> {
+        // SAFETY: in bounds of the mapping; the kernel writes concurrently, hence volatile.
+        (i < self.len).then(|| unsafe { self.base.as_ptr().add(i).read_volatile() })
+    }
+
+    /// Every entry whose slot satisfies `want` (slot 0 never does).
+    fn scan(&self, want: impl Fn(u32) -> bool) -> Vec<(u32, TaskTag)> {
+        let mut out = vec![];
+        for i in 0..self.len {
+            // SAFETY: in bounds; the slot alone is read first, the common case being 0.
+            let slot = unsafe { (&raw const (*self.base.as_ptr().add(i)).slot).read_volatile() };
+            if slot != 0
+                && want(slot)
+                && let Some(tag) = self.get(i)
+                && tag.slot == slot
+            {
+                out.push((i as u32, tag));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TasksView {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `open` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

@@ -45,9 +45,7 @@ pub struct Paths {
 impl Paths {
     pub fn new(instance: &str) -> Result<Self> {
         let ok = (1..=32).contains(&instance.len())
-            && instance
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && instance.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !instance.starts_with('-');
         if !ok {
             return Err(Error::InvalidInstance(instance.to_owned()));
@@ -131,6 +129,11 @@ impl Paths {
         self.state_dir().join("lock")
     }
 
+    /// Held while an adoption runs: one at a time, so two never tag the same task.
+    pub fn adopt_lock_file(&self) -> PathBuf {
+        self.state_dir().join("adopt.lock")
+    }
+
     /// The name of this instance's directory in each cgroup hierarchy.
     pub fn cgroup_parent(&self) -> &str {
         &self.instance
@@ -139,16 +142,12 @@ impl Paths {
     /// The cgroup directory of slot `slot_name` under the hierarchy mounted at `mount`.
     /// The `slot-` prefix keeps slot names from colliding with controller files (`memory.max`).
     pub fn slot_cgroup(&self, mount: &Path, slot_name: &str) -> PathBuf {
-        mount
-            .join(self.cgroup_parent())
-            .join(format!("slot-{slot_name}"))
+        mount.join(self.cgroup_parent()).join(format!("slot-{slot_name}"))
     }
 }
 
 fn env_path(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// Where the cgroup hierarchies are mounted on this machine, read from `/proc/self/mountinfo`.
@@ -196,10 +195,7 @@ impl CgroupMounts {
                     let options = right.get(2).copied().unwrap_or_default();
                     for opt in options.split(',') {
                         if V1_CONTROLLERS.contains(&opt) {
-                            mounts
-                                .v1
-                                .entry(opt.to_owned())
-                                .or_insert_with(|| mount_point.clone());
+                            mounts.v1.entry(opt.to_owned()).or_insert_with(|| mount_point.clone());
                         }
                     }
                 }
@@ -216,9 +212,8 @@ impl CgroupMounts {
 }
 
 /// The v1 controllers the tracker knows; named hierarchies (`name=systemd`) are ignored.
-const V1_CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "net_cls",
-];
+const V1_CONTROLLERS: &[&str] =
+    &["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "net_cls"];
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mount(s: &str) -> String {
@@ -256,15 +251,9 @@ mod tests {
     #[test]
     fn hybrid_layout_is_detected() {
         let m = CgroupMounts::parse(HYBRID);
-        assert_eq!(
-            m.unified.as_deref(),
-            Some(Path::new("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(m.unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
         assert_eq!(m.v1("cpu"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct")));
-        assert_eq!(
-            m.v1("cpuacct"),
-            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct"))
-        );
+        assert_eq!(m.v1("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct")));
         assert_eq!(m.v1("memory"), Some(Path::new("/sys/fs/cgroup/memory")));
         assert_eq!(m.v1("freezer"), Some(Path::new("/sys/fs/cgroup/freezer")));
         assert_eq!(m.v1("pids"), None);

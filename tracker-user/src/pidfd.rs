@@ -38,13 +38,7 @@ pub fn open_process(pid: u32) -> io::Result<OwnedFd> {
 pub fn send_signal(fd: &OwnedFd, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: a plain syscall on a descriptor we own.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<u8>(),
-            0,
-        )
+        libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0)
     };
     if r < 0 {
         let e = io::Error::last_os_error();

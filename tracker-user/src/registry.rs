@@ -54,8 +54,7 @@ impl RegistryData {
     }
 
     pub fn get(&self, name: &str) -> Result<&SlotRecord> {
-        self.find(name)
-            .ok_or_else(|| Error::UnknownSlot(name.to_owned()))
+        self.find(name).ok_or_else(|| Error::UnknownSlot(name.to_owned()))
     }
 
     /// The smallest free slot id in `1..max_slots` (0 means "no slot" in the kernel).
@@ -80,15 +79,23 @@ impl StateLock {
         Self::take(paths, libc::LOCK_SH)
     }
 
+    /// The lock adoptions take (not the registry's: an adoption reads the registry).
+    pub fn adoption(paths: &Paths) -> Result<Self> {
+        Self::take_file(paths, &paths.adopt_lock_file(), libc::LOCK_EX)
+    }
+
     fn take(paths: &Paths, how: libc::c_int) -> Result<Self> {
+        Self::take_file(paths, &paths.lock_file(), how)
+    }
+
+    fn take_file(paths: &Paths, path: &Path, how: libc::c_int) -> Result<Self> {
         ensure_state_dir(paths)?;
-        let path = paths.lock_file();
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .ctx(|| format!("opening {}", path.display()))?;
         loop {
             // SAFETY: flock on a file descriptor we own.
@@ -113,9 +120,7 @@ pub fn ensure_state_dir(paths: &Paths) -> Result<()> {
 }
 
 fn boot_id() -> String {
-    fs::read_to_string(BOOT_ID)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    fs::read_to_string(BOOT_ID).map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 fn read_unlocked(paths: &Paths) -> Result<RegistryData> {
@@ -125,10 +130,8 @@ fn read_unlocked(paths: &Paths) -> Result<RegistryData> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fresh()),
         Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
-    let data: RegistryData = serde_json::from_str(&text).map_err(|e| Error::Registry {
-        path: path.clone(),
-        detail: e.to_string(),
-    })?;
+    let data: RegistryData = serde_json::from_str(&text)
+        .map_err(|e| Error::Registry { path: path.clone(), detail: e.to_string() })?;
     if data.version != FORMAT_VERSION {
         return Err(Error::Registry {
             path,
@@ -142,21 +145,14 @@ fn read_unlocked(paths: &Paths) -> Result<RegistryData> {
 }
 
 fn fresh() -> RegistryData {
-    RegistryData {
-        version: FORMAT_VERSION,
-        boot_id: boot_id(),
-        next_generation: 1,
-        slots: vec![],
-    }
+    RegistryData { version: FORMAT_VERSION, boot_id: boot_id(), next_generation: 1, slots: vec![] }
 }
 
 fn write_unlocked(paths: &Paths, data: &RegistryData) -> Result<()> {
     let path = paths.registry_file();
     let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_vec_pretty(data).map_err(|e| Error::Registry {
-        path: path.clone(),
-        detail: e.to_string(),
-    })?;
+    let text = serde_json::to_vec_pretty(data)
+        .map_err(|e| Error::Registry { path: path.clone(), detail: e.to_string() })?;
     write_synced(&tmp, &text)?;
     fs::rename(&tmp, &path).ctx(|| format!("replacing {}", path.display()))
 }
@@ -169,8 +165,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(path)
         .ctx(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .ctx(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes).ctx(|| format!("writing {}", path.display()))?;
     f.sync_all().ctx(|| format!("syncing {}", path.display()))
 }
 
@@ -213,11 +208,7 @@ mod tests {
     use super::*;
 
     fn record(name: &str, id: u32) -> SlotRecord {
-        SlotRecord {
-            name: name.into(),
-            id,
-            ..Default::default()
-        }
+        SlotRecord { name: name.into(), id, ..Default::default() }
     }
 
     #[test]

@@ -92,11 +92,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
         ),
         None => (0, 0, 0, 0),
     };
-    let slots = if loaded {
-        registry::read(paths).map(|r| r.slots.len()).unwrap_or(0)
-    } else {
-        0
-    };
+    let slots = if loaded { registry::read(paths).map(|r| r.slots.len()).unwrap_or(0) } else { 0 };
     Ok(Status {
         instance: paths.instance().to_owned(),
         pin_dir: paths.pin_dir(),
@@ -118,18 +114,8 @@ fn program_by_id(id: u32) -> Option<ProgramInfo> {
 
 fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
     let mut f = vec![];
-    let mut add = |name, present, detail: String| {
-        f.push(Feature {
-            name,
-            present,
-            detail,
-        })
-    };
-    add(
-        "btf",
-        paths.btf().exists(),
-        paths.btf().display().to_string(),
-    );
+    let mut add = |name, present, detail: String| f.push(Feature { name, present, detail });
+    add("btf", paths.btf().exists(), paths.btf().display().to_string());
     add(
         "bpffs",
         sys::fs_magic_is(paths.bpffs_root(), sys::BPF_FS_MAGIC),
@@ -140,46 +126,24 @@ fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
         sys::fs_magic_is(TRACEFS.as_ref(), sys::TRACEFS_MAGIC),
         format!("{TRACEFS} (not needed by tp_btf programs)"),
     );
-    let stats = fs::read_to_string(BPF_STATS)
-        .map(|s| s.trim() == "1")
-        .unwrap_or(false);
-    add(
-        "bpf_stats",
-        stats,
-        "kernel.bpf_stats_enabled: per-program run counts and times".into(),
-    );
+    let stats = fs::read_to_string(BPF_STATS).map(|s| s.trim() == "1").unwrap_or(false);
+    add("bpf_stats", stats, "kernel.bpf_stats_enabled: per-program run counts and times".into());
     let mounts = cgroups.mounts();
     add(
         "cgroup2",
         mounts.unified.is_some(),
-        mounts
-            .unified
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
+        mounts.unified.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
     );
-    let probe = mounts
-        .unified
-        .as_ref()
-        .map(|m| m.join(paths.cgroup_parent()));
+    let probe = mounts.unified.as_ref().map(|m| m.join(paths.cgroup_parent()));
     let has = |file: &str| probe.as_ref().is_some_and(|d| d.join(file).exists());
-    add(
-        "cgroup.freeze",
-        has("cgroup.freeze"),
-        "freeze a slot in one write (5.2+)".into(),
-    );
-    add(
-        "cgroup.kill",
-        has("cgroup.kill"),
-        "kill a slot in one write (5.14+)".into(),
-    );
+    add("cgroup.freeze", has("cgroup.freeze"), "freeze a slot in one write (5.2+)".into());
+    add("cgroup.kill", has("cgroup.kill"), "kill a slot in one write (5.14+)".into());
     let v1: Vec<&str> = mounts.v1.keys().map(String::as_str).collect();
     add("cgroup v1 controllers", !v1.is_empty(), v1.join(" "));
     let lsm = fs::read_to_string(LSM_LIST);
     add(
         "bpf lsm",
-        lsm.as_ref()
-            .is_ok_and(|s| s.split(',').any(|l| l.trim() == "bpf")),
+        lsm.as_ref().is_ok_and(|s| s.split(',').any(|l| l.trim() == "bpf")),
         match lsm {
             Ok(s) => format!("active LSMs: {}", s.trim()),
             Err(_) => "unknown (securityfs not mounted); not used by this version".into(),

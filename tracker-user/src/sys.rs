@@ -12,11 +12,7 @@ pub fn is_root() -> bool {
 }
 
 pub fn require_root() -> Result<()> {
-    if is_root() {
-        Ok(())
-    } else {
-        Err(Error::NotRoot)
-    }
+    if is_root() { Ok(()) } else { Err(Error::NotRoot) }
 }
 
 /// Whether `dir` is the root of a filesystem with this magic number.
@@ -32,9 +28,5 @@ pub fn fs_magic_is(dir: &Path, magic: i64) -> bool {
 }
 
 pub fn require_bpffs(dir: &Path) -> Result<()> {
-    if fs_magic_is(dir, BPF_FS_MAGIC) {
-        Ok(())
-    } else {
-        Err(Error::BpffsUnavailable(dir.into()))
-    }
+    if fs_magic_is(dir, BPF_FS_MAGIC) { Ok(()) } else { Err(Error::BpffsUnavailable(dir.into())) }
 }

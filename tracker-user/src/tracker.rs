@@ -62,11 +62,7 @@ impl Tracker {
         sys::require_root()?;
         let maps = Maps::open(&paths)?;
         let cgroups = Cgroups::detect(&paths)?;
-        Ok(Self {
-            paths,
-            maps: Mutex::new(maps),
-            cgroups,
-        })
+        Ok(Self { paths, maps: Mutex::new(maps), cgroups })
     }
 
     pub fn paths(&self) -> &Paths {
@@ -98,11 +94,7 @@ impl Tracker {
             maps.reset_counters(id)?;
             maps.set_control(
                 id,
-                SlotControl {
-                    flags: SLOT_ACTIVE,
-                    generation,
-                    ..Default::default()
-                },
+                SlotControl { flags: SLOT_ACTIVE, generation, ..Default::default() },
             )?;
             let record = SlotRecord {
                 name: spec.name.clone(),
@@ -154,11 +146,8 @@ impl Tracker {
     /// Every slot, by name.
     pub fn slots(&self) -> Result<Vec<SlotStatus>> {
         let reg = registry::read(&self.paths)?;
-        let mut out: Vec<SlotStatus> = reg
-            .slots
-            .iter()
-            .map(|r| self.status_of(r))
-            .collect::<Result<_>>()?;
+        let mut out: Vec<SlotStatus> =
+            reg.slots.iter().map(|r| self.status_of(r)).collect::<Result<_>>()?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -181,14 +170,7 @@ impl Tracker {
                 continue;
             }
             if let Some(info) = procinfo::describe(*tid, tag) {
-                let info = if threads {
-                    info
-                } else {
-                    ProcessInfo {
-                        pid: tag.tgid,
-                        ..info
-                    }
-                };
+                let info = if threads { info } else { ProcessInfo { pid: tag.tgid, ..info } };
                 rows.insert(key, info);
             }
         }
@@ -202,10 +184,7 @@ impl Tracker {
             let mut maps = self.maps();
             let tasks = maps.tags_of(rec.id)?.len() as u64;
             if tasks > 0 {
-                return Err(Error::SlotBusy {
-                    name: name.to_owned(),
-                    tasks,
-                });
+                return Err(Error::SlotBusy { name: name.to_owned(), tasks });
             }
             self.cgroups.remove(&rec.cgroups)?;
             maps.set_control(rec.id, SlotControl::default())?;
@@ -228,10 +207,7 @@ impl Tracker {
 pub fn validate_slot_name(name: &str) -> Result<()> {
     let why = if name.is_empty() || name.len() > 64 {
         Some("use 1 to 64 characters")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
         Some("use only letters, digits, '.', '_' and '-'")
     } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
         Some("start with a letter or a digit")
@@ -239,28 +215,19 @@ pub fn validate_slot_name(name: &str) -> Result<()> {
         None
     };
     match why {
-        Some(why) => Err(Error::InvalidSlotName {
-            name: name.to_owned(),
-            why,
-        }),
+        Some(why) => Err(Error::InvalidSlotName { name: name.to_owned(), why }),
         None => Ok(()),
     }
 }
 
 /// A slot name for `tracker run` without `--slot`.
 pub fn generated_slot_name() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("run-{}-{:04x}", std::process::id(), nanos & 0xffff)
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -276,16 +243,7 @@ mod tests {
 
     #[test]
     fn unsafe_slot_names_are_refused() {
-        for bad in [
-            "",
-            ".hidden",
-            "-x",
-            "a/b",
-            "..",
-            "a b",
-            "é",
-            &"x".repeat(65),
-        ] {
+        for bad in ["", ".hidden", "-x", "a/b", "..", "a b", "é", &"x".repeat(65)] {
             assert!(validate_slot_name(bad).is_err(), "{bad:?} accepted");
         }
     }

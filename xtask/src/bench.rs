@@ -21,8 +21,6 @@ pub fn run(rounds: u32) -> Result<()> {
     run::quiet(&mut build)?;
     let bench = run::workspace().join("target/release/bench");
     run::status(
-        std::process::Command::new(bench)
-            .env("TRACKER_BIN", tracker)
-            .arg(rounds.to_string()),
+        std::process::Command::new(bench).env("TRACKER_BIN", tracker).arg(rounds.to_string()),
     )
 }

@@ -37,7 +37,7 @@ enum Task {
     /// Measure the tracker's overhead and kill time against a no-tracker baseline
     Bench {
         /// Repetitions of each interleaved round
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 15)]
         rounds: u32,
     },
 }
@@ -64,9 +64,5 @@ fn build_and_load(bin_dir: &std::path::Path, load_args: &[String]) -> anyhow::Re
     let built = run::build_tracker(true)?;
     let installed = run::install(&built, bin_dir)?;
     println!("xtask: installed {}", installed.display());
-    run::status(
-        std::process::Command::new(&installed)
-            .arg("load")
-            .args(load_args),
-    )
+    run::status(std::process::Command::new(&installed).arg("load").args(load_args))
 }

@@ -10,12 +10,7 @@ use crate::run::quiet;
 
 const LLVM_MAJOR: &str = "22";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const LLVM_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-];
+const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn require_root() -> Result<()> {
@@ -42,10 +37,7 @@ fn ensure_llvm() -> Result<()> {
         say(&format!("LLVM {LLVM_MAJOR}: found in {LLVM_PREFIX}"));
         return Ok(());
     }
-    say(&format!(
-        "LLVM {LLVM_MAJOR}: installing {} with apt-get",
-        LLVM_PACKAGES.join(" ")
-    ));
+    say(&format!("LLVM {LLVM_MAJOR}: installing {} with apt-get", LLVM_PACKAGES.join(" ")));
     let apt = |args: &[&str]| {
         let mut c = Command::new("apt-get");
         c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
@@ -65,11 +57,8 @@ fn ensure_nightly() -> Result<()> {
     let out = quiet(Command::new("rustup").args(["run", "nightly", "rustc", "-vV"]))
         .context("the nightly toolchain is missing: `rustup toolchain install nightly`")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let llvm = text
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version: "))
-        .unwrap_or("unknown")
-        .to_owned();
+    let llvm =
+        text.lines().find_map(|l| l.strip_prefix("LLVM version: ")).unwrap_or("unknown").to_owned();
     if llvm.split('.').next() != Some(LLVM_MAJOR) {
         bail!(
             "nightly rustc uses LLVM {llvm}, but bpf-linker is built for LLVM {LLVM_MAJOR}: \
@@ -88,10 +77,7 @@ fn ensure_rust_src() -> Result<()> {
         "nightly",
         "--installed",
     ]))?;
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
         say("nightly rust-src: installed");
         return Ok(());
     }
@@ -117,14 +103,8 @@ fn ensure_bpf_linker() -> Result<()> {
         // Without these it finds Debian's default llvm-config (LLVM 14) and cannot link.
         .env("LLVM_PREFIX", LLVM_PREFIX)
         .env(format!("LLVM_SYS_{LLVM_MAJOR}1_PREFIX"), LLVM_PREFIX);
-    quiet(&mut c)
-        .map(|_| ())
-        .context("cannot build bpf-linker")?;
-    if Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    quiet(&mut c).map(|_| ()).context("cannot build bpf-linker")?;
+    if Command::new("bpf-linker").arg("--version").output().is_err() {
         bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
     }
     Ok(())

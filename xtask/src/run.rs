@@ -9,43 +9,25 @@ use anyhow::{Context as _, Result, bail};
 
 /// The workspace root (xtask's parent directory).
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// Run `cmd` with its output captured; on failure, the error carries the last lines.
 pub fn quiet(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {}", show(cmd)))?;
+    let out = cmd.output().with_context(|| format!("cannot start {}", show(cmd)))?;
     if !out.status.success() {
         let text = String::from_utf8_lossy(&out.stderr).into_owned()
             + &String::from_utf8_lossy(&out.stdout);
-        let tail: Vec<&str> = text
-            .lines()
-            .rev()
-            .take(12)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        bail!(
-            "{} failed ({}):\n{}",
-            show(cmd),
-            out.status,
-            tail.join("\n")
-        );
+        let tail: Vec<&str> =
+            text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+        bail!("{} failed ({}):\n{}", show(cmd), out.status, tail.join("\n"));
     }
     Ok(out)
 }
 
 /// Run `cmd` with its output shown as it comes.
 pub fn status(cmd: &mut Command) -> Result<()> {
-    let st = cmd
-        .status()
-        .with_context(|| format!("cannot start {}", show(cmd)))?;
+    let st = cmd.status().with_context(|| format!("cannot start {}", show(cmd)))?;
     if !st.success() {
         bail!("{} failed ({st})", show(cmd));
     }
@@ -75,15 +57,10 @@ pub fn build_tracker(release: bool) -> Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
-    println!(
-        "xtask: building tracker ({})",
-        if release { "release" } else { "debug" }
-    );
+    println!("xtask: building tracker ({})", if release { "release" } else { "debug" });
     quiet(&mut cmd)?;
-    let bin = workspace()
-        .join("target")
-        .join(if release { "release" } else { "debug" })
-        .join("tracker");
+    let bin =
+        workspace().join("target").join(if release { "release" } else { "debug" }).join("tracker");
     if !bin.exists() {
         bail!("the build did not produce {}", bin.display());
     }

@@ -25,8 +25,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     remove_stale_instances(&bin);
 
     let mut test = cargo();
-    test.args(["test", "--no-fail-fast"])
-        .env("TRACKER_BIN", &bin);
+    test.args(["test", "--no-fail-fast"]).env("TRACKER_BIN", &bin);
     if strict {
         test.env("TRACKER_TEST_STRICT", "1");
         println!("xtask: CI: kernel tests may not skip");
@@ -58,8 +57,6 @@ fn remove_stale_instances(bin: &std::path::Path) {
             continue;
         }
         println!("xtask: removing stale test instance {name}");
-        let _ = Command::new(bin)
-            .args(["--instance", &name, "unload", "--force"])
-            .output();
+        let _ = Command::new(bin).args(["--instance", &name, "unload", "--force"]).output();
     }
 }

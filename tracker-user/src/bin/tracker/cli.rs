@@ -115,8 +115,6 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn to_limits(&self) -> tracker::Limits {
-        tracker::Limits {
-            tasks_max: self.tasks_max,
-        }
+        tracker::Limits { tasks_max: self.tasks_max }
     }
 }

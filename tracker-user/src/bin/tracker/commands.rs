@@ -33,11 +33,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::unload(&paths, &r);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Create {
-            slot,
-            limits,
-            owner,
-        } => {
+        Command::Create { slot, limits, owner } => {
             let t = Tracker::open(paths)?;
             let spec = SlotSpec {
                 name: slot,
@@ -49,15 +45,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", rec.name);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run {
-            slot,
-            detach,
-            output: output_file,
-            keep,
-            kill_timeout,
-            limits,
-            command,
-        } => {
+        Command::Run { slot, detach, output: output_file, keep, kill_timeout, limits, command } => {
             let t = Tracker::open(paths)?;
             let spec = SlotSpec {
                 name: slot.unwrap_or_else(generated_slot_name),
@@ -82,9 +70,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let opts = RunOptions {
                 keep_slot: keep,
-                kill: KillOptions {
-                    timeout: seconds(kill_timeout)?,
-                },
+                kill: KillOptions { timeout: seconds(kill_timeout)? },
             };
             let outcome = t.run(&spec, &mut cmd, &opts)?;
             output::run_outcome(&outcome);
@@ -94,11 +80,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::slots(&Tracker::open(paths)?.slots()?, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ps {
-            slot,
-            threads,
-            json,
-        } => {
+        Command::Ps { slot, threads, json } => {
             output::processes(&Tracker::open(paths)?.processes(&slot, threads)?, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -110,23 +92,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kill {
-            slot,
-            timeout,
-            json,
-        } => {
-            let r = Tracker::open(paths)?.kill(
-                &slot,
-                &KillOptions {
-                    timeout: seconds(timeout)?,
-                },
-            )?;
+        Command::Kill { slot, timeout, json } => {
+            let r =
+                Tracker::open(paths)?.kill(&slot, &KillOptions { timeout: seconds(timeout)? })?;
             output::kill(&r, json)?;
-            Ok(if r.is_complete() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(if r.is_complete() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Release { slot } => {
             Tracker::open(paths)?.release(&slot)?;

@@ -18,11 +18,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap's usage errors span several lines; say it in one.
             let text = e.to_string();
-            let first = text
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
             eprintln!("tracker: {first} (see `tracker --help`)");
             return ExitCode::from(2);
         }
@@ -39,10 +35,7 @@ fn main() -> ExitCode {
 
 /// An error and its causes on one line.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 fn init_logging(verbose: u8) {
@@ -53,8 +46,5 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRACKER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

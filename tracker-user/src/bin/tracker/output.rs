@@ -28,13 +28,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
         let s: Vec<String> = cells
             .into_iter()
             .enumerate()
-            .map(|(i, c)| {
-                if i == last {
-                    c
-                } else {
-                    format!("{c:<w$}", w = widths[i])
-                }
-            })
+            .map(|(i, c)| if i == last { c } else { format!("{c:<w$}", w = widths[i]) })
             .collect();
         println!("{}", s.join("  ").trim_end());
     };
@@ -55,10 +49,7 @@ pub fn load(report: &LoadReport, st: &Status) {
         LoadAction::Fresh => "loaded".to_owned(),
         LoadAction::Upgraded => format!("upgraded, {} slot(s) kept", report.slots_kept),
     };
-    println!(
-        "tracker {}: {what} (generation {})",
-        st.instance, report.generation
-    );
+    println!("tracker {}: {what} (generation {})", st.instance, report.generation);
     warnings(&report.warnings);
     status_body(st);
 }
@@ -68,10 +59,7 @@ pub fn status(st: &Status, json: bool) -> Result<()> {
         return print_json(st);
     }
     if st.loaded {
-        println!(
-            "tracker {}: loaded (generation {})",
-            st.instance, st.generation
-        );
+        println!("tracker {}: loaded (generation {})", st.instance, st.generation);
     } else {
         println!("tracker {}: not loaded", st.instance);
     }
@@ -100,12 +88,7 @@ fn status_body(st: &Status) {
                 (true, true) => "ready (attached during kills)",
                 (false, _) => "MISSING",
             };
-            vec![
-                format!("  {}", p.name),
-                p.hook.clone(),
-                state.into(),
-                p.purpose.into(),
-            ]
+            vec![format!("  {}", p.name), p.hook.clone(), state.into(), p.purpose.into()]
         })
         .collect();
     table(&["  NAME", "HOOK", "STATE", "PURPOSE"], &rows);
@@ -156,12 +139,7 @@ pub fn slots(slots: &[SlotStatus], json: bool) -> Result<()> {
             ]
         })
         .collect();
-    table(
-        &[
-            "SLOT", "ID", "TASKS", "PEAK", "STARTED", "EXECS", "OWNER", "STATE",
-        ],
-        &rows,
-    );
+    table(&["SLOT", "ID", "TASKS", "PEAK", "STARTED", "EXECS", "OWNER", "STATE"], &rows);
     Ok(())
 }
 
@@ -173,11 +151,8 @@ pub fn processes(procs: &[ProcessInfo], json: bool) -> Result<()> {
     let rows: Vec<Vec<String>> = procs
         .iter()
         .map(|p| {
-            let cmd = if p.cmdline.is_empty() {
-                format!("[{}]", p.comm)
-            } else {
-                p.cmdline.join(" ")
-            };
+            let cmd =
+                if p.cmdline.is_empty() { format!("[{}]", p.comm) } else { p.cmdline.join(" ") };
             vec![
                 p.pid.to_string(),
                 p.ppid.to_string(),
@@ -189,10 +164,7 @@ pub fn processes(procs: &[ProcessInfo], json: bool) -> Result<()> {
             ]
         })
         .collect();
-    table(
-        &["PID", "PPID", "ELAPSED", "S", "THR", "UID", "COMMAND"],
-        &rows,
-    );
+    table(&["PID", "PPID", "ELAPSED", "S", "THR", "UID", "COMMAND"], &rows);
     Ok(())
 }
 
@@ -237,20 +209,13 @@ pub fn run_outcome(o: &RunOutcome) {
     );
     warnings(&l.warnings);
     if !l.survivors.is_empty() {
-        eprintln!(
-            "tracker: slot {} still has {} task(s); it is kept:",
-            o.slot,
-            l.survivors.len()
-        );
+        eprintln!("tracker: slot {} still has {} task(s); it is kept:", o.slot, l.survivors.len());
         survivors(l);
     }
 }
 
 fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime fills the local timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -263,9 +228,5 @@ fn elapsed(ns: u64) -> String {
         return format!("{:.1}s", ns as f64 / 1e9);
     }
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    if h > 0 {
-        format!("{h}:{m:02}:{s:02}")
-    } else {
-        format!("{m}:{s:02}")
-    }
+    if h > 0 { format!("{h}:{m:02}:{s:02}") } else { format!("{m}:{s:02}") }
 }
