@@ -38,6 +38,15 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// "tracker", or "tracker (instance X)" for another instance than the default.
+fn who(instance: &str) -> String {
+    if instance == tracker::paths::DEFAULT_INSTANCE {
+        "tracker".into()
+    } else {
+        format!("tracker (instance {instance})")
+    }
+}
+
 pub fn warnings(w: &[String]) {
     for w in w {
         eprintln!("tracker: warning: {w}");
@@ -49,7 +58,7 @@ pub fn load(report: &LoadReport, st: &Status) {
         LoadAction::Fresh => "loaded".to_owned(),
         LoadAction::Upgraded => format!("upgraded, {} slot(s) kept", report.slots_kept),
     };
-    println!("tracker {}: {what} (generation {})", st.instance, report.generation);
+    println!("{}: {what} (generation {})", who(&st.instance), report.generation);
     warnings(&report.warnings);
     status_body(st);
 }
@@ -59,9 +68,9 @@ pub fn status(st: &Status, json: bool) -> Result<()> {
         return print_json(st);
     }
     if st.loaded {
-        println!("tracker {}: loaded (generation {})", st.instance, st.generation);
+        println!("{}: loaded (generation {})", who(&st.instance), st.generation);
     } else {
-        println!("tracker {}: not loaded", st.instance);
+        println!("{}: not loaded", who(&st.instance));
     }
     status_body(st);
     Ok(())
@@ -111,12 +120,12 @@ pub fn unload(paths: &Paths, r: &UnloadReport) {
     warnings(&r.warnings);
     if r.was_loaded {
         println!(
-            "tracker {}: unloaded; {} slot(s) forgotten, every pin removed",
-            paths.instance(),
+            "{}: unloaded; {} slot(s) forgotten, every pin removed",
+            who(paths.instance()),
             r.slots_forgotten
         );
     } else {
-        println!("tracker {}: was not loaded", paths.instance());
+        println!("{}: was not loaded", who(paths.instance()));
     }
 }
 
