@@ -49,12 +49,28 @@ fn the_tracker_process_is_never_in_the_slot() {
     let ps: BTreeSet<u32> = inst.ps("own").iter().map(|p| p.pid).collect();
     assert_eq!(ps, processes_named(&m).into_iter().collect(), "only the command is in the slot");
     assert!(!ps.contains(&child.id()));
-    // Adopting the tracker's own ancestors is refused.
-    let out = inst.cli_output(&["adopt", "own", &std::process::id().to_string()]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ancestors"));
     inst.kill_clean("own");
     child.wait().unwrap();
+    // A process adopting its own parent (a Slurm task does `tracker adopt JOB $PPID`) tags the
+    // parent and never itself.
+    inst.cli_ok(&["create", "parent"]);
+    let m2 = marker("par");
+    let script = format!(
+        "{} adopt parent $$ >/dev/null && exec {ESCAPE} sleep {m2}",
+        tracker_tests::tracker_bin().display()
+    );
+    let mut sh = Command::new("bash")
+        .env("TRACKER_INSTANCE", &inst.name)
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    assert!(wait_for(T, || processes_named(&m2).len() == 1));
+    let ps = inst.ps("parent");
+    assert_eq!(ps.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![sh.id()], "{ps:?}");
+    let s = inst.tracker().slot_status("parent").unwrap();
+    assert_eq!(s.tasks_started, 1, "only the shell was tagged: {s:?}");
+    inst.kill_clean("parent");
+    sh.wait().unwrap();
 }
 
 #[test]

@@ -6,7 +6,10 @@
 //! tagged parent while the iteration runs may be missed; user space runs the iterator until a
 //! run tags nothing, and after the first run every parent is tagged. User space also runs one
 //! adoption at a time, so that two never tag the same task at once.
-use aya_ebpf::{bindings::task_struct, helpers::generated::bpf_seq_write};
+use aya_ebpf::{
+    bindings::task_struct,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_seq_write},
+};
 use tracker_common::{AdoptRecord, PF_EXITING, PF_KTHREAD, TASK_NEW, TaskTag};
 
 use crate::{
@@ -49,6 +52,11 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
     let Some((tid, tgid)) = task.ids(&off) else {
         return 0;
     };
+    // The process running the adoption is never tagged, even when it adopts its own parent
+    // (as a Slurm task does through `tracker adopt JOB $PPID`).
+    if u64::from(tgid) == bpf_get_current_pid_tgid() >> 32 {
+        return 0;
+    }
     // Kernel threads are not jobs. A task that is exiting may be past its exit program, which
     // would leave its tag behind; a new task (TASK_NEW) is the fork program's to tag.
     if task.flags(&off).is_none_or(|f| f & (PF_KTHREAD | PF_EXITING) != 0)

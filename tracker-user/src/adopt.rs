@@ -14,7 +14,7 @@ use tracker_common::{AdoptRecord, AdoptRequest, PF_KTHREAD};
 
 use crate::{
     error::{Error, Result},
-    pidfd, procinfo, programs,
+    pidfd, programs,
     registry::{SlotRecord, StateLock},
     tracker::Tracker,
 };
@@ -63,11 +63,8 @@ impl Tracker {
         if pid <= 1 {
             return Err(Error::RefusedAdopt { pid, why: "it is the init process" });
         }
-        if procinfo::own_ancestry().contains(&pid) {
-            return Err(Error::RefusedAdopt {
-                pid,
-                why: "it is this tracker process or one of its ancestors",
-            });
+        if pid == std::process::id() {
+            return Err(Error::RefusedAdopt { pid, why: "it is this tracker process" });
         }
         if let Err(e) = pidfd::open_process(pid) {
             return Err(match e.raw_os_error() {

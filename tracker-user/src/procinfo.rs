@@ -56,21 +56,3 @@ pub fn kernel_stack(tid: u32) -> Vec<String> {
 pub fn wchan(tid: u32) -> String {
     fs::read_to_string(format!("/proc/{tid}/wchan")).unwrap_or_default()
 }
-
-/// The pid and every ancestor of the current process: none of them may be adopted, or the
-/// tracker would tag itself.
-pub fn own_ancestry() -> Vec<u32> {
-    let mut chain = vec![std::process::id()];
-    let mut pid = std::process::id() as i32;
-    for _ in 0..256 {
-        let Ok(stat) = procfs::process::Process::new(pid).and_then(|p| p.stat()) else {
-            break;
-        };
-        if stat.ppid <= 0 {
-            break;
-        }
-        chain.push(stat.ppid as u32);
-        pid = stat.ppid;
-    }
-    chain
-}
