@@ -23,6 +23,12 @@ pub mod map_name {
     pub const CONFIG: &str = "TRK_CONFIG";
     /// `0 -> GlobalCounters`, per CPU.
     pub const GLOBAL: &str = "TRK_GLOBAL";
+    /// `tgid -> MmRss`: the resident pages of each tagged process's address space.
+    pub const MM_RSS: &str = "TRK_MM_RSS";
+    /// `requester tid -> UsageRequest`: input of the usage iterator.
+    pub const USAGE: &str = "TRK_USAGE";
+    /// `cgroup id -> slot id`: which slot a cgroup v2 directory (and its sockets) belongs to.
+    pub const CGROUP_SLOTS: &str = "TRK_CGROUP_SLOTS";
 }
 
 /// Names of the globals the loader sets before loading.
@@ -38,6 +44,13 @@ pub const NO_SLOT: u32 = 0;
 pub const SLOT_ACTIVE: u32 = 1 << 0;
 /// `SlotControl::flags`: the slot is being killed; its tasks may not fork, exec or make syscalls.
 pub const SLOT_DOOMED: u32 = 1 << 1;
+
+/// `TaskTag::slot` bit: the task passed `do_exit` and waits for its final context switch,
+/// where its CPU time is final and is harvested. Not a live task any more.
+pub const TAG_EXITED: u32 = 1 << 31;
+
+/// `task_struct.__state` of a task in its final context switch.
+pub const TASK_DEAD: u32 = 0x0000_0080;
 
 /// `PF_KTHREAD` from `include/linux/sched.h`: kernel threads are never adopted.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
@@ -76,6 +89,11 @@ pub struct SlotControl {
     pub peak_tasks: u64,
     /// Bumped by user space each time the slot id is (re)used, so stale state is recognisable.
     pub generation: u64,
+    /// Resident memory of the slot's processes now, in bytes (changed with atomic adds; a
+    /// transiently negative value reads as a huge number and is clamped by user space).
+    pub mem_current: u64,
+    /// High-water mark of `mem_current`.
+    pub mem_peak: u64,
 }
 
 /// Per-slot, per-CPU counters. User space sums (or, for `*_max` fields, maxes) over CPUs.
@@ -96,9 +114,92 @@ pub struct SlotCounters {
     pub exits_by_signal: u64,
     /// Tasks killed in the kernel because they forked, exec'd or made a syscall while doomed.
     pub doom_kills: u64,
-    /// Children of a tagged task that could not be tagged (the tasks map refused the insert).
+    /// Children of a tagged task that could not be tagged (a tid beyond the tasks array).
     pub tag_failures: u64,
-    pub _reserved: [u64; 8],
+    /// CPU time of exited tasks, harvested at their final context switch, when it is final.
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    /// I/O of exited tasks (`task_io_accounting`), harvested at exit.
+    pub io: IoCounters,
+    pub min_flt: u64,
+    pub maj_flt: u64,
+    /// Largest peak RSS (bytes) of an exited process of the slot. A maximum, not a sum.
+    pub max_rss_bytes: u64,
+    /// Traffic of the slot's sockets (cgroup_skb on the slot's cgroup v2 directory).
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_packets: u64,
+    pub net_tx_packets: u64,
+    pub _reserved: [u64; 7],
+}
+
+/// `struct task_io_accounting`, in the kernel's field order (checked against BTF at load).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub rchar: u64,
+    pub wchar: u64,
+    pub syscr: u64,
+    pub syscw: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub cancelled_write_bytes: u64,
+}
+
+impl IoCounters {
+    #[inline(always)]
+    pub fn add(&mut self, o: &IoCounters) {
+        self.rchar += o.rchar;
+        self.wchar += o.wchar;
+        self.syscr += o.syscr;
+        self.syscw += o.syscw;
+        self.read_bytes += o.read_bytes;
+        self.write_bytes += o.write_bytes;
+        self.cancelled_write_bytes += o.cancelled_write_bytes;
+    }
+}
+
+/// The resident pages of one tagged process's address space, by `mm_struct` counter (file,
+/// anon, swap entries (unused), shmem), in bytes, as last seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmRss {
+    pub slot: u32,
+    pub _pad0: u32,
+    /// The `mm_struct` the values are of; an exec replaces it.
+    pub mm: u64,
+    pub bytes: [u64; 4],
+}
+
+/// A request to the usage iterator, keyed by the tid of the process that runs it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageRequest {
+    /// Report the tasks of this slot; 0: of every slot.
+    pub slot: u32,
+    pub _pad0: u32,
+}
+
+/// `UsageRecord::flags`: the task leads its thread group; its RSS fields are the process's.
+pub const USAGE_LEADER: u32 = 1;
+
+/// One record written by the usage iterator per live tagged task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub tid: u32,
+    pub tgid: u32,
+    pub slot: u32,
+    pub flags: u32,
+    pub sum_exec_ns: u64,
+    pub utime_ns: u64,
+    pub stime_ns: u64,
+    pub io: IoCounters,
+    pub min_flt: u64,
+    pub maj_flt: u64,
+    /// For a leader: the process's resident bytes now, and its peak.
+    pub rss_bytes: u64,
+    pub hiwater_rss_bytes: u64,
 }
 
 /// Machine-wide counters of the tracker itself, per CPU.
@@ -149,7 +250,32 @@ pub struct KernelOffsets {
     pub task_start_boottime: u32,
     pub task_exit_code: u32,
     pub task_state: u32,
-    pub _reserved: [u32; 9],
+    pub task_mm: u32,
+    pub task_signal: u32,
+    pub task_utime: u32,
+    pub task_stime: u32,
+    /// `task_struct.se.sum_exec_runtime`.
+    pub task_sum_exec: u32,
+    pub task_ioac: u32,
+    pub task_min_flt: u32,
+    pub task_maj_flt: u32,
+    pub signal_maxrss: u32,
+    /// `mm_struct.rss_stat`, an array of `percpu_counter`.
+    pub mm_rss_stat: u32,
+    pub mm_owner: u32,
+    pub mm_hiwater_rss: u32,
+    pub percpu_counter_count: u32,
+    pub percpu_counter_size: u32,
+    pub page_shift: u32,
+    pub _reserved: [u32; 10],
+}
+
+impl KernelOffsets {
+    /// All zero: the placeholder the kernel object is built with.
+    pub const fn zeroed() -> Self {
+        // SAFETY: all fields are integers, for which zero is valid.
+        unsafe { core::mem::zeroed() }
+    }
 }
 
 /// Assert at compile time that `$ty` has size `$size` and each field its expected offset.
@@ -161,10 +287,19 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(TaskTag, 16, slot = 0, tgid = 4, start_ns = 8);
-assert_layout!(SlotControl, 32, flags = 0, live_tasks = 8, peak_tasks = 16, generation = 24);
+assert_layout!(
+    SlotControl,
+    48,
+    flags = 0,
+    live_tasks = 8,
+    peak_tasks = 16,
+    generation = 24,
+    mem_current = 32,
+    mem_peak = 40,
+);
 assert_layout!(
     SlotCounters,
-    128,
+    248,
     tasks_started = 0,
     tasks_exited = 8,
     procs_started = 16,
@@ -173,6 +308,35 @@ assert_layout!(
     exits_by_signal = 40,
     doom_kills = 48,
     tag_failures = 56,
+    cpu_user_ns = 64,
+    cpu_system_ns = 72,
+    io = 80,
+    min_flt = 136,
+    maj_flt = 144,
+    max_rss_bytes = 152,
+    net_rx_bytes = 160,
+    net_tx_bytes = 168,
+    net_rx_packets = 176,
+    net_tx_packets = 184,
+);
+assert_layout!(IoCounters, 56, rchar = 0, wchar = 8, read_bytes = 32, cancelled_write_bytes = 48);
+assert_layout!(MmRss, 48, slot = 0, mm = 8, bytes = 16);
+assert_layout!(UsageRequest, 8, slot = 0);
+assert_layout!(
+    UsageRecord,
+    128,
+    tid = 0,
+    tgid = 4,
+    slot = 8,
+    flags = 12,
+    sum_exec_ns = 16,
+    utime_ns = 24,
+    stime_ns = 32,
+    io = 40,
+    min_flt = 96,
+    maj_flt = 104,
+    rss_bytes = 112,
+    hiwater_rss_bytes = 120,
 );
 assert_layout!(GlobalCounters, 64, tag_failures = 0);
 assert_layout!(Config, 8, active_generation = 0);
@@ -180,7 +344,7 @@ assert_layout!(AdoptRequest, 8, target_tgid = 0, slot = 4);
 assert_layout!(AdoptRecord, 16, tid = 0, tgid = 4, start_ns = 8);
 assert_layout!(
     KernelOffsets,
-    64,
+    128,
     task_pid = 0,
     task_tgid = 4,
     task_flags = 8,
@@ -188,6 +352,7 @@ assert_layout!(
     task_start_boottime = 16,
     task_exit_code = 20,
     task_state = 24,
+    page_shift = 84,
 );
 
 #[cfg(feature = "user")]
@@ -202,4 +367,7 @@ mod user {
     unsafe impl aya::Pod for super::AdoptRequest {}
     unsafe impl aya::Pod for super::AdoptRecord {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::MmRss {}
+    unsafe impl aya::Pod for super::UsageRequest {}
+    unsafe impl aya::Pod for super::UsageRecord {}
 }

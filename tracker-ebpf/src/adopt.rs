@@ -6,34 +6,17 @@
 //! tagged parent while the iteration runs may be missed; user space runs the iterator until a
 //! run tags nothing, and after the first run every parent is tagged. User space also runs one
 //! adoption at a time, so that two never tag the same task at once.
-use aya_ebpf::{
-    bindings::task_struct,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_seq_write},
-};
+use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use tracker_common::{AdoptRecord, PF_EXITING, PF_KTHREAD, TASK_NEW, TaskTag};
 
 use crate::{
-    kernel::{Task, current_tid, offsets},
+    kernel::{IterTaskCtx, Task, current_tid, offsets, seq_write},
     maps::{ADOPT, TASKS},
     slot,
 };
 
 /// Deep enough for any real process tree; the walk also stops at the root.
 const MAX_DEPTH: u32 = 64;
-
-#[repr(C)]
-struct IterMeta {
-    seq: *mut aya_ebpf::bindings::seq_file,
-    session_id: u64,
-    seq_num: u64,
-}
-
-/// `struct bpf_iter__task`.
-#[repr(C)]
-pub struct IterTaskCtx {
-    meta: *const IterMeta,
-    task: *mut task_struct,
-}
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
@@ -75,15 +58,8 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
     if !slot::tag(tid, &tag) {
         return 0;
     }
-    let rec = AdoptRecord { tid, tgid, start_ns };
-    // SAFETY: `meta` is the iterator's metadata; the record is a plain local.
-    unsafe {
-        bpf_seq_write(
-            (*meta).seq,
-            (&raw const rec).cast(),
-            core::mem::size_of::<AdoptRecord>() as u32,
-        );
-    }
+    // SAFETY: `meta` is the iterator's metadata.
+    seq_write(unsafe { (*meta).seq }, &AdoptRecord { tid, tgid, start_ns });
     0
 }
 

@@ -1,28 +1,19 @@
 //! Reading kernel structures at offsets resolved from the running kernel's BTF, and the
 //! generation gate that makes program upgrades count every event exactly once.
 use aya_ebpf::{
-    bindings::task_struct,
+    bindings::{seq_file, task_struct},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_seq_write},
     },
 };
-
-use tracker_common::KernelOffsets;
+use tracker_common::{IoCounters, KernelOffsets};
 
 use crate::maps::CONFIG;
 
 /// Set by the loader from `/sys/kernel/btf/vmlinux`; `.rodata`, so the verifier sees constants.
 #[unsafe(no_mangle)]
-static TRK_OFFSETS: KernelOffsets = KernelOffsets {
-    task_pid: 0,
-    task_tgid: 0,
-    task_flags: 0,
-    task_real_parent: 0,
-    task_start_boottime: 0,
-    task_exit_code: 0,
-    task_state: 0,
-    _reserved: [0; 9],
-};
+static TRK_OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 
 /// This object's generation, set by the loader.
 #[unsafe(no_mangle)]
@@ -105,8 +96,109 @@ impl Task {
     }
 
     #[inline(always)]
+    pub fn mm(self, off: &KernelOffsets) -> Option<Mm> {
+        let p: *const u8 = self.read(off.task_mm)?;
+        (!p.is_null()).then_some(Mm(p))
+    }
+
+    /// The peak RSS of the thread group, in pages (`signal->maxrss`).
+    #[inline(always)]
+    pub fn maxrss_pages(self, off: &KernelOffsets) -> Option<u64> {
+        let sig: *const u8 = self.read(off.task_signal)?;
+        if sig.is_null() {
+            return None;
+        }
+        Task(sig).read(off.signal_maxrss)
+    }
+
+    /// (sum_exec_runtime, utime, stime), in nanoseconds.
+    #[inline(always)]
+    pub fn cpu(self, off: &KernelOffsets) -> Option<(u64, u64, u64)> {
+        Some((
+            self.read(off.task_sum_exec)?,
+            self.read(off.task_utime)?,
+            self.read(off.task_stime)?,
+        ))
+    }
+
+    #[inline(always)]
+    pub fn io(self, off: &KernelOffsets) -> Option<IoCounters> {
+        self.read(off.task_ioac)
+    }
+
+    /// (minor, major) page faults.
+    #[inline(always)]
+    pub fn faults(self, off: &KernelOffsets) -> Option<(u64, u64)> {
+        Some((self.read(off.task_min_flt)?, self.read(off.task_maj_flt)?))
+    }
+
+    #[inline(always)]
     pub fn real_parent(self, off: &KernelOffsets) -> Option<Task> {
         let p: *const u8 = self.read(off.task_real_parent)?;
         (!p.is_null()).then_some(Task(p))
     }
+}
+
+/// An `mm_struct` pointer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Mm(pub *const u8);
+
+/// `MM_SWAPENTS`: swap entries are not resident memory.
+pub const MM_SWAPENTS: u32 = 2;
+pub const NR_MM_COUNTERS: u32 = 4;
+
+impl Mm {
+    pub fn of(p: *const u8) -> Self {
+        Self(p)
+    }
+
+    /// Counter `member` (file, anon, swap entries, shmem) in bytes. The shared part of the
+    /// per-CPU counter only: up to a batch of pages per CPU behind.
+    #[inline(always)]
+    pub fn counter_bytes(self, off: &KernelOffsets, member: u32) -> Option<u64> {
+        if member >= NR_MM_COUNTERS {
+            return None;
+        }
+        let at = off.mm_rss_stat + member * off.percpu_counter_size + off.percpu_counter_count;
+        let pages: i64 = Task(self.0).read(at)?;
+        Some((pages.max(0) as u64) << off.page_shift)
+    }
+
+    /// Resident bytes: file + anon + shmem pages.
+    #[inline(always)]
+    pub fn rss_bytes(self, off: &KernelOffsets) -> u64 {
+        [0, 1, 3].iter().map(|m| self.counter_bytes(off, *m).unwrap_or(0)).sum()
+    }
+
+    #[inline(always)]
+    pub fn hiwater_bytes(self, off: &KernelOffsets) -> u64 {
+        Task(self.0).read::<u64>(off.mm_hiwater_rss).unwrap_or(0) << off.page_shift
+    }
+
+    #[inline(always)]
+    pub fn owner(self, off: &KernelOffsets) -> Option<*const u8> {
+        Task(self.0).read(off.mm_owner)
+    }
+}
+
+/// `struct bpf_iter_meta`.
+#[repr(C)]
+pub struct IterMeta {
+    pub seq: *mut seq_file,
+    pub session_id: u64,
+    pub seq_num: u64,
+}
+
+/// `struct bpf_iter__task`: the context of a task iterator; `task` is NULL on the last call.
+#[repr(C)]
+pub struct IterTaskCtx {
+    pub meta: *const IterMeta,
+    pub task: *mut task_struct,
+}
+
+/// Write one record to an iterator's output.
+#[inline(always)]
+pub fn seq_write<T>(seq: *mut seq_file, rec: &T) {
+    // SAFETY: `seq` comes from the iterator's metadata; the record is a plain value.
+    unsafe { bpf_seq_write(seq, core::ptr::from_ref(rec).cast(), size_of::<T>() as u32) };
 }

@@ -15,7 +15,11 @@ mod exit;
 mod fork;
 mod kernel;
 mod maps;
+mod net;
+mod rss;
 mod slot;
+mod switch;
+mod usage;
 
 #[cfg(not(test))]
 #[panic_handler]

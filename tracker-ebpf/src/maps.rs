@@ -1,11 +1,13 @@
 //! The maps. Sizes here are placeholders: the loader sets the real ones (the tasks array from
 //! `pid_max`, the per-slot arrays from the configured slot count) before loading.
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
 use tracker_common::{
-    AdoptRequest, BPF_F_MMAPABLE, Config, GlobalCounters, SlotControl, SlotCounters, TaskTag,
+    AdoptRequest, BPF_F_MMAPABLE, Config, GlobalCounters, MmRss, SlotControl, SlotCounters,
+    TaskTag, UsageRequest,
 };
 
 /// `tid -> TaskTag`, slot 0 meaning untagged. An array lookup is inlined by the verifier into
@@ -30,3 +32,14 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "TRK_GLOBAL")]
 pub static GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// `tgid -> MmRss`, one per tagged process that has touched memory; not preallocated.
+#[map(name = "TRK_MM_RSS")]
+pub static MM_RSS: HashMap<u32, MmRss> = HashMap::with_max_entries(32768, BPF_F_NO_PREALLOC);
+
+#[map(name = "TRK_USAGE")]
+pub static USAGE: HashMap<u32, UsageRequest> = HashMap::with_max_entries(256, 0);
+
+/// `cgroup id -> slot id`, written by user space when it makes a slot's cgroup v2 directory.
+#[map(name = "TRK_CGROUP_SLOTS")]
+pub static CGROUP_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);

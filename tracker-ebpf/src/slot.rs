@@ -1,6 +1,6 @@
 //! Tags and per-slot bookkeeping, shared by the programs that tag and untag tasks.
 use aya_ebpf::helpers::bpf_send_signal;
-use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters, TaskTag};
+use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters, TAG_EXITED, TaskTag};
 
 use crate::{
     kernel::{Task, current_task, offsets},
@@ -16,7 +16,8 @@ pub fn current_tag(tid: u32) -> Option<TaskTag> {
     let entry = TASKS.get_ptr_mut(tid)?;
     // SAFETY: an array element, valid for the map's lifetime.
     let tag = unsafe { *entry };
-    if tag.slot == 0 {
+    // Untagged, or exited (the task is in its last moments, past its exit program).
+    if tag.slot == 0 || tag.slot & TAG_EXITED != 0 {
         return None;
     }
     let start = Task::of(current_task()).start_ns(&offsets())?;
@@ -27,6 +28,16 @@ pub fn current_tag(tid: u32) -> Option<TaskTag> {
         return None;
     }
     Some(tag)
+}
+
+/// The live tag of `task` (tid `tid`), checked against its start time.
+#[inline(always)]
+pub fn tag_of(tid: u32, task: Task) -> Option<TaskTag> {
+    let tag = *TASKS.get(tid)?;
+    if tag.slot == 0 || tag.slot & TAG_EXITED != 0 {
+        return None;
+    }
+    (task.start_ns(&offsets())? == tag.start_ns).then_some(tag)
 }
 
 /// Tag task `tid` with `tag`; returns whether this call tagged it (and counted it).
@@ -43,8 +54,11 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
         if old.start_ns == tag.start_ns {
             return false;
         }
-        // A stale entry of an earlier task with this tid.
-        task_left(old.slot);
+        // A stale entry of an earlier task with this tid (left and counted already if it
+        // exited; its CPU time, not yet harvested, is lost: the tid came round very fast).
+        if old.slot & TAG_EXITED == 0 {
+            task_left(old.slot);
+        }
     }
     // SAFETY: as above. The slot is written last, so a reader that sees it sees the rest.
     unsafe {
@@ -56,14 +70,30 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
     true
 }
 
-/// Untag task `tid` of `slot` at its exit.
+/// Task `tid` of `slot` passed `do_exit`: it leaves the slot now; its entry stays, marked
+/// exited, until its final context switch harvests its CPU time and clears it.
 #[inline(always)]
-pub fn untag(tid: u32, slot: u32) {
+pub fn mark_exited(tid: u32, slot: u32) {
     if let Some(entry) = TASKS.get_ptr_mut(tid) {
         // SAFETY: an array element, valid for the map's lifetime.
-        unsafe { *entry = TaskTag::default() };
+        unsafe { core::ptr::write_volatile(&raw mut (*entry).slot, slot | TAG_EXITED) };
         task_left(slot);
     }
+}
+
+/// The final context switch of task `tid` (started at `start_ns`): its slot, if it exited
+/// tagged, after clearing its entry.
+#[inline(always)]
+pub fn finish(tid: u32, start_ns: u64) -> Option<u32> {
+    let entry = TASKS.get_ptr_mut(tid)?;
+    // SAFETY: an array element, valid for the map's lifetime.
+    let tag = unsafe { *entry };
+    if tag.slot & TAG_EXITED == 0 || tag.start_ns != start_ns {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { *entry = TaskTag::default() };
+    Some(tag.slot & !TAG_EXITED)
 }
 
 /// Move a tag from `old_tid` to `tid`: a thread that exec'd took its leader's pid.
@@ -98,6 +128,28 @@ fn atomic_add(p: *mut u64, v: u64) {
             p, v,
         )
     };
+}
+
+/// Add `delta` (which may be negative) to the slot's resident memory and raise its peak.
+#[inline(always)]
+pub fn mem_add(slot: u32, delta: i64) {
+    if delta == 0 {
+        return;
+    }
+    if let Some(ctl) = SLOTS.get_ptr_mut(slot) {
+        // SAFETY: map value pointer, see `atomic_add`. Two's complement makes this a subtract
+        // for a negative delta.
+        unsafe {
+            atomic_add(&raw mut (*ctl).mem_current, delta as u64);
+            if delta > 0 {
+                // Racy max, as for `peak_tasks`.
+                let now = core::ptr::read_volatile(&raw const (*ctl).mem_current);
+                if (now as i64) > 0 && now > (*ctl).mem_peak {
+                    (*ctl).mem_peak = now;
+                }
+            }
+        }
+    }
 }
 
 /// A task entered `slot`: count it, and raise the peak of live tasks.

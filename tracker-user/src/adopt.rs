@@ -3,17 +3,14 @@
 //! The tagging itself is done by the `trk_adopt` task iterator (see tracker-ebpf/src/adopt.rs),
 //! which walks the kernel's task list and each task's real ancestry: no `/proc` scan decides
 //! who is a descendant. Once a process is tagged, its future children are tagged at fork.
-use std::{collections::BTreeSet, io::Read as _};
+use std::collections::BTreeSet;
 
-use aya::programs::{
-    iter::IterLink,
-    links::{FdLink, PinnedLink},
-};
 use serde::Serialize;
 use tracker_common::{AdoptRecord, AdoptRequest, PF_KTHREAD};
 
 use crate::{
     error::{Error, Result},
+    iter::{self, current_tid},
     pidfd, programs,
     registry::{SlotRecord, StateLock},
     tracker::Tracker,
@@ -107,30 +104,7 @@ impl Tracker {
         Ok(all)
     }
 
-    /// Run the pinned adopt iterator once; it returns a record per task it tagged.
     fn run_adopt_iter(&self) -> Result<Vec<AdoptRecord>> {
-        let pin = self.paths().link_pin(programs::ADOPT);
-        let link = PinnedLink::from_pin(&pin)
-            .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
-        let link: IterLink =
-            FdLink::from(link).try_into().map_err(|e| Error::bpf("the adopt iterator link", e))?;
-        let mut file =
-            link.into_file().map_err(|e| Error::bpf("starting the adopt iterator", e))?;
-        let mut bytes = vec![];
-        file.read_to_end(&mut bytes).map_err(|e| Error::io("running the adopt iterator", e))?;
-        Ok(bytes
-            .chunks_exact(size_of::<AdoptRecord>())
-            .map(|c| {
-                let u32_at = |i: usize| u32::from_ne_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
-                let mut ns = [0u8; 8];
-                ns.copy_from_slice(&c[8..16]);
-                AdoptRecord { tid: u32_at(0), tgid: u32_at(4), start_ns: u64::from_ne_bytes(ns) }
-            })
-            .collect())
+        iter::run(self.paths(), programs::ADOPT)
     }
-}
-
-fn current_tid() -> u32 {
-    // SAFETY: gettid cannot fail.
-    unsafe { libc::gettid() as u32 }
 }

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use tracker_common::KernelOffsets;
+use tracker_common::{IoCounters, KernelOffsets};
 
 use crate::error::{Error, Result};
 
@@ -27,6 +27,17 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
             "task_struct.tgid is at {tgid}, not right after pid at {pid}"
         )));
     }
+    // The programs read the whole struct at once into `IoCounters`: same fields, same order.
+    let io = "task_io_accounting";
+    let io_fields = ["rchar", "wchar", "syscr", "syscw", "read_bytes", "write_bytes"];
+    for (i, f) in io_fields.iter().chain(["cancelled_write_bytes"].iter()).enumerate() {
+        let at = r.field(io, &[f], 8)?;
+        if at as usize != i * 8 {
+            return Err(Error::Btf(format!("{io}.{f} is at {at}, not {}", i * 8)));
+        }
+    }
+    // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
     Ok(KernelOffsets {
         task_pid: pid,
         task_tgid: tgid,
@@ -35,7 +46,22 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         task_start_boottime: r.field(task, &["start_boottime"], 8)?,
         task_exit_code: r.field(task, &["exit_code"], 4)?,
         task_state: r.field(task, &["__state"], 4)?,
-        _reserved: [0; 9],
+        task_mm: r.field(task, &["mm"], 8)?,
+        task_signal: r.field(task, &["signal"], 8)?,
+        task_utime: r.field(task, &["utime"], 8)?,
+        task_stime: r.field(task, &["stime"], 8)?,
+        task_sum_exec: r.field(task, &["se", "sum_exec_runtime"], 8)?,
+        task_ioac: r.field(task, &["ioac"], size_of::<IoCounters>())?,
+        task_min_flt: r.field(task, &["min_flt"], 8)?,
+        task_maj_flt: r.field(task, &["maj_flt"], 8)?,
+        signal_maxrss: r.field("signal_struct", &["maxrss"], 8)?,
+        mm_rss_stat: r.field("mm_struct", &["rss_stat"], 4 * r.struct_size("percpu_counter")?)?,
+        mm_owner: r.field("mm_struct", &["owner"], 8)?,
+        mm_hiwater_rss: r.field("mm_struct", &["hiwater_rss"], 8)?,
+        percpu_counter_count: r.field("percpu_counter", &["count"], 8)?,
+        percpu_counter_size: r.struct_size("percpu_counter")? as u32,
+        page_shift: page.trailing_zeros(),
+        _reserved: [0; 10],
     })
 }
 
@@ -76,6 +102,13 @@ impl Resolver<'_> {
             )));
         }
         Ok(bits / 8)
+    }
+
+    fn struct_size(&self, name: &str) -> Result<usize> {
+        match self.named_struct(name)? {
+            Type::Struct(s) => Ok(s.size()),
+            _ => Err(Error::Btf(format!("{name} is not a struct"))),
+        }
     }
 
     fn named_struct(&self, name: &str) -> Result<Type> {
@@ -146,6 +179,11 @@ impl Resolver<'_> {
             Type::Ptr(_) => Some(8),
             Type::Enum(e) => Some(e.size()),
             Type::Struct(s) | Type::Union(s) => Some(s.size()),
+            Type::Array(a) => {
+                let elem =
+                    self.btf.resolve_chained_type(&a).map_err(|e| Error::Btf(e.to_string()))?;
+                self.size_of(&elem)?.map(|n| n * a.len())
+            }
             _ => None,
         })
     }

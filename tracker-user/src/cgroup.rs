@@ -164,13 +164,13 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Make this instance's cgroup2 parent directory, where the slots will go (at load, so
-    /// that what the kernel offers there can be reported before the first slot).
-    pub fn ensure_parent(&self) -> Result<()> {
-        match &self.mounts.unified {
-            Some(m) => make_dir(&m.join(self.paths.cgroup_parent())),
-            None => Ok(()),
-        }
+    /// Make this instance's cgroup2 parent directory, where the slots go and the network
+    /// programs attach (at load). Returns it, if there is a cgroup2 hierarchy.
+    pub fn ensure_parent(&self) -> Result<Option<PathBuf>> {
+        let Some(m) = &self.mounts.unified else { return Ok(None) };
+        let dir = m.join(self.paths.cgroup_parent());
+        make_dir(&dir)?;
+        Ok(Some(dir))
     }
 
     /// Remove this instance's parent directories if they are empty (used by unload).
@@ -208,6 +208,13 @@ fn remove_dir(dir: &Path) -> Result<()> {
 impl SlotCgroups {
     pub fn is_empty(&self) -> bool {
         self.unified.is_none() && self.v1.is_empty()
+    }
+
+    /// The cgroup id of the slot's cgroup2 directory (its inode number), which BPF programs
+    /// see for the slot's sockets.
+    pub fn unified_id(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        self.unified.as_ref().and_then(|d| fs::metadata(d).ok()).map(|m| m.ino())
     }
 
     pub fn dirs(&self) -> impl Iterator<Item = &PathBuf> {

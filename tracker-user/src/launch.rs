@@ -23,6 +23,7 @@ use crate::{
     kill::{KillOptions, KillReport},
     registry::SlotRecord,
     tracker::{SlotSpec, Tracker},
+    usage::Usage,
 };
 
 /// How `Tracker::run` behaves.
@@ -40,6 +41,8 @@ pub struct RunOutcome {
     pub exit_code: i32,
     /// What was left of the slot when the command ended, and was killed.
     pub leftovers: KillReport,
+    /// What the whole tree used, every process it ever had included.
+    pub usage: Usage,
     pub released: bool,
 }
 
@@ -104,9 +107,16 @@ impl Tracker {
         };
         let status = wait_forwarding_signals(&mut child)?;
         let leftovers = self.kill_slot(&rec, &opts.kill)?;
+        let usage = self.usage(&rec.name)?;
         let released =
             !opts.keep_slot && leftovers.is_complete() && self.release(&rec.name).is_ok();
-        Ok(RunOutcome { slot: rec.name, exit_code: shell_status(status), leftovers, released })
+        Ok(RunOutcome {
+            slot: rec.name,
+            exit_code: shell_status(status),
+            leftovers,
+            usage,
+            released,
+        })
     }
 }
 

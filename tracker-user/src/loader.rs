@@ -14,7 +14,10 @@ use std::{
 use aya::{
     Btf, EbpfLoader,
     maps::{Array, MapError},
-    programs::{BtfTracePoint, Iter, ProgramError, links::FdLink},
+    programs::{
+        BtfTracePoint, CgroupSkb, CgroupSkbAttachType, Iter, ProgramError,
+        links::{CgroupAttachMode, FdLink},
+    },
 };
 use serde::Serialize;
 use tracker_common::{Config, global_name, map_name};
@@ -109,6 +112,8 @@ fn load_locked(
         .override_global(global_name::OFFSETS, offsets, true)
         .override_global(global_name::GENERATION, &generation, true)
         .map_max_entries(map_name::TASKS, pid_max)
+        .map_max_entries(map_name::MM_RSS, pid_max)
+        .map_max_entries(map_name::CGROUP_SLOTS, max_slots)
         .map_max_entries(map_name::SLOTS, max_slots)
         .map_max_entries(map_name::COUNTERS, max_slots);
     for (name, pin) in &map_pins {
@@ -118,9 +123,17 @@ fn load_locked(
         loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("loading the eBPF object", e))?;
 
     let mut warnings = vec![];
+    // The cgroup programs attach to the instance's cgroup2 directory, made here.
+    let cgroup_dir = match Cgroups::detect(paths).and_then(|c| c.ensure_parent()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            warnings.push(format!("no cgroup parent directory: {e}"));
+            None
+        }
+    };
     let mut staged = vec![];
     for spec in PROGRAMS {
-        match stage_program(paths, &mut ebpf, spec, kernel_btf) {
+        match stage_program(paths, &mut ebpf, spec, kernel_btf, cgroup_dir.as_deref()) {
             Ok(pin) => staged.push(pin),
             Err(e) if !spec.required => warnings.push(format!("{} disabled: {e}", spec.name)),
             Err(e) => {
@@ -150,9 +163,6 @@ fn load_locked(
     if fresh {
         registry::reset_locked(paths)?;
     }
-    if let Err(e) = Cgroups::detect(paths).and_then(|c| c.ensure_parent()) {
-        warnings.push(format!("no cgroup parent directory: {e}"));
-    }
     let slots_kept = registry::read_locked(paths)?.slots.len();
     Ok(LoadReport {
         action: if fresh { LoadAction::Fresh } else { LoadAction::Upgraded },
@@ -168,6 +178,7 @@ fn stage_program(
     ebpf: &mut aya::Ebpf,
     spec: &ProgramSpec,
     kernel_btf: &Btf,
+    cgroup_dir: Option<&Path>,
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let failed = |e: ProgramError| Error::ProgramLoad { program: spec.name, detail: describe(&e) };
     let prog = ebpf.program_mut(spec.name).ok_or(Error::ProgramLoad {
@@ -194,6 +205,26 @@ fn stage_program(
                 }
                 Attach::OnDemand => p.pin(&staging).map_err(pin_failed)?,
             }
+        }
+        Kind::CgroupSkb { ingress } => {
+            let dir = cgroup_dir.ok_or(Error::ProgramLoad {
+                program: spec.name,
+                detail: "no cgroup2 directory to attach to".into(),
+            })?;
+            let cgroup = fs::File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
+            let p: &mut CgroupSkb = prog.try_into().map_err(failed)?;
+            p.load().map_err(failed)?;
+            let direction =
+                if ingress { CgroupSkbAttachType::Ingress } else { CgroupSkbAttachType::Egress };
+            // A bpf_link (5.7+): links attach beside each other without BPF_F_ALLOW_MULTI
+            // (which link_create refuses), so the next generation can during an upgrade.
+            let id = p.attach(&cgroup, direction, CgroupAttachMode::Single).map_err(failed)?;
+            let link: FdLink = p
+                .take_link(id)
+                .map_err(failed)?
+                .try_into()
+                .map_err(|e| Error::bpf("cgroup link", e))?;
+            link.pin(&staging).map_err(pin_failed)?;
         }
         Kind::TaskIter => {
             let p: &mut Iter = prog.try_into().map_err(failed)?;

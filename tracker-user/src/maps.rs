@@ -7,7 +7,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use tracker_common::{
-    AdoptRequest, Config, GlobalCounters, SlotControl, SlotCounters, TaskTag, map_name,
+    AdoptRequest, Config, GlobalCounters, MmRss, SlotControl, SlotCounters, TaskTag, UsageRequest,
+    map_name,
 };
 
 use crate::{
@@ -30,6 +31,9 @@ pub const SHAPES: &[MapShape] = &[
     shape::<u32, AdoptRequest>(map_name::ADOPT, MapType::Hash),
     shape::<u32, Config>(map_name::CONFIG, MapType::Array),
     shape::<u32, GlobalCounters>(map_name::GLOBAL, MapType::PerCpuArray),
+    shape::<u32, MmRss>(map_name::MM_RSS, MapType::Hash),
+    shape::<u32, UsageRequest>(map_name::USAGE, MapType::Hash),
+    shape::<u64, u32>(map_name::CGROUP_SLOTS, MapType::Hash),
 ];
 
 const fn shape<K, V>(name: &'static str, map_type: MapType) -> MapShape {
@@ -74,6 +78,8 @@ pub struct Maps {
     pub adopt: HashMap<MapData, u32, AdoptRequest>,
     pub config: Array<MapData, Config>,
     pub global: PerCpuArray<MapData, GlobalCounters>,
+    pub usage: HashMap<MapData, u32, UsageRequest>,
+    pub cgroup_slots: HashMap<MapData, u64, u32>,
 }
 
 fn open_map(paths: &Paths, name: &str) -> Result<Map> {
@@ -101,6 +107,8 @@ impl Maps {
             adopt: typed!(paths, map_name::ADOPT),
             config: typed!(paths, map_name::CONFIG),
             global: typed!(paths, map_name::GLOBAL),
+            usage: typed!(paths, map_name::USAGE),
+            cgroup_slots: typed!(paths, map_name::CGROUP_SLOTS),
         })
     }
 
@@ -182,6 +190,8 @@ fn zeroed_per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
 }
 
 fn sum_counters(a: &SlotCounters, b: &SlotCounters) -> SlotCounters {
+    let mut io = a.io;
+    io.add(&b.io);
     SlotCounters {
         tasks_started: a.tasks_started + b.tasks_started,
         tasks_exited: a.tasks_exited + b.tasks_exited,
@@ -191,7 +201,18 @@ fn sum_counters(a: &SlotCounters, b: &SlotCounters) -> SlotCounters {
         exits_by_signal: a.exits_by_signal + b.exits_by_signal,
         doom_kills: a.doom_kills + b.doom_kills,
         tag_failures: a.tag_failures + b.tag_failures,
-        _reserved: [0; 8],
+        cpu_user_ns: a.cpu_user_ns + b.cpu_user_ns,
+        cpu_system_ns: a.cpu_system_ns + b.cpu_system_ns,
+        io,
+        min_flt: a.min_flt + b.min_flt,
+        maj_flt: a.maj_flt + b.maj_flt,
+        // A maximum over processes, kept per CPU.
+        max_rss_bytes: a.max_rss_bytes.max(b.max_rss_bytes),
+        net_rx_bytes: a.net_rx_bytes + b.net_rx_bytes,
+        net_tx_bytes: a.net_tx_bytes + b.net_tx_bytes,
+        net_rx_packets: a.net_rx_packets + b.net_rx_packets,
+        net_tx_packets: a.net_tx_packets + b.net_tx_packets,
+        _reserved: [0; 7],
     }
 }
 

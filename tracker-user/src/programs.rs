@@ -11,6 +11,8 @@ pub enum Need {
     TaskIter,
     /// `bpf_send_signal` (5.3+).
     SendSignal,
+    /// A cgroup2 hierarchy to attach to, and `bpf_link` for cgroups (5.7+).
+    Cgroup2,
 }
 
 impl Need {
@@ -19,6 +21,7 @@ impl Need {
             Need::TpBtf => "tp_btf",
             Need::TaskIter => "iter/task",
             Need::SendSignal => "bpf_send_signal",
+            Need::Cgroup2 => "cgroup2",
         }
     }
 }
@@ -29,6 +32,8 @@ pub enum Kind {
     BtfTracePoint(&'static str),
     /// A task iterator.
     TaskIter,
+    /// A `cgroup_skb` program on the instance's cgroup v2 directory (ingress or egress).
+    CgroupSkb { ingress: bool },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +62,11 @@ pub const EXIT: &str = "trk_exit";
 pub const EXEC: &str = "trk_exec";
 pub const ADOPT: &str = "trk_adopt";
 pub const DOOM: &str = "trk_doom";
+pub const SWITCH: &str = "trk_switch";
+pub const RSS: &str = "trk_rss";
+pub const USAGE: &str = "trk_usage";
+pub const NET_INGRESS: &str = "trk_net_ingress";
+pub const NET_EGRESS: &str = "trk_net_egress";
 
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
@@ -90,6 +100,46 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         needs: &[Need::TaskIter],
         purpose: "tags an existing process tree (adopt, run)",
+    },
+    ProgramSpec {
+        name: SWITCH,
+        kind: Kind::BtfTracePoint("sched_switch"),
+        attach: Attach::Pinned,
+        required: true,
+        needs: &[Need::TpBtf],
+        purpose: "harvests a dead task's final CPU time at its last context switch",
+    },
+    ProgramSpec {
+        name: RSS,
+        kind: Kind::BtfTracePoint("rss_stat"),
+        attach: Attach::Pinned,
+        required: false,
+        needs: &[Need::TpBtf],
+        purpose: "keeps each slot's resident memory and its peak, at every change",
+    },
+    ProgramSpec {
+        name: USAGE,
+        kind: Kind::TaskIter,
+        attach: Attach::Pinned,
+        required: true,
+        needs: &[Need::TaskIter],
+        purpose: "reads what the live tagged tasks hold now (stat)",
+    },
+    ProgramSpec {
+        name: NET_INGRESS,
+        kind: Kind::CgroupSkb { ingress: true },
+        attach: Attach::Pinned,
+        required: false,
+        needs: &[Need::Cgroup2],
+        purpose: "counts the packets the slots' sockets receive",
+    },
+    ProgramSpec {
+        name: NET_EGRESS,
+        kind: Kind::CgroupSkb { ingress: false },
+        attach: Attach::Pinned,
+        required: false,
+        needs: &[Need::Cgroup2],
+        purpose: "counts the packets the slots' sockets send",
     },
     ProgramSpec {
         name: DOOM,

@@ -73,6 +73,8 @@ pub fn status(paths: &Paths) -> Result<Status> {
                 hook: match spec.kind {
                     Kind::BtfTracePoint(tp) => format!("tp_btf/{tp}"),
                     Kind::TaskIter => "iter/task".into(),
+                    Kind::CgroupSkb { ingress: true } => "cgroup_skb/ingress".into(),
+                    Kind::CgroupSkb { ingress: false } => "cgroup_skb/egress".into(),
                 },
                 ready: info.is_some(),
                 on_demand: spec.attach == Attach::OnDemand,

@@ -17,6 +17,7 @@ use crate::{
     procinfo::{self, ProcessInfo},
     registry::{self, SlotRecord},
     sys,
+    usage::Usage,
 };
 
 /// A handle on a loaded tracker instance.
@@ -52,6 +53,9 @@ pub struct SlotStatus {
     pub doom_kills: u64,
     pub tag_failures: u64,
     pub doomed: bool,
+    pub cpu_seconds: f64,
+    pub memory_current_bytes: u64,
+    pub memory_peak_bytes: u64,
     pub cgroups: SlotCgroups,
     pub limits: Limits,
 }
@@ -91,6 +95,11 @@ impl Tracker {
             let generation = reg.next_generation;
             reg.next_generation += 1;
             let (cgroups, warnings) = self.cgroups.create(&spec.name, &spec.limits)?;
+            if let Some(cg) = cgroups.unified_id() {
+                maps.cgroup_slots
+                    .insert(cg, id, 0)
+                    .map_err(|e| Error::bpf("recording the slot's cgroup", e))?;
+            }
             maps.reset_counters(id)?;
             maps.set_control(
                 id,
@@ -116,10 +125,11 @@ impl Tracker {
 
     pub fn slot_status(&self, name: &str) -> Result<SlotStatus> {
         let rec = self.slot(name)?;
-        self.status_of(&rec)
+        let usage = self.usage(name)?;
+        self.status_of(&rec, &usage)
     }
 
-    fn status_of(&self, rec: &SlotRecord) -> Result<SlotStatus> {
+    fn status_of(&self, rec: &SlotRecord, usage: &Usage) -> Result<SlotStatus> {
         let maps = self.maps();
         let ctl = maps.control(rec.id)?;
         let c = maps.counters(rec.id)?;
@@ -138,6 +148,9 @@ impl Tracker {
             doom_kills: c.doom_kills,
             tag_failures: c.tag_failures,
             doomed: ctl.flags & tracker_common::SLOT_DOOMED != 0,
+            cpu_seconds: usage.cpu_seconds(),
+            memory_current_bytes: usage.memory_current_bytes,
+            memory_peak_bytes: usage.memory_peak_bytes,
             cgroups: rec.cgroups.clone(),
             limits: rec.limits.clone(),
         })
@@ -146,8 +159,13 @@ impl Tracker {
     /// Every slot, by name.
     pub fn slots(&self) -> Result<Vec<SlotStatus>> {
         let reg = registry::read(&self.paths)?;
-        let mut out: Vec<SlotStatus> =
-            reg.slots.iter().map(|r| self.status_of(r)).collect::<Result<_>>()?;
+        let usage: BTreeMap<String, Usage> =
+            self.usage_all()?.into_iter().map(|u| (u.slot.clone(), u)).collect();
+        let mut out: Vec<SlotStatus> = reg
+            .slots
+            .iter()
+            .map(|r| self.status_of(r, usage.get(&r.name).unwrap_or(&Usage::default())))
+            .collect::<Result<_>>()?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -185,6 +203,9 @@ impl Tracker {
             let tasks = maps.tags_of(rec.id)?.len() as u64;
             if tasks > 0 {
                 return Err(Error::SlotBusy { name: name.to_owned(), tasks });
+            }
+            if let Some(cg) = rec.cgroups.unified_id() {
+                let _ = maps.cgroup_slots.remove(&cg);
             }
             self.cgroups.remove(&rec.cgroups)?;
             maps.set_control(rec.id, SlotControl::default())?;

@@ -71,6 +71,9 @@ pub enum Command {
         /// Seconds to wait for leftovers to die before reporting survivors
         #[arg(long, default_value_t = 10.0)]
         kill_timeout: f64,
+        /// Also write the whole tree's usage (as `tracker stat --json`) to FILE
+        #[arg(long, value_name = "FILE", conflicts_with = "detach")]
+        summary: Option<std::path::PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
         /// The command and its arguments
@@ -79,6 +82,12 @@ pub enum Command {
     },
     /// Every slot with its live task count
     Slots {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A slot's usage now: CPU, memory, I/O, network, tasks (live and exited together)
+    Stat {
+        slot: String,
         #[arg(long)]
         json: bool,
     },

@@ -45,7 +45,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{}", rec.name);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { slot, detach, output: output_file, keep, kill_timeout, limits, command } => {
+        Command::Run {
+            slot,
+            detach,
+            output: output_file,
+            keep,
+            kill_timeout,
+            summary,
+            limits,
+            command,
+        } => {
             let t = Tracker::open(paths)?;
             let spec = SlotSpec {
                 name: slot.unwrap_or_else(generated_slot_name),
@@ -74,10 +83,19 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             let outcome = t.run(&spec, &mut cmd, &opts)?;
             output::run_outcome(&outcome);
+            if let Some(file) = summary {
+                let json = serde_json::to_vec_pretty(&outcome.usage)?;
+                std::fs::write(&file, json)
+                    .with_context(|| format!("writing the summary to {}", file.display()))?;
+            }
             Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
         }
         Command::Slots { json } => {
             output::slots(&Tracker::open(paths)?.slots()?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stat { slot, json } => {
+            output::usage(&Tracker::open(paths)?.usage(&slot)?, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ps { slot, threads, json } => {

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 use tracker::{
-    KillReport, LoadReport, Paths, ProcessInfo, RunOutcome, SlotStatus, UnloadReport,
+    KillReport, LoadReport, Paths, ProcessInfo, RunOutcome, SlotStatus, UnloadReport, Usage,
     loader::LoadAction, status::Status,
 };
 
@@ -143,12 +143,21 @@ pub fn slots(slots: &[SlotStatus], json: bool) -> Result<()> {
                 s.tasks_peak.to_string(),
                 s.tasks_started.to_string(),
                 s.execs.to_string(),
+                format!("{:.2}s", s.cpu_seconds),
+                bytes(s.memory_current_bytes),
+                bytes(s.memory_peak_bytes),
                 s.owner_uid.to_string(),
                 if s.doomed { "doomed" } else { "" }.into(),
             ]
         })
         .collect();
-    table(&["SLOT", "ID", "TASKS", "PEAK", "STARTED", "EXECS", "OWNER", "STATE"], &rows);
+    table(
+        &[
+            "SLOT", "ID", "TASKS", "PEAK", "STARTED", "EXECS", "CPU", "MEM", "MEM PEAK", "OWNER",
+            "STATE",
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -216,11 +225,79 @@ pub fn run_outcome(o: &RunOutcome) {
         "tracker: slot {}: command exited with status {}; killed {} leftover process(es) in {:.1} ms",
         o.slot, o.exit_code, l.killed, l.elapsed_ms
     );
+    let u = &o.usage;
+    eprintln!(
+        "tracker: usage of the whole tree ({} processes, {} execs):",
+        u.processes_started, u.execs
+    );
+    for line in usage_lines(u) {
+        eprintln!("\t{line}");
+    }
     warnings(&l.warnings);
     if !l.survivors.is_empty() {
         eprintln!("tracker: slot {} still has {} task(s); it is kept:", o.slot, l.survivors.len());
         survivors(l);
     }
+}
+
+pub fn usage(u: &Usage, json: bool) -> Result<()> {
+    if json {
+        return print_json(u);
+    }
+    println!("slot {}", u.slot);
+    for line in usage_lines(u) {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+/// The usage, one aspect per line, as `/usr/bin/time -v` would put it.
+fn usage_lines(u: &Usage) -> Vec<String> {
+    vec![
+        format!("cpu       {:.3} s user, {:.3} s system", u.cpu_user_seconds, u.cpu_system_seconds),
+        format!(
+            "memory    {} now, {} peak of the slot, {} peak of one process",
+            bytes(u.memory_current_bytes),
+            bytes(u.memory_peak_bytes),
+            bytes(u.max_process_rss_bytes)
+        ),
+        format!(
+            "i/o       {} read, {} written (block); {} read(), {} write() (any filesystem)",
+            bytes(u.read_bytes),
+            bytes(u.write_bytes),
+            bytes(u.rchar_bytes),
+            bytes(u.wchar_bytes)
+        ),
+        format!(
+            "network   {} in ({} packets), {} out ({} packets)",
+            bytes(u.net_rx_bytes),
+            u.net_rx_packets,
+            bytes(u.net_tx_bytes),
+            u.net_tx_packets
+        ),
+        format!(
+            "tasks     {} live ({} processes), {} started, peak {}; {} execs; {} killed by a signal",
+            u.tasks_live,
+            u.processes_live,
+            u.tasks_started,
+            u.tasks_peak,
+            u.execs,
+            u.exits_by_signal
+        ),
+        format!("faults    {} minor, {} major", u.minor_faults, u.major_faults),
+    ]
+}
+
+/// `123 B`, `4.0 KiB`, `400.1 MiB`, `2.50 GiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[i]) }
 }
 
 fn boottime_ns() -> u64 {

@@ -1,0 +1,97 @@
+//! `rss_stat`: every change of a tagged process's resident-page counters, so that the slot's
+//! resident memory, and its peak, are kept in the kernel at the moment they change: a
+//! grandchild that touches 400 MiB for 100 ms shows in the peak.
+//!
+//! The tracepoint fires at each change of an `mm_struct` counter (file, anon, swap entries,
+//! shmem), in the task that changes it. We keep, per tagged process, the last value of each
+//! counter of its address space, and add the difference to the slot. Changes made by another
+//! task (page reclaim by kswapd, a vfork child in its parent's address space, the teardown of
+//! an address space an exec replaced) are not taken; the counters being absolute, the
+//! process's next change brings its entry up to date.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use tracker_common::{KernelOffsets, MmRss};
+
+use crate::{
+    kernel::{MM_SWAPENTS, Mm, Task, current_task, current_tid, is_active, offsets},
+    maps::MM_RSS,
+    slot,
+};
+
+#[btf_tracepoint(function = "rss_stat")]
+pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
+    // Page faults are hot: the untagged path is the one array load of `current_tag`.
+    let Some(tag) = slot::current_tag(current_tid()) else {
+        return 0;
+    };
+    if !is_active() {
+        return 0;
+    }
+    let mm = Mm::of(ctx.arg(0));
+    let member: u64 = ctx.arg(1);
+    let member = member as u32;
+    if member == MM_SWAPENTS {
+        return 0;
+    }
+    let off = offsets();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Only the process's own address space, as its own (a vfork child shares its parent's).
+    let me = Task::of(current_task());
+    if me.mm(&off) != Some(mm) || owner_tgid(&off, mm) != Some(tgid) {
+        return 0;
+    }
+    let Some(now) = mm.counter_bytes(&off, member) else {
+        return 0;
+    };
+    let entry = match MM_RSS.get_ptr_mut(&tgid) {
+        Some(e) => e,
+        None => {
+            let fresh = MmRss { slot: tag.slot, mm: mm.0 as u64, ..Default::default() };
+            let _ = MM_RSS.insert(&tgid, &fresh, u64::from(BPF_NOEXIST));
+            let Some(e) = MM_RSS.get_ptr_mut(&tgid) else { return 0 };
+            e
+        }
+    };
+    // SAFETY: a map value. A process's counters change under its page-table lock, and each
+    // counter has its own place in the entry.
+    unsafe {
+        if (*entry).mm != mm.0 as u64 {
+            // An exec gave the process a new address space: the old one is gone.
+            slot::mem_add((*entry).slot, -(sum(&(*entry).bytes) as i64));
+            (*entry).bytes = [0; 4];
+            (*entry).mm = mm.0 as u64;
+        }
+        let idx = (member & 3) as usize;
+        let before = (*entry).bytes[idx];
+        (*entry).bytes[idx] = now;
+        slot::mem_add((*entry).slot, now as i64 - before as i64);
+    }
+    0
+}
+
+/// The last thread of process `tgid` exits: its memory leaves the slot.
+#[inline(always)]
+pub fn process_gone(tgid: u32) {
+    if let Some(entry) = MM_RSS.get_ptr_mut(&tgid) {
+        // SAFETY: a map value, removed right after.
+        let (slot, total) = unsafe { ((*entry).slot, sum(&(*entry).bytes)) };
+        slot::mem_add(slot, -(total as i64));
+        let _ = MM_RSS.remove(&tgid);
+    }
+}
+
+#[inline(always)]
+fn sum(b: &[u64; 4]) -> u64 {
+    b[0] + b[1] + b[2] + b[3]
+}
+
+#[inline(always)]
+fn owner_tgid(off: &KernelOffsets, mm: Mm) -> Option<u32> {
+    let owner = mm.owner(off)?;
+    if owner.is_null() {
+        return None;
+    }
+    Task(owner).tgid(off)
+}

@@ -1,0 +1,60 @@
+//! A task iterator that reports what the live tagged tasks hold now (CPU, I/O, faults, and for
+//! each process its resident memory and peak), run on demand by `tracker stat` and friends.
+//! With the harvest of exited tasks in the per-slot counters, one read gives a slot's whole
+//! usage, live and exited together, never an old sample.
+use tracker_common::{USAGE_LEADER, UsageRecord};
+
+use crate::{
+    kernel::{IterTaskCtx, Task, current_tid, offsets, seq_write},
+    maps::USAGE,
+    slot,
+};
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
+    // SAFETY: the kernel passes a valid context; `task` is NULL on the final call.
+    let (meta, task) = unsafe { ((*ctx).meta, (*ctx).task) };
+    if task.is_null() {
+        return 0;
+    }
+    // SAFETY: the value is copied out at once.
+    let Some(want) = (unsafe { USAGE.get(&current_tid()) }).map(|r| r.slot) else {
+        return 0;
+    };
+    let off = offsets();
+    let task = Task::of(task);
+    let Some((tid, tgid)) = task.ids(&off) else {
+        return 0;
+    };
+    let Some(tag) = slot::tag_of(tid, task) else {
+        return 0;
+    };
+    if want != 0 && tag.slot != want {
+        return 0;
+    }
+    let (sum_exec_ns, utime_ns, stime_ns) = task.cpu(&off).unwrap_or_default();
+    let (min_flt, maj_flt) = task.faults(&off).unwrap_or_default();
+    let mut rec = UsageRecord {
+        tid,
+        tgid,
+        slot: tag.slot,
+        sum_exec_ns,
+        utime_ns,
+        stime_ns,
+        io: task.io(&off).unwrap_or_default(),
+        min_flt,
+        maj_flt,
+        ..Default::default()
+    };
+    if tid == tgid
+        && let Some(mm) = task.mm(&off)
+    {
+        rec.flags = USAGE_LEADER;
+        rec.rss_bytes = mm.rss_bytes(&off);
+        rec.hiwater_rss_bytes = mm.hiwater_bytes(&off).max(rec.rss_bytes);
+    }
+    // SAFETY: `meta` is the iterator's metadata.
+    seq_write(unsafe { (*meta).seq }, &rec);
+    0
+}

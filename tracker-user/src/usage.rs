@@ -1,0 +1,192 @@
+//! A slot's usage: what its exited tasks were harvested for in the kernel, plus what its live
+//! tasks hold now (read in the kernel by the usage iterator), in one read.
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tracker_common::{
+    IoCounters, SlotControl, SlotCounters, USAGE_LEADER, UsageRecord, UsageRequest,
+};
+
+use crate::{
+    error::{Error, Result},
+    iter::{self, current_tid},
+    programs,
+    registry::{self, SlotRecord},
+    tracker::Tracker,
+};
+
+/// Everything a slot used, exited and live tasks together, in base units.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub slot: String,
+    pub cpu_user_seconds: f64,
+    pub cpu_system_seconds: f64,
+    /// Resident memory of the slot's processes now (see README: what is counted).
+    pub memory_current_bytes: u64,
+    /// High-water mark of `memory_current_bytes`, kept in the kernel at every change.
+    pub memory_peak_bytes: u64,
+    /// The largest peak RSS of any one process of the slot.
+    pub max_process_rss_bytes: u64,
+    /// Bytes the slot's tasks made the block layer read and write (`read_bytes`,
+    /// `write_bytes` of `/proc/<pid>/io`).
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    /// Bytes passed to read and write system calls, network filesystems included.
+    pub rchar_bytes: u64,
+    pub wchar_bytes: u64,
+    pub read_syscalls: u64,
+    pub write_syscalls: u64,
+    pub cancelled_write_bytes: u64,
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_packets: u64,
+    pub net_tx_packets: u64,
+    pub tasks_live: u64,
+    pub tasks_started: u64,
+    pub tasks_peak: u64,
+    pub processes_live: u64,
+    pub processes_started: u64,
+    pub execs: u64,
+    pub exits_by_signal: u64,
+}
+
+impl Usage {
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_user_seconds + self.cpu_system_seconds
+    }
+}
+
+/// What the live tasks of one slot hold now, summed.
+#[derive(Clone, Copy, Debug, Default)]
+struct Live {
+    user_ns: u64,
+    system_ns: u64,
+    io: IoCounters,
+    min_flt: u64,
+    maj_flt: u64,
+    max_rss: u64,
+    processes: u64,
+}
+
+impl Live {
+    fn add(&mut self, r: &UsageRecord) {
+        let (user, system) = split(r.sum_exec_ns, r.utime_ns, r.stime_ns);
+        self.user_ns += user;
+        self.system_ns += system;
+        self.io.add(&r.io);
+        self.min_flt += r.min_flt;
+        self.maj_flt += r.maj_flt;
+        if r.flags & USAGE_LEADER != 0 {
+            self.processes += 1;
+            self.max_rss = self.max_rss.max(r.hiwater_rss_bytes);
+        }
+    }
+}
+
+/// Split the precise runtime `sum` between user and system time in the proportion of the
+/// tick-sampled `utime` and `stime`, as the kernel's `cputime_adjust` does (and as the kernel
+/// program does at a task's last switch).
+pub fn split(sum: u64, utime: u64, stime: u64) -> (u64, u64) {
+    match (utime, stime) {
+        (_, 0) => (sum, 0),
+        (0, _) => (0, sum),
+        _ => {
+            let system = (u128::from(sum) * u128::from(stime) / u128::from(utime + stime)) as u64;
+            (sum - system, system)
+        }
+    }
+}
+
+fn build(rec: &SlotRecord, ctl: &SlotControl, c: &SlotCounters, live: &Live) -> Usage {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let mut io = c.io;
+    io.add(&live.io);
+    // `mem_current` moves with atomic adds of signed deltas; a transient negative reads huge.
+    let mem_current = if (ctl.mem_current as i64) < 0 { 0 } else { ctl.mem_current };
+    Usage {
+        slot: rec.name.clone(),
+        cpu_user_seconds: secs(c.cpu_user_ns + live.user_ns),
+        cpu_system_seconds: secs(c.cpu_system_ns + live.system_ns),
+        memory_current_bytes: mem_current,
+        memory_peak_bytes: ctl.mem_peak.max(mem_current),
+        max_process_rss_bytes: c.max_rss_bytes.max(live.max_rss),
+        read_bytes: io.read_bytes,
+        write_bytes: io.write_bytes,
+        rchar_bytes: io.rchar,
+        wchar_bytes: io.wchar,
+        read_syscalls: io.syscr,
+        write_syscalls: io.syscw,
+        cancelled_write_bytes: io.cancelled_write_bytes,
+        minor_faults: c.min_flt + live.min_flt,
+        major_faults: c.maj_flt + live.maj_flt,
+        net_rx_bytes: c.net_rx_bytes,
+        net_tx_bytes: c.net_tx_bytes,
+        net_rx_packets: c.net_rx_packets,
+        net_tx_packets: c.net_tx_packets,
+        tasks_live: ctl.live_tasks,
+        tasks_started: c.tasks_started,
+        tasks_peak: ctl.peak_tasks,
+        processes_live: live.processes,
+        processes_started: c.procs_started,
+        execs: c.execs,
+        exits_by_signal: c.exits_by_signal,
+    }
+}
+
+impl Tracker {
+    /// The usage of slot `name` now.
+    pub fn usage(&self, name: &str) -> Result<Usage> {
+        let rec = self.slot(name)?;
+        let live = self.live_usage(rec.id)?;
+        self.usage_of(&rec, live.get(&rec.id).copied().unwrap_or_default())
+    }
+
+    /// The usage of every slot, with one pass over the kernel's tasks.
+    pub fn usage_all(&self) -> Result<Vec<Usage>> {
+        let reg = registry::read(self.paths())?;
+        let live = self.live_usage(0)?;
+        reg.slots
+            .iter()
+            .map(|r| self.usage_of(r, live.get(&r.id).copied().unwrap_or_default()))
+            .collect()
+    }
+
+    fn usage_of(&self, rec: &SlotRecord, live: Live) -> Result<Usage> {
+        let maps = self.maps();
+        Ok(build(rec, &maps.control(rec.id)?, &maps.counters(rec.id)?, &live))
+    }
+
+    /// Run the usage iterator for slot `slot` (0: every slot); sums per slot id.
+    fn live_usage(&self, slot: u32) -> Result<BTreeMap<u32, Live>> {
+        let tid = current_tid();
+        self.maps()
+            .usage
+            .insert(tid, UsageRequest { slot, _pad0: 0 }, 0)
+            .map_err(|e| Error::bpf("writing the usage request", e))?;
+        let records = iter::run::<UsageRecord>(self.paths(), programs::USAGE);
+        let _ = self.maps().usage.remove(&tid);
+        let mut out: BTreeMap<u32, Live> = BTreeMap::new();
+        for r in records? {
+            out.entry(r.slot).or_default().add(&r);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_is_split_like_the_kernel_does() {
+        assert_eq!(split(1000, 3, 1), (750, 250));
+        assert_eq!(split(1000, 0, 0), (1000, 0));
+        assert_eq!(split(1000, 5, 0), (1000, 0));
+        assert_eq!(split(1000, 0, 5), (0, 1000));
+        // No overflow for a year of runtime.
+        let year = 365 * 24 * 3600 * 1_000_000_000u64;
+        assert_eq!(split(year, year, year), (year / 2, year / 2));
+    }
+}
