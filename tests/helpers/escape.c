@@ -22,6 +22,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *marker = "escape";
@@ -134,6 +135,41 @@ static int fork_now(void) {
     return 0;
 }
 
+/* Burn `secs` seconds of CPU time, then exit. */
+static int spin(double secs) {
+    name_self();
+    struct timespec ts;
+    volatile unsigned long x = 0;
+    for (;;) {
+        for (int i = 0; i < 100000; i++) x++;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+        if (ts.tv_sec + ts.tv_nsec / 1e9 >= secs) return 0;
+    }
+}
+
+/* The same, in a daemon: double fork, new session, then spin. */
+static int daemon_spin(double secs) {
+    pid_t p = fork();
+    if (p < 0) return 1;
+    if (p > 0) { waitpid(p, NULL, 0); return 0; }
+    setsid();
+    if (fork() != 0) _exit(0);
+    _exit(spin(secs));
+}
+
+/* Touch `mib` MiB of anonymous memory, hold it `ms` milliseconds, free it, exit. */
+static int touch(long mib, long ms) {
+    name_self();
+    size_t len = (size_t)mib << 20;
+    /* volatile: the compiler may not drop stores it can see are never read. */
+    volatile char *p = malloc(len);
+    if (!p) return 1;
+    for (size_t i = 0; i < len; i += 4096) p[i] = 1;
+    usleep((useconds_t)ms * 1000);
+    free((void *)p);
+    return 0;
+}
+
 /* Try to reach the tracker's maps as an unprivileged user: print one line per attempt. */
 static int try_maps(int argc, char **argv) {
     if (argc < 2) return 2;
@@ -183,6 +219,9 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "leave-cgroups")) return leave_cgroups(argc - 3, argv + 3);
     if (!strcmp(mode, "fork-now")) return fork_now();
     if (!strcmp(mode, "try-maps")) return try_maps(argc - 3, argv + 3);
+    if (!strcmp(mode, "spin")) return spin(argc > 3 ? atof(argv[3]) : 1.0);
+    if (!strcmp(mode, "daemon-spin")) return daemon_spin(argc > 3 ? atof(argv[3]) : 1.0);
+    if (!strcmp(mode, "touch")) return touch(argc > 3 ? atol(argv[3]) : 1, argc > 4 ? atol(argv[4]) : 0);
     fprintf(stderr, "escape: unknown mode %s\n", mode);
     return 2;
 }

@@ -129,6 +129,11 @@ impl Task {
     /// (minor, major) page faults.
     #[inline(always)]
     pub fn faults(self, off: &KernelOffsets) -> Option<(u64, u64)> {
+        // One read when they are neighbours, as they are in every kernel we know.
+        if off.task_maj_flt == off.task_min_flt + 8 {
+            let both: [u64; 2] = self.read(off.task_min_flt)?;
+            return Some((both[0], both[1]));
+        }
         Some((self.read(off.task_min_flt)?, self.read(off.task_maj_flt)?))
     }
 

@@ -57,11 +57,13 @@ pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: a map value. A process's counters change under its page-table lock, and each
     // counter has its own place in the entry.
     unsafe {
-        if (*entry).mm != mm.0 as u64 {
-            // An exec gave the process a new address space: the old one is gone.
+        if (*entry).mm != mm.0 as u64 || (*entry).slot != tag.slot {
+            // An exec gave the process a new address space (the old one is gone), or this is
+            // the entry of an earlier process with this tgid (emptied at its exit).
             slot::mem_add((*entry).slot, -(sum(&(*entry).bytes) as i64));
             (*entry).bytes = [0; 4];
             (*entry).mm = mm.0 as u64;
+            (*entry).slot = tag.slot;
         }
         let idx = (member & 3) as usize;
         let before = (*entry).bytes[idx];
@@ -71,14 +73,18 @@ pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The last thread of process `tgid` exits: its memory leaves the slot.
+/// The last thread of process `tgid` exits: its memory leaves the slot. The entry is emptied,
+/// not deleted: a hash delete on every process exit costs more than the rest of the exit
+/// program; the next process with this tgid reuses the entry (keys are tgids, so there are
+/// never more than `pid_max`), and user space deletes a slot's entries when it releases it.
 #[inline(always)]
 pub fn process_gone(tgid: u32) {
     if let Some(entry) = MM_RSS.get_ptr_mut(&tgid) {
-        // SAFETY: a map value, removed right after.
-        let (slot, total) = unsafe { ((*entry).slot, sum(&(*entry).bytes)) };
-        slot::mem_add(slot, -(total as i64));
-        let _ = MM_RSS.remove(&tgid);
+        // SAFETY: a map value.
+        unsafe {
+            slot::mem_add((*entry).slot, -(sum(&(*entry).bytes) as i64));
+            (*entry).bytes = [0; 4];
+        }
     }
 }
 

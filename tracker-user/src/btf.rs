@@ -188,3 +188,64 @@ impl Resolver<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with `int` and `struct task_struct { int pid; }` only: a kernel whose
+    /// task_struct lacks what the programs read.
+    fn tiny_btf() -> Vec<u8> {
+        let strings = b"\0int\0task_struct\0pid\0";
+        let mut types = vec![];
+        let mut put = |v: u32| types.extend_from_slice(&v.to_le_bytes());
+        // [1] INT "int": 4 bytes, 32 bits.
+        put(1);
+        put(1 << 24);
+        put(4);
+        put(32);
+        // [2] STRUCT "task_struct" { int pid; }: 8 bytes.
+        put(5);
+        put((4 << 24) | 1);
+        put(8);
+        put(17);
+        put(1);
+        put(0);
+        let mut out = vec![];
+        out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for v in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&types);
+        out.extend_from_slice(strings);
+        out
+    }
+
+    #[test]
+    fn a_kernel_without_a_field_is_a_clear_error_not_a_wrong_offset() {
+        let path = std::env::temp_dir().join(format!("tiny-btf-{}", std::process::id()));
+        std::fs::write(&path, tiny_btf()).unwrap();
+        let err = kernel_offsets(&path).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(err.contains("task_struct.tgid not found in this kernel"), "{err}");
+    }
+
+    #[test]
+    fn missing_btf_is_named() {
+        let err = kernel_offsets(Path::new("/nonexistent/vmlinux")).unwrap_err().to_string();
+        assert!(err.contains("no BTF") && err.contains("/nonexistent/vmlinux"), "{err}");
+    }
+
+    #[test]
+    fn this_kernels_offsets_resolve() {
+        let vmlinux = Path::new(crate::paths::BTF_VMLINUX);
+        if !vmlinux.exists() {
+            return;
+        }
+        let off = kernel_offsets(vmlinux).unwrap();
+        assert_eq!(off.task_tgid, off.task_pid + 4);
+        assert!(off.task_sum_exec > 0 && off.mm_rss_stat > 0 && off.percpu_counter_size > 0);
+        assert!(off.page_shift >= 12, "page shift {}", off.page_shift);
+    }
+}

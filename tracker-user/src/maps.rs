@@ -7,8 +7,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use tracker_common::{
-    AdoptRequest, Config, GlobalCounters, MmRss, SlotControl, SlotCounters, TaskTag, UsageRequest,
-    map_name,
+    AdoptRequest, Config, GlobalCounters, MmRss, SlotControl, SlotCounters, TAG_EXITED, TaskTag,
+    UsageRequest, map_name,
 };
 
 use crate::{
@@ -80,6 +80,7 @@ pub struct Maps {
     pub global: PerCpuArray<MapData, GlobalCounters>,
     pub usage: HashMap<MapData, u32, UsageRequest>,
     pub cgroup_slots: HashMap<MapData, u64, u32>,
+    pub mm_rss: HashMap<MapData, u32, MmRss>,
 }
 
 fn open_map(paths: &Paths, name: &str) -> Result<Map> {
@@ -109,6 +110,7 @@ impl Maps {
             global: typed!(paths, map_name::GLOBAL),
             usage: typed!(paths, map_name::USAGE),
             cgroup_slots: typed!(paths, map_name::CGROUP_SLOTS),
+            mm_rss: typed!(paths, map_name::MM_RSS),
         })
     }
 
@@ -121,13 +123,14 @@ impl Maps {
         self.slots.len()
     }
 
-    /// The tag at `tid`, if the entry is set. Whether it names the task that has that tid now
-    /// is for the caller to check against the start time.
+    /// The tag at `tid`, if the entry holds a live task (not one that has exited and awaits
+    /// its last context switch). Whether it names the task that has that tid now is for the
+    /// caller to check against the start time.
     pub fn tag(&self, tid: u32) -> Result<Option<TaskTag>> {
-        Ok(self.tasks.get(tid as usize).filter(|t| t.slot != 0))
+        Ok(self.tasks.get(tid as usize).filter(|t| is_live(t.slot)))
     }
 
-    /// Every set entry of the tasks array, `(tid, tag)`, read in place.
+    /// Every live entry of the tasks array, `(tid, tag)`, read in place.
     pub fn all_tags(&self) -> Result<Vec<(u32, TaskTag)>> {
         Ok(self.tasks.scan(|_| true))
     }
@@ -168,6 +171,22 @@ impl Maps {
         self.counters
             .set(slot, zero, 0)
             .map_err(|e| Error::bpf(format!("resetting counters of slot {slot}"), e))
+    }
+
+    /// Delete the memory entries of `slot`'s processes (the kernel empties them at exit, and
+    /// leaves the deleting to us, off its hot path).
+    pub fn forget_memory_of(&mut self, slot: u32) -> Result<()> {
+        let keys: Vec<u32> = self
+            .mm_rss
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter(|(_, v)| v.slot == slot)
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            let _ = self.mm_rss.remove(&k);
+        }
+        Ok(())
     }
 
     pub fn global(&self) -> Result<GlobalCounters> {
@@ -214,6 +233,11 @@ fn sum_counters(a: &SlotCounters, b: &SlotCounters) -> SlotCounters {
         net_tx_packets: a.net_tx_packets + b.net_tx_packets,
         _reserved: [0; 7],
     }
+}
+
+/// An entry's slot field names a live task (set, and not marked exited).
+fn is_live(slot: u32) -> bool {
+    slot != 0 && slot & TAG_EXITED == 0
 }
 
 /// The tasks array, mapped read-only into our memory (it is created `BPF_F_MMAPABLE`), so that
@@ -263,13 +287,13 @@ impl TasksView {
         (i < self.len).then(|| unsafe { self.base.as_ptr().add(i).read_volatile() })
     }
 
-    /// Every entry whose slot satisfies `want` (slot 0 never does).
+    /// Every live entry whose slot satisfies `want`.
     fn scan(&self, want: impl Fn(u32) -> bool) -> Vec<(u32, TaskTag)> {
         let mut out = vec![];
         for i in 0..self.len {
             // SAFETY: in bounds; the slot alone is read first, the common case being 0.
             let slot = unsafe { (&raw const (*self.base.as_ptr().add(i)).slot).read_volatile() };
-            if slot != 0
+            if is_live(slot)
                 && want(slot)
                 && let Some(tag) = self.get(i)
                 && tag.slot == slot

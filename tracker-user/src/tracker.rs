@@ -210,6 +210,7 @@ impl Tracker {
             self.cgroups.remove(&rec.cgroups)?;
             maps.set_control(rec.id, SlotControl::default())?;
             maps.reset_counters(rec.id)?;
+            maps.forget_memory_of(rec.id)?;
             reg.slots.retain(|s| s.name != name);
             Ok(())
         })

@@ -5,6 +5,7 @@
 mod bench;
 mod prereqs;
 mod run;
+mod slurm;
 mod test;
 
 use std::process::ExitCode;

@@ -24,6 +24,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     let bin = run::build_tracker(false)?;
     remove_stale_instances(&bin);
 
+    crate::slurm::ensure_packages();
     let mut test = cargo();
     test.args(["test", "--no-fail-fast"]).env("TRACKER_BIN", &bin);
     if strict {

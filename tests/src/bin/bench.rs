@@ -54,6 +54,8 @@ fn main() {
     let result = std::panic::catch_unwind(|| {
         overhead(&paths, rounds);
         if std::env::var_os("BENCH_OVERHEAD_ONLY").is_none() {
+            stat_latency(&paths);
+            kernel_memory(&paths);
             kill_time(&paths);
         }
     });
@@ -148,17 +150,44 @@ impl Drop for Worker {
     }
 }
 
-/// Detach the always-on programs (fork, exit, exec): dropping their link pins detaches them.
-/// The maps, the slots and the tags stay.
-fn detach_tracking(paths: &Paths) {
-    for p in [programs::FORK, programs::EXIT, programs::EXEC] {
-        fs::remove_file(paths.link_pin(p)).unwrap();
+/// What is attached during a batch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// No program.
+    Off,
+    /// Tagging only: fork, exit, exec.
+    Tracking,
+    /// Tagging and accounting: also the final-switch harvest and the memory tracking.
+    Accounting,
+}
+
+impl State {
+    const ALL: [State; 3] = [State::Off, State::Tracking, State::Accounting];
+
+    fn key(self) -> &'static str {
+        match self {
+            State::Off => "off",
+            State::Tracking => "tracking",
+            State::Accounting => "accounting",
+        }
     }
 }
 
-/// Attach them again: a load over pinned maps is an upgrade, which keeps every tag.
-fn attach_tracking(paths: &Paths) {
+const TRACKING: [&str; 3] = [programs::FORK, programs::EXIT, programs::EXEC];
+const ACCOUNTING: [&str; 2] = [programs::SWITCH, programs::RSS];
+
+/// Attach what `state` needs: a load over pinned maps is an upgrade, which keeps every tag;
+/// dropping a link's pin detaches it.
+fn set_state(paths: &Paths, state: State) {
     loader::load(paths, &LoadOptions::default()).unwrap();
+    let drop: Vec<&str> = match state {
+        State::Off => TRACKING.iter().chain(&ACCOUNTING).copied().collect(),
+        State::Tracking => ACCOUNTING.to_vec(),
+        State::Accounting => vec![],
+    };
+    for p in drop {
+        fs::remove_file(paths.link_pin(p)).unwrap();
+    }
 }
 
 /// Per-program (run count, run time ns) from the kernel's BPF statistics.
@@ -203,15 +232,14 @@ fn median_spread(v: &mut [f64]) -> (f64, f64) {
     (q(0.5), (q(0.75) - q(0.25)) / 2.0)
 }
 
-type Samples = BTreeMap<(&'static str, &'static str), Vec<f64>>;
+type Samples = BTreeMap<(&'static str, &'static str, &'static str), Vec<f64>>;
 
 /// One batch of each operation from each worker.
-fn batch(plain: &mut Worker, tagged: &mut Worker, attached: bool, samples: &mut Samples) {
+fn batch(plain: &mut Worker, tagged: &mut Worker, state: State, samples: &mut Samples) {
     for what in ["fork", "exec"] {
         let n = op_n(what);
-        let (p, t) = if attached { ("untracked", "tagged") } else { ("plain off", "tagged off") };
-        samples.entry((what, p)).or_default().push(plain.run(what, n));
-        samples.entry((what, t)).or_default().push(tagged.run(what, n));
+        samples.entry((what, "plain", state.key())).or_default().push(plain.run(what, n));
+        samples.entry((what, "tagged", state.key())).or_default().push(tagged.run(what, n));
     }
 }
 
@@ -227,45 +255,50 @@ fn overhead(paths: &Paths, rounds: usize) {
     let mut tagged = Worker::tagged(&t, "bench");
     set_stats(false);
     let mut samples = Samples::new();
-    // Alternate which state comes first, so that warm-up biases neither.
+    // Rotate which state comes first, so that warm-up and the loads bias none of them.
     for round in 0..rounds {
-        // off-on, on-off, off-on...: each round starts where the last ended.
-        for attached in if round % 2 == 0 { [false, true] } else { [true, false] } {
-            if attached != paths.link_pin(programs::FORK).exists() {
-                if attached { attach_tracking(paths) } else { detach_tracking(paths) }
-            }
-            batch(&mut plain, &mut tagged, attached, &mut samples);
+        for i in 0..State::ALL.len() {
+            let state = State::ALL[(round + i) % State::ALL.len()];
+            set_state(paths, state);
+            batch(&mut plain, &mut tagged, state, &mut samples);
         }
     }
-    if !paths.link_pin(programs::FORK).exists() {
-        attach_tracking(paths);
-    }
-    println!(
-        "\n{:<10} {:>16} {:>16} {:>8} {:>16} {:>16} {:>8}",
-        "op", "no tracker", "untracked", "ratio", "no tracker", "tagged", "ratio"
-    );
+    set_state(paths, State::Accounting);
     let mut base_ns = BTreeMap::new();
-    for what in ["fork", "exec"] {
-        let mut m = |case| median_spread(samples.get_mut(&(what, case)).unwrap());
-        let (pb, pbs) = m("plain off");
-        let (un, uns) = m("untracked");
-        let (tb, tbs) = m("tagged off");
-        let (tg, tgs) = m("tagged");
-        base_ns.insert(what, pb);
-        let label = if what == "fork" { "fork+exit" } else { "fork+exec" };
-        let us = |m: f64, s: f64| format!("{:.1} ±{:.1} µs", m / 1e3, s / 1e3);
+    for (who, title) in [("plain", "an untracked process"), ("tagged", "a tagged process")] {
         println!(
-            "{label:<10} {:>16} {:>16} {:>8.4} {:>16} {:>16} {:>8.4}",
-            us(pb, pbs),
-            us(un, uns),
-            un / pb,
-            us(tb, tbs),
-            us(tg, tgs),
-            tg / tb
+            "\n{title}: the same process with no program attached, with tagging, with tagging and accounting"
         );
+        println!(
+            "{:<10} {:>16} {:>16} {:>8} {:>16} {:>8}",
+            "op", "no tracker", "tagging", "ratio", "+ accounting", "ratio"
+        );
+        for what in ["fork", "exec"] {
+            let mut m =
+                |state: State| median_spread(samples.get_mut(&(what, who, state.key())).unwrap());
+            let (off, offs) = m(State::Off);
+            let (tr, trs) = m(State::Tracking);
+            let (ac, acs) = m(State::Accounting);
+            if who == "plain" {
+                base_ns.insert(what, off);
+            }
+            let label = if what == "fork" { "fork+exit" } else { "fork+exec" };
+            let us = |m: f64, s: f64| format!("{:.1} ±{:.1} µs", m / 1e3, s / 1e3);
+            println!(
+                "{label:<10} {:>16} {:>16} {:>8.4} {:>16} {:>8.4}",
+                us(off, offs),
+                us(tr, trs),
+                tr / off,
+                us(ac, acs),
+                ac / off
+            );
+        }
     }
-    println!("(median ± half the interquartile range; each ratio compares one worker process with");
-    println!(" the programs attached against the same process with them detached)");
+    println!("(median ± half the interquartile range over the rounds; on this VM whole-operation");
+    println!(
+        " timings move by a few percent from batch to batch: the per-call costs below are the"
+    );
+    println!(" precise measure of what the programs add)");
 
     // Per-call cost, with the kernel's statistics on.
     set_stats(true);
@@ -303,9 +336,10 @@ fn overhead(paths: &Paths, rounds: usize) {
     let cost = |m: &BTreeMap<&str, (u64, u64)>, names: &[&str]| -> f64 {
         names.iter().filter_map(|n| ns(m, n)).sum()
     };
-    for (what, names) in
-        [("fork", &["trk_fork", "trk_exit"][..]), ("exec", &["trk_fork", "trk_exec", "trk_exit"])]
-    {
+    for (what, names) in [
+        ("fork", &["trk_fork", "trk_exit", "trk_switch"][..]),
+        ("exec", &["trk_fork", "trk_exec", "trk_exit", "trk_switch"]),
+    ] {
         let base = base_ns[what];
         let label = if what == "fork" { "fork+exit" } else { "fork+exec" };
         println!(
@@ -317,6 +351,110 @@ fn overhead(paths: &Paths, rounds: usize) {
             100.0 * cost(&tagged_calls, names) / base
         );
     }
+}
+
+/// A slot `name` of `n` sleeping processes (a shell and its `n - 1` children).
+fn sleepers(t: &Tracker, name: &str, n: usize) -> Child {
+    t.create_slot(&SlotSpec { name: name.into(), ..Default::default() }).unwrap();
+    let mut cmd = Command::new("bash");
+    let script = format!("for i in $(seq {}); do sleep 1000 & done; wait", n - 1);
+    cmd.args(["-c", &script]).stdout(Stdio::null());
+    let child = t.spawn(name, &mut cmd, true).unwrap();
+    wait_until(Duration::from_secs(60), || t.slot_status(name).unwrap().tasks_live >= n as u64);
+    child
+}
+
+fn stat_latency(paths: &Paths) {
+    let t = Tracker::open(paths.clone()).unwrap();
+    println!("\none usage read of a slot (what `tracker stat` does), median of 50; and the whole");
+    println!("`tracker stat --json` command, process start included, median of 10:");
+    for n in [10, 1000] {
+        let name = format!("stat{n}");
+        let mut child = sleepers(&t, &name, n);
+        let mut lib = vec![];
+        for _ in 0..50 {
+            let t0 = Instant::now();
+            let u = t.usage(&name).unwrap();
+            lib.push(t0.elapsed().as_secs_f64() * 1e3);
+            assert!(u.tasks_live >= n as u64);
+        }
+        let mut cli = vec![];
+        let bin = std::env::var_os("TRACKER_BIN").map(PathBuf::from);
+        for _ in 0..10 {
+            let Some(bin) = &bin else { break };
+            let t0 = Instant::now();
+            let out = Command::new(bin)
+                .args(["--instance", paths.instance(), "stat", &name, "--json"])
+                .output()
+                .unwrap();
+            cli.push(t0.elapsed().as_secs_f64() * 1e3);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        let cli = if cli.is_empty() { "-".into() } else { format!("{:.2} ms", median(&mut cli)) };
+        println!(
+            "  {n:>5} live processes: {:.3} ms (max {:.3} ms); command {cli}",
+            median(&mut lib.clone()),
+            lib.iter().copied().fold(0.0, f64::max)
+        );
+        assert!(t.kill(&name, &KillOptions::default()).unwrap().is_complete());
+        let _ = child.wait();
+        t.release(&name).unwrap();
+    }
+}
+
+/// Kernel memory a map holds now (`memlock` in its fdinfo; 6.4+ counts what it really uses).
+fn memlock(paths: &Paths, name: &str) -> (u64, u64) {
+    let data = aya::maps::MapData::from_pin(paths.map_pin(name)).unwrap();
+    let info = data.info().unwrap();
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = data.fd().as_fd().as_raw_fd();
+    let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+    let bytes = text
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (bytes, u64::from(info.max_entries()))
+}
+
+fn kernel_memory(paths: &Paths) {
+    use tracker_common::map_name;
+    let t = Tracker::open(paths.clone()).unwrap();
+    println!("\nkernel memory of the maps (memlock):");
+    for name in [
+        map_name::TASKS,
+        map_name::SLOTS,
+        map_name::COUNTERS,
+        map_name::MM_RSS,
+        map_name::CGROUP_SLOTS,
+        map_name::ADOPT,
+        map_name::USAGE,
+    ] {
+        let (bytes, entries) = memlock(paths, name);
+        println!("  {name:<18} {:>10} bytes for {entries:>6} entries", bytes);
+    }
+    let (tasks, pids) = memlock(paths, map_name::TASKS);
+    let (slots, nslots) = memlock(paths, map_name::SLOTS);
+    let (counters, _) = memlock(paths, map_name::COUNTERS);
+    // The per-process memory entry: what 1,000 live processes that touched memory add.
+    let (before, _) = memlock(paths, map_name::MM_RSS);
+    let mut child = sleepers(&t, "memory", 1000);
+    let (after, _) = memlock(paths, map_name::MM_RSS);
+    assert!(t.kill("memory", &KillOptions::default()).unwrap().is_complete());
+    let _ = child.wait();
+    t.release("memory").unwrap();
+    println!(
+        "per tracked task: {} bytes of the tasks array, fixed, for each of the {pids} possible tids \
+         (pid_max), plus {} bytes per process for its memory entry",
+        tasks / pids,
+        after.saturating_sub(before) / 1000
+    );
+    println!(
+        "per slot: {} bytes ({} of control, {} of per-CPU counters), fixed for each of the {nslots} slots",
+        (slots + counters) / nslots,
+        slots / nslots,
+        counters / nslots
+    );
 }
 
 /// Start `KILL_SET` sleepers under a shell in `cgroup`, or in `slot` when given.
@@ -342,13 +480,7 @@ fn kill_time(paths: &Paths) {
     let mut plain = vec![];
     for round in 0..3 {
         let name = format!("kill{round}");
-        t.create_slot(&SlotSpec { name: name.clone(), ..Default::default() }).unwrap();
-        let mut cmd = Command::new("bash");
-        cmd.args(["-c", &sleepers_script()]).stdout(Stdio::null());
-        let mut child = t.spawn(&name, &mut cmd, true).unwrap();
-        wait_until(Duration::from_secs(60), || {
-            t.slot_status(&name).unwrap().tasks_live > KILL_SET as u64
-        });
+        let mut child = sleepers(&t, &name, KILL_SET + 1);
         let r = t.kill(&name, &KillOptions::default()).unwrap();
         assert!(r.is_complete());
         ours.push(r.elapsed_ms);

@@ -53,6 +53,9 @@ pub enum Command {
         /// The uid that owns the slot [default: the caller's]
         #[arg(long)]
         owner: Option<u32>,
+        /// Succeed if the slot exists already (every step of a job creates the job's slot)
+        #[arg(long)]
+        exist_ok: bool,
     },
     /// Run a command as the first task of a new slot
     Run {

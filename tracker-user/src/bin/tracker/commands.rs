@@ -33,16 +33,21 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::unload(&paths, &r);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Create { slot, limits, owner } => {
+        Command::Create { slot, limits, owner, exist_ok } => {
             let t = Tracker::open(paths)?;
             let spec = SlotSpec {
                 name: slot,
                 owner_uid: owner.unwrap_or_else(caller_uid),
                 limits: limits.to_limits(),
             };
-            let (rec, warnings) = t.create_slot(&spec)?;
-            output::warnings(&warnings);
-            println!("{}", rec.name);
+            match t.create_slot(&spec) {
+                Ok((rec, warnings)) => {
+                    output::warnings(&warnings);
+                    println!("{}", rec.name);
+                }
+                Err(tracker::Error::SlotExists(name)) if exist_ok => println!("{name}"),
+                Err(e) => return Err(e.into()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {

@@ -28,8 +28,20 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tracker: {}", one_line(&e));
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// Exit codes scripts can act on without reading the message (see README).
+pub const EXIT_UNKNOWN_SLOT: u8 = 3;
+pub const EXIT_SLOT_EXISTS: u8 = 4;
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<tracker::Error>() {
+        Some(tracker::Error::UnknownSlot(_)) => EXIT_UNKNOWN_SLOT,
+        Some(tracker::Error::SlotExists(_)) => EXIT_SLOT_EXISTS,
+        _ => 1,
     }
 }
 

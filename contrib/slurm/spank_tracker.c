@@ -1,0 +1,297 @@
+/*
+ * spank_tracker: put every task of a Slurm job into the job's tracker slot, `slurm-<jobid>`,
+ * before the task's program runs, so that everything it ever forks is tagged in the kernel
+ * and dies with `tracker kill` in the Epilog (contrib/slurm/epilog.sh).
+ *
+ * - slurm_spank_init (slurmstepd, root, once per step): `tracker create slurm-<jobid>`; a slot
+ *   made by an earlier step of the same job is the one we want (`--exist-ok`).
+ * - slurm_spank_task_init_privileged (root, inside the task's own process, before exec):
+ *   `tracker adopt slurm-<jobid> <pid of the task>`. The tracker runs as a child of the task
+ *   and adopts its own parent: the adopt iterator never tags the process running it.
+ *   If adopt fails, the hook fails and slurmstepd exits the task before exec: an untracked
+ *   task is what this plugin exists to prevent.
+ * - slurm_spank_task_init (same process, as the user, just before exec): fails too if adopt
+ *   failed, so that a Slurm that only logs a failed privileged hook still stops the task.
+ *
+ * Hooks fail by returning a negative number. Slurm 22.05 logs a positive one, such as
+ * ESPANK_ERROR (3000), as "failed with rc=3000" and then runs the task anyway.
+ *
+ * plugstack.conf options (all optional):
+ *   tracker=PATH      the tracker binary (default /usr/local/bin/tracker)
+ *   instance=NAME     the tracker instance (`tracker --instance NAME`; default: the default one)
+ *   timeout=SECONDS   how long one tracker command may take before it is killed (default 60)
+ *
+ * Build: gcc -Wall -Werror -shared -fPIC -o spank_tracker.so spank_tracker.c
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <slurm/spank.h>
+
+SPANK_PLUGIN(tracker, 1);
+
+#define DEFAULT_TRACKER "/usr/local/bin/tracker"
+#define DEFAULT_TIMEOUT_S 60
+#define OUTPUT_MAX 1024
+
+struct config {
+    const char *tracker;
+    const char *instance;
+    int timeout_s;
+};
+
+static int parse_config(int ac, char **av, struct config *c) {
+    c->tracker = DEFAULT_TRACKER;
+    c->instance = NULL;
+    c->timeout_s = DEFAULT_TIMEOUT_S;
+    for (int i = 0; i < ac; i++) {
+        if (strncmp(av[i], "tracker=", 8) == 0) {
+            c->tracker = av[i] + 8;
+            /* This runs as root: never let PATH decide which binary that is. */
+            if (c->tracker[0] != '/') {
+                slurm_error("spank_tracker: tracker=%s: give an absolute path", c->tracker);
+                return -1;
+            }
+        } else if (strncmp(av[i], "instance=", 9) == 0) {
+            c->instance = av[i] + 9;
+            if (c->instance[0] == '\0') c->instance = NULL;
+        } else if (strncmp(av[i], "timeout=", 8) == 0) {
+            char *end;
+            long t = strtol(av[i] + 8, &end, 10);
+            if (*end != '\0' || t <= 0 || t > 3600) {
+                slurm_error("spank_tracker: %s: give a number of seconds (1-3600)", av[i]);
+                return -1;
+            }
+            c->timeout_s = (int)t;
+        } else {
+            slurm_error("spank_tracker: unknown option \"%s\" (known: tracker= instance= "
+                        "timeout=)",
+                        av[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Close every descriptor from `low` up. */
+static void close_from(int low) {
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)low, ~0U, 0) == 0) return;
+#endif
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = low; fd < (max > 0 ? max : 4096); fd++) close((int)fd);
+}
+
+/* "cannot run PATH (errno N)" on stdout, with no stdio: this runs between fork and exec. */
+static void write_exec_error(const char *path, int err) {
+    char num[16];
+    int i = sizeof num;
+    unsigned u = (unsigned)err;
+    do {
+        num[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u && i > 0);
+    ssize_t ignored = write(1, "cannot run ", 11);
+    ignored = write(1, path, strlen(path));
+    ignored = write(1, " (errno ", 8);
+    ignored = write(1, num + i, sizeof num - (size_t)i);
+    ignored = write(1, ")", 1);
+    (void)ignored;
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Run `tracker [--instance NAME] ARGS...` with its stdout and stderr captured into `out`.
+ * Returns its exit status, or -1 if it could not run, was killed, or outran the timeout
+ * (then `out` says why).
+ */
+static int run_tracker(const struct config *c, const char *const *args, char *out,
+                       size_t outlen) {
+    const char *argv[16];
+    size_t n = 0;
+    argv[n++] = c->tracker;
+    if (c->instance) {
+        argv[n++] = "--instance";
+        argv[n++] = c->instance;
+    }
+    for (size_t i = 0; args[i] && n < 15; i++) argv[n++] = args[i];
+    argv[n] = NULL;
+    /* A fixed environment: slurmstepd's own (TRACKER_INSTANCE, TRACKER_LOG...) must not
+     * change which tracker answers or what it prints. */
+    char *const envp[] = {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                          NULL};
+
+    out[0] = '\0';
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) {
+        snprintf(out, outlen, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    /* slurmstepd may ignore SIGCHLD, and then the kernel reaps the child before we can read
+     * its status. */
+    struct sigaction dfl = {.sa_handler = SIG_DFL}, old_chld;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGCHLD, &dfl, &old_chld);
+
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(out, outlen, "fork: %s", strerror(errno));
+        close(pipefd[0]);
+        close(pipefd[1]);
+        sigaction(SIGCHLD, &old_chld, NULL);
+        return -1;
+    }
+    if (pid == 0) {
+        /* Between fork and exec in a threaded slurmstepd: async-signal-safe calls only. */
+        /* Its own process group, so that a timeout kills whatever it started too. */
+        setpgid(0, 0);
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0) dup2(null, 0);
+        dup2(pipefd[1], 1);
+        dup2(pipefd[1], 2);
+        /* Slurm's sockets and files are none of the tracker's business. */
+        close_from(3);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        execve(c->tracker, (char *const *)argv, envp);
+        write_exec_error(c->tracker, errno);
+        _exit(127);
+    }
+    close(pipefd[1]);
+
+    size_t len = 0;
+    int timed_out = 0;
+    long long deadline = now_ms() + (long long)c->timeout_s * 1000;
+    for (;;) {
+        long long left = deadline - now_ms();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd p = {.fd = pipefd[0], .events = POLLIN};
+        int r = poll(&p, 1, (int)left);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            timed_out = r == 0;
+            break;
+        }
+        char buf[256];
+        ssize_t got = read(pipefd[0], buf, sizeof buf);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        /* Keep the beginning: the error line comes first; drop what does not fit. */
+        size_t keep = (size_t)got;
+        if (keep > outlen - 1 - len) keep = outlen - 1 - len;
+        memcpy(out + len, buf, keep);
+        len += keep;
+        out[len] = '\0';
+    }
+    close(pipefd[0]);
+    if (timed_out) kill(-pid, SIGKILL);
+
+    int status = 0;
+    pid_t w;
+    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+    }
+    sigaction(SIGCHLD, &old_chld, NULL);
+    while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == ' ')) out[--len] = '\0';
+
+    if (timed_out) {
+        snprintf(out, outlen, "%s did not finish in %d s (killed)", c->tracker, c->timeout_s);
+        return -1;
+    }
+    if (w < 0) {
+        snprintf(out, outlen, "waitpid: %s", strerror(errno));
+        return -1;
+    }
+    if (WIFSIGNALED(status)) {
+        snprintf(out + len, outlen - len, "%s(killed by signal %d)", len ? " " : "",
+                 WTERMSIG(status));
+        return -1;
+    }
+    return WEXITSTATUS(status);
+}
+
+static int slot_name(spank_t sp, char *buf, size_t len) {
+    uint32_t jobid = 0;
+    spank_err_t e = spank_get_item(sp, S_JOB_ID, &jobid);
+    if (e != ESPANK_SUCCESS) {
+        slurm_error("spank_tracker: cannot get the job id: %s", spank_strerror(e));
+        return -1;
+    }
+    snprintf(buf, len, "slurm-%u", jobid);
+    return 0;
+}
+
+/* slurmstepd, as root, before any task of the step exists: make sure the job's slot exists. */
+int slurm_spank_init(spank_t sp, int ac, char **av) {
+    if (spank_context() != S_CTX_REMOTE) return ESPANK_SUCCESS;
+    struct config c;
+    char slot[64], owner[16], out[OUTPUT_MAX];
+    uid_t uid = 0;
+    if (parse_config(ac, av, &c) < 0 || slot_name(sp, slot, sizeof slot) < 0)
+        return -1;
+    if (spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS) uid = 0;
+    snprintf(owner, sizeof owner, "%u", (unsigned)uid);
+
+    /* Every step of the job shares the slot: the first step on this node makes it. */
+    const char *args[] = {"create", slot, "--owner", owner, "--exist-ok", NULL};
+    int st = run_tracker(&c, args, out, sizeof out);
+    if (st == 0) {
+        slurm_debug("spank_tracker: slot %s ready", slot);
+        return ESPANK_SUCCESS;
+    }
+    slurm_error("spank_tracker: cannot create slot %s: %s", slot, out);
+    return -1;
+}
+
+/* Set in the task's own process unless adopt succeeded, for slurm_spank_task_init to see. */
+static int adopt_failed;
+
+/* Inside the task's own process, as root, before it becomes the user and execs. */
+int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av) {
+    if (spank_context() != S_CTX_REMOTE) return ESPANK_SUCCESS;
+    struct config c;
+    char slot[64], pid[16], out[OUTPUT_MAX];
+    adopt_failed = 1;
+    if (parse_config(ac, av, &c) < 0 || slot_name(sp, slot, sizeof slot) < 0) return -1;
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+
+    const char *args[] = {"adopt", slot, pid, NULL};
+    int st = run_tracker(&c, args, out, sizeof out);
+    if (st != 0) {
+        slurm_error("spank_tracker: cannot put task pid %s into slot %s, not running it: %s",
+                    pid, slot, out);
+        return -1;
+    }
+    adopt_failed = 0;
+    slurm_debug("spank_tracker: %s", out);
+    return ESPANK_SUCCESS;
+}
+
+/* Same process, now as the user, right before exec: the last point that can stop the task. */
+int slurm_spank_task_init(spank_t sp, int ac, char **av) {
+    (void)sp;
+    (void)ac;
+    (void)av;
+    return adopt_failed ? -1 : ESPANK_SUCCESS;
+}

@@ -1,0 +1,249 @@
+//! Usage accounted in the kernel, per slot: exact for processes that live a millisecond,
+//! compared with the kernel's own per-cgroup counters where they exist.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracker_tests::{ESCAPE, Instance, marker, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+const MIB: u64 = 1 << 20;
+
+fn stat(inst: &Instance, slot: &str) -> Value {
+    serde_json::from_str(&inst.cli_ok(&["stat", slot, "--json"])).unwrap()
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("{key} missing from {v}"))
+}
+
+/// Wait until the slot has no live task (a detached job and its daemons are done).
+fn wait_empty(inst: &Instance, slot: &str) {
+    assert!(wait_for(T, || num(&stat(inst, slot), "tasks_live") == 0.0), "{}", stat(inst, slot));
+}
+
+#[test]
+fn ten_thousand_short_processes_are_all_counted() {
+    let Some(inst) = Instance::start() else { return };
+    let out = inst.cli_output(&[
+        "run",
+        "--slot",
+        "short",
+        "--keep",
+        "--",
+        "bash",
+        "-c",
+        "for i in $(seq 10000); do /bin/true; done",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = stat(&inst, "short");
+    assert!(num(&s, "tasks_started") >= 10_001.0, "{s}");
+    assert!(num(&s, "execs") >= 10_000.0, "{s}");
+    assert_eq!(num(&s, "tasks_live"), 0.0, "{s}");
+    assert_eq!(num(&s, "memory_current_bytes"), 0.0, "{s}");
+    // The harvest stays until the slot is released, and `slots` shows CPU and memory.
+    let slots = inst.cli_ok(&["slots"]);
+    assert!(slots.lines().next().unwrap().contains("CPU"), "{slots}");
+    assert!(slots.lines().next().unwrap().contains("MEM PEAK"), "{slots}");
+}
+
+/// The slot's CPU time as the kernel's own cgroup counter has it, in seconds.
+fn cgroup_cpu_seconds(inst: &Instance, slot: &str) -> Option<f64> {
+    let cg = inst.tracker().slot(slot).unwrap().cgroups;
+    if let Some(dir) = &cg.unified
+        && let Ok(text) = fs::read_to_string(dir.join("cpu.stat"))
+    {
+        let usec = text.lines().find_map(|l| l.strip_prefix("usage_usec "))?;
+        return usec.trim().parse::<f64>().ok().map(|u| u / 1e6);
+    }
+    let dir = cg.v1.get("cpuacct")?;
+    let ns: f64 = fs::read_to_string(dir.join("cpuacct.usage")).ok()?.trim().parse().ok()?;
+    Some(ns / 1e9)
+}
+
+#[test]
+fn cpu_time_matches_the_kernels_cgroup_counter_and_getrusage() {
+    let Some(inst) = Instance::start() else { return };
+    let m = marker("spin");
+    // Two processes spinning a second each, one of them a daemon in its own session.
+    let script = format!("{ESCAPE} daemon-spin {m} 1; {ESCAPE} spin {m} 1");
+    inst.cli_ok(&["run", "--detach", "--slot", "cpu", "--", "bash", "-c", &script]);
+    wait_empty(&inst, "cpu");
+    let s = stat(&inst, "cpu");
+    let ours = num(&s, "cpu_user_seconds") + num(&s, "cpu_system_seconds");
+    assert!(ours >= 2.0, "{s}");
+    match cgroup_cpu_seconds(&inst, "cpu") {
+        Some(kernel) => {
+            assert!((ours - kernel).abs() <= 0.05 * kernel, "tracker {ours} s, cgroup {kernel} s");
+        }
+        None => tracker_tests::skip("no cgroup CPU counter for the slot"),
+    }
+    // A well-behaved tree (every process waited for): the shell's getrusage(RUSAGE_CHILDREN),
+    // as `times` prints it, sees what the tracker sees.
+    let script = format!(
+        "{} run --slot rusage --keep -- {ESCAPE} spin {m} 1 2>/dev/null; times",
+        tracker_tests::tracker_bin().display()
+    );
+    let out = Command::new("bash")
+        .env("TRACKER_INSTANCE", &inst.name)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `times`: shell user/sys, then children user/sys, as `0m1.002s 0m0.004s`.
+    let children = text.lines().nth(1).unwrap_or_default();
+    let secs: f64 = children.split_whitespace().map(parse_times).sum();
+    let s = stat(&inst, "rusage");
+    let ours = num(&s, "cpu_user_seconds") + num(&s, "cpu_system_seconds");
+    assert!((ours - secs).abs() <= 0.05 * secs, "tracker {ours} s, getrusage {secs} s ({text})");
+}
+
+/// `0m1.002s` -> 1.002
+fn parse_times(s: &str) -> f64 {
+    let (m, rest) = s.split_once('m').unwrap();
+    m.parse::<f64>().unwrap() * 60.0 + rest.trim_end_matches('s').parse::<f64>().unwrap()
+}
+
+/// The cgroup's own memory high-water mark for the slot, in bytes.
+fn cgroup_memory_peak(inst: &Instance, slot: &str) -> Option<u64> {
+    let cg = inst.tracker().slot(slot).unwrap().cgroups;
+    let read = |p: std::path::PathBuf| fs::read_to_string(p).ok()?.trim().parse().ok();
+    cg.unified
+        .as_ref()
+        .and_then(|d| read(d.join("memory.peak")))
+        .or_else(|| cg.v1.get("memory").and_then(|d| read(d.join("memory.max_usage_in_bytes"))))
+}
+
+#[test]
+fn a_short_memory_spike_of_a_grandchild_shows_in_the_peak() {
+    let Some(inst) = Instance::start() else { return };
+    let m = marker("mem");
+    // A grandchild touches 400 MiB for 100 ms and frees it.
+    let script = format!("bash -c '{ESCAPE} touch {m} 400 100'; sleep 0.2");
+    inst.cli_ok(&["run", "--detach", "--slot", "mem", "--", "bash", "-c", &script]);
+    wait_empty(&inst, "mem");
+    let s = stat(&inst, "mem");
+    let peak = num(&s, "memory_peak_bytes") as u64;
+    assert!(peak >= 400 * MIB, "{s}");
+    assert!(num(&s, "max_process_rss_bytes") as u64 >= 400 * MIB, "{s}");
+    assert_eq!(num(&s, "memory_current_bytes"), 0.0, "{s}");
+    match cgroup_memory_peak(&inst, "mem") {
+        // The cgroup counts page cache and kernel memory too; the processes' resident pages
+        // are most of it here.
+        Some(cg) => assert!(
+            peak <= cg + 8 * MIB && peak * 10 >= cg * 9,
+            "tracker peak {} MiB, cgroup peak {} MiB",
+            peak / MIB,
+            cg / MIB
+        ),
+        None => tracker_tests::skip("no cgroup memory peak for the slot"),
+    }
+}
+
+#[test]
+fn block_writes_and_file_reads_are_counted() {
+    let Some(inst) = Instance::start() else { return };
+    let dir = std::env::temp_dir().join(format!("tracker-io-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("data");
+    let script = format!(
+        "dd if=/dev/zero of={f} bs=1M count=50 conv=fsync status=none && cat {f} > /dev/null",
+        f = file.display()
+    );
+    let out = inst.cli_output(&["run", "--slot", "io", "--keep", "--", "bash", "-c", &script]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = stat(&inst, "io");
+    assert!(num(&s, "write_bytes") as u64 >= 50 * MIB, "{s}");
+    assert!(num(&s, "wchar_bytes") as u64 >= 50 * MIB, "{s}");
+    assert!(num(&s, "rchar_bytes") as u64 >= 50 * MIB, "{s}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn network_of_the_slot_is_counted_and_nothing_else() {
+    let Some(inst) = Instance::start() else { return };
+    if inst.tracker().slot("x").is_err() && inst.tracker().cgroups().mounts().unified.is_none() {
+        tracker_tests::skip("no cgroup2 hierarchy for the network programs");
+        return;
+    }
+    // A server outside the slot: reads everything, answers 1 MB.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let serve = thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut c, _) = server.accept().unwrap();
+            let mut sink = vec![];
+            c.read_to_end(&mut sink).unwrap();
+            c.write_all(&vec![7u8; 1_000_000]).unwrap();
+        }
+    });
+    let client = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b'x' * 20_000_000)\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         while s.recv(1 << 20): pass\n"
+    );
+    let out = inst.cli_output(&["run", "--slot", "net", "--keep", "--", "python3", "-c", &client]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = stat(&inst, "net");
+    assert!(num(&before, "net_tx_bytes") >= 20_000_000.0, "{before}");
+    assert!(num(&before, "net_rx_bytes") >= 1_000_000.0, "{before}");
+    assert!(num(&before, "net_tx_packets") > 0.0 && num(&before, "net_rx_packets") > 0.0);
+    // The same traffic from outside the slot changes nothing.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(&vec![1u8; 5_000_000]).unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut sink = vec![];
+    c.read_to_end(&mut sink).unwrap();
+    serve.join().unwrap();
+    let after = stat(&inst, "net");
+    for key in ["net_tx_bytes", "net_rx_bytes", "net_tx_packets", "net_rx_packets"] {
+        assert_eq!(before[key], after[key], "{key}");
+    }
+}
+
+#[test]
+fn a_process_the_kill_took_is_harvested_too() {
+    let Some(inst) = Instance::start() else { return };
+    let m = marker("burn");
+    inst.cli_ok(&["run", "--detach", "--slot", "burn", "--", ESCAPE, "spin", &m, "100"]);
+    assert!(wait_for(T, || {
+        let s = stat(&inst, "burn");
+        num(&s, "cpu_user_seconds") + num(&s, "cpu_system_seconds") >= 0.5
+    }));
+    let live = stat(&inst, "burn");
+    inst.kill_clean("burn");
+    let s = stat(&inst, "burn");
+    let cpu = |v: &Value| num(v, "cpu_user_seconds") + num(v, "cpu_system_seconds");
+    assert!(cpu(&s) >= cpu(&live), "{live} then {s}");
+    assert_eq!(num(&s, "exits_by_signal"), 1.0, "{s}");
+    assert_eq!(num(&s, "tasks_live"), 0.0, "{s}");
+}
+
+#[test]
+fn run_prints_the_trees_usage_and_writes_the_summary() {
+    let Some(inst) = Instance::start() else { return };
+    let file = std::env::temp_dir().join(format!("tracker-summary-{}.json", std::process::id()));
+    let m = marker("sum");
+    let script = format!("{ESCAPE} daemon-spin {m} 0.2; sleep 0.5");
+    let out =
+        inst.cli_output(&["run", "--summary", file.to_str().unwrap(), "--", "bash", "-c", &script]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("usage of the whole tree"), "{stderr}");
+    assert!(stderr.contains("cpu "), "{stderr}");
+    let v: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    // The daemon's 0.2 s are in the tree's usage.
+    assert!(num(&v, "cpu_user_seconds") + num(&v, "cpu_system_seconds") >= 0.2, "{v}");
+    assert!(num(&v, "tasks_started") >= 4.0, "{v}");
+    fs::remove_file(&file).unwrap();
+}

@@ -1,0 +1,602 @@
+//! The Slurm integration (contrib/slurm) on a real one-node Slurm that the test starts on this
+//! machine: its own munged, slurmctld and slurmd, with config, state, spool, logs, sockets and
+//! ports of their own in a temporary directory, so that no system-wide Slurm or munge
+//! configuration is read or touched. The daemons are stopped when the test ends, failed or
+//! not.
+//!
+//! One cluster, four jobs, in order:
+//! 1. without the plugin, a job's `setsid` daemon outlives the job (proctrack/pgid loses it),
+//!    and the Epilog, finding no slot, lets the node be;
+//! 2. with the plugin and the Epilog, an ordinary user's job double-forks a daemon: it dies
+//!    with the job, the job's usage is recorded and its slot released;
+//! 3. a batch job and an srun step inside it share one slot; both their daemons die;
+//! 4. when `tracker adopt` fails, the task does not run.
+//!
+//! Needs the Debian packages slurmctld, slurmd, slurm-client, munge and libslurm-dev
+//! (`cargo xtask test` installs them).
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    fs,
+    io::Read as _,
+    net::TcpListener,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use tracker_tests::{ESCAPE, Instance, marker, processes_named, skip, tracker_bin, wait_for};
+
+/// Generous: the daemons, the jobs and their epilogs each take well under ten seconds here.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+const SLURM_PROGRAMS: &[&str] =
+    &["munged", "slurmctld", "slurmd", "srun", "sbatch", "squeue", "sinfo", "scancel"];
+const SPANK_HEADER: &str = "/usr/include/slurm/spank.h";
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+#[test]
+fn slurm_jobs_leave_nothing_behind_with_the_tracker() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    // Declared after the instance, so dropped before it: the daemons stop (and the last
+    // epilogs finish) while the instance is still loaded.
+    let Some(slurm) = Slurm::start(&inst) else {
+        return;
+    };
+    escape_without_the_tracker(&slurm);
+    daemon_dies_with_its_job(&slurm, &inst);
+    every_step_of_a_batch_job_shares_its_slot(&slurm, &inst);
+    task_does_not_run_untracked(&slurm, &inst);
+    // A drained node stays drained: waiting cannot hide an epilog that failed it.
+    assert!(
+        wait_for(TIMEOUT, || slurm.node_state() == "idle"),
+        "the node is {:?}, not idle: an epilog failed it{}",
+        slurm.node_state(),
+        slurm.logs()
+    );
+}
+
+/// The problem: under proctrack/pgid a daemon in a new session is not the job's any more.
+fn escape_without_the_tracker(slurm: &Slurm) {
+    slurm.set_plugstack("");
+    // `(setsid sleep 301 &); echo started`, made deterministic: the job waits until the
+    // daemon is in its own session, else slurmstepd's kill of the job's process group can
+    // catch it before its setsid(). And the daemon closes its stdio as a real one does: one
+    // holding srun's pipes makes slurmstepd wait 60 s for them ("Abandoning IO").
+    let ready = slurm.dir.join("escaped-daemon-ready");
+    let script = format!(
+        "echo job=$SLURM_JOB_ID; \
+         (setsid sh -c 'touch {r}; exec sleep 301' </dev/null >/dev/null 2>&1 &); \
+         while [ ! -e {r} ]; do sleep 0.05; done; echo started",
+        r = ready.display()
+    );
+    let job = slurm.srun(&["--job-name=escape", "bash", "-c", &script]);
+    assert!(job.status.success(), "srun failed: {}", job.stderr);
+    assert!(job.stdout.contains("started"), "{}", job.stdout);
+    slurm.wait_until_gone(job.id);
+
+    let sleeps: Vec<u32> = slurm
+        .job_processes(job.id)
+        .into_iter()
+        .filter(|&pid| cmdline(pid) == ["sleep", "301"])
+        .collect();
+    assert!(!sleeps.is_empty(), "without the tracker, the job's `sleep 301` should survive it");
+    eprintln!("without the tracker: job {} is gone, its daemon {sleeps:?} is not", job.id);
+    // The epilog ran for the job, found no slot, and let the node be.
+    let log = slurm.epilog_log();
+    assert!(log.contains(&format!("no slot slurm-{} on this node", job.id)), "{log}");
+
+    for &pid in &sleeps {
+        // SAFETY: kill has no memory effects; the pid is the job's sleep, found above.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(wait_for(TIMEOUT, || slurm.job_processes(job.id).is_empty()));
+}
+
+/// The fix: the plugin tags the task before it runs; the Epilog kills the slot.
+fn daemon_dies_with_its_job(slurm: &Slurm, inst: &Instance) {
+    slurm.set_plugstack(&slurm.plugin_line(&tracker_bin(), inst));
+    let m = marker("sdaemon");
+    let job = slurm.srun(&[
+        "--job-name=daemon",
+        "--uid=65534",
+        "--gid=65534",
+        "bash",
+        "-c",
+        &format!(
+            "echo job=$SLURM_JOB_ID uid=$(id -u); \
+             exec {ESCAPE} daemonize {m} </dev/null >/dev/null 2>&1"
+        ),
+    ]);
+    assert!(job.status.success(), "srun failed: {}", job.stderr);
+    // An ordinary user's job: the plugin adopted it while still root, before it became
+    // the user.
+    assert!(job.stdout.contains("uid=65534"), "{}", job.stdout);
+    let record = slurm.job_record(job.id, inst, &m);
+    // The daemon was alive when the epilog came: the tracker killed it, not Slurm.
+    assert!(record["kill"]["killed"].as_u64().unwrap() >= 1, "{record}");
+    let usage = &record["usage"];
+    // daemonize forks twice; the execs of bash and of the helper were counted in the slot,
+    // so the task was in it before its program ran.
+    assert!(usage["tasks_started"].as_u64().unwrap() >= 2, "{usage}");
+    assert!(usage["execs"].as_u64().unwrap() >= 2, "{usage}");
+}
+
+/// A batch job and a step it starts with srun: two slurmstepds, one slot (the second
+/// `tracker create` finds it made), and a daemon from each, both killed at the job's end.
+fn every_step_of_a_batch_job_shares_its_slot(slurm: &Slurm, inst: &Instance) {
+    slurm.set_plugstack(&slurm.plugin_line(&tracker_bin(), inst));
+    let m = marker("sbatchd");
+    let daemon = format!("{ESCAPE} daemonize {m} </dev/null >/dev/null 2>&1");
+    let script = slurm.dir.join("batch-job.sh");
+    write_executable(&script, &format!("#!/bin/sh\nsrun bash -c '{daemon}'\n{daemon}\n"));
+    let out = slurm.run_bounded(
+        slurm
+            .command("sbatch")
+            .args(["--wait", "--parsable", "--job-name=batch", "--output=batch-%j.out"])
+            .arg(&script),
+    );
+    assert!(out.status.success(), "sbatch failed: {}{}", out.stderr, slurm.logs());
+    let id: u32 = out.stdout.trim().parse().unwrap_or_else(|_| panic!("{}", out.stdout));
+    let record = slurm.job_record(id, inst, &m);
+    assert!(record["kill"]["killed"].as_u64().unwrap() >= 2, "{record}");
+}
+
+/// A task whose adoption fails must not run at all.
+fn task_does_not_run_untracked(slurm: &Slurm, inst: &Instance) {
+    let refusing = slurm.dir.join("tracker-refusing-adopt");
+    write_executable(
+        &refusing,
+        &format!(
+            "#!/bin/sh\ncase \" $* \" in *\" adopt \"*) echo 'adopt refused by the test' >&2; \
+             exit 1;; esac\nexec {} \"$@\"\n",
+            tracker_bin().display()
+        ),
+    );
+    slurm.set_plugstack(&slurm.plugin_line(&refusing, inst));
+    let ran = slurm.dir.join("untracked-task-ran");
+    let job = slurm.srun(&[
+        "--job-name=refused",
+        "bash",
+        "-c",
+        &format!("echo job=$SLURM_JOB_ID; touch {}", ran.display()),
+    ]);
+    assert!(!job.status.success(), "srun succeeded: {}", job.stdout);
+    assert!(job.stderr.contains("adopt refused by the test"), "{}", job.stderr);
+    assert!(!ran.exists(), "the task ran although it could not be tracked");
+    // The task printed no job id: wait for the queue to empty instead.
+    assert!(
+        wait_for(TIMEOUT, || slurm.queue().is_some_and(|q| q.is_empty())),
+        "{:?}",
+        slurm.queue()
+    );
+}
+
+/// A one-node Slurm in its own directory; stopped on drop.
+struct Slurm {
+    dir: PathBuf,
+    conf: PathBuf,
+    /// Started daemons, in start order (munged, slurmctld, slurmd).
+    daemons: Vec<(&'static str, Child)>,
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+struct Job {
+    id: u32,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Slurm {
+    /// Start munged, slurmctld and slurmd; `None` (after a skip) where Slurm is not installed.
+    fn start(inst: &Instance) -> Option<Self> {
+        let missing: Vec<&str> =
+            SLURM_PROGRAMS.iter().copied().filter(|p| find_program(p).is_none()).collect();
+        if !missing.is_empty() || !Path::new(SPANK_HEADER).exists() {
+            skip(&format!(
+                "Slurm is not installed (missing: {}{}): `cargo xtask test` installs it \
+                 (apt-get install slurmctld slurmd slurm-client munge libslurm-dev)",
+                missing.join(" "),
+                if Path::new(SPANK_HEADER).exists() { "" } else { " slurm/spank.h" }
+            ));
+            return None;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "tracker-slurm-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // munged insists that everyone may traverse its socket's directory.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut slurm = Self { conf: dir.join("slurm.conf"), dir, daemons: vec![] };
+        slurm.build_plugin();
+        slurm.write_config(inst);
+        slurm.start_munged();
+        for daemon in ["slurmctld", "slurmd"] {
+            let log = fs::File::create(slurm.dir.join(format!("{daemon}.out"))).unwrap();
+            let child = slurm
+                .command(daemon)
+                .arg("-D")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            slurm.daemons.push((daemon, child));
+        }
+        assert!(
+            wait_for(TIMEOUT, || slurm.node_state() == "idle"),
+            "the node did not become idle (state {:?}){}",
+            slurm.node_state(),
+            slurm.logs()
+        );
+        Some(slurm)
+    }
+
+    fn plugin(&self) -> PathBuf {
+        self.dir.join("spank_tracker.so")
+    }
+
+    fn build_plugin(&self) {
+        let src = contrib().join("spank_tracker.c");
+        let out = Command::new("gcc")
+            .args(["-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-o"])
+            .arg(self.plugin())
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building {} failed:\n{}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn write_config(&self, inst: &Instance) {
+        let d = self.dir.display();
+        let host = short_hostname();
+        let [ctld_port, slurmd_port] = free_ports();
+        // The epilog is a copy: slurmd runs it only if it is executable, whatever the
+        // checkout did to the file's mode.
+        let epilog = self.dir.join("epilog.sh");
+        write_executable(&epilog, &fs::read_to_string(contrib().join("epilog.sh")).unwrap());
+        // epilog.sh reads its settings from tracker.conf next to slurm.conf.
+        fs::write(
+            self.dir.join("tracker.conf"),
+            format!(
+                "TRACKER={}\nTRACKER_INSTANCE={}\nTRACKER_USAGE_DIR={d}/usage\n\
+                 TRACKER_EPILOG_LOG={d}/epilog.log\n",
+                tracker_bin().display(),
+                inst.name
+            ),
+        )
+        .unwrap();
+        self.set_plugstack("");
+        // One CPU and little memory: a node configured with more than it has is drained.
+        let conf = format!(
+            "ClusterName=trk{pid}
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={d}/munge/munge.socket
+CredType=cred/munge
+StateSaveLocation={d}/ctld
+SlurmdSpoolDir={d}/slurmd
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd.log
+PlugStackConfig={d}/plugstack.conf
+Epilog={epilog}
+ProctrackType=proctrack/pgid
+TaskPlugin=task/none
+MpiDefault=none
+ReturnToService=2
+SchedulerType=sched/backfill
+SelectType=select/linear
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+NodeName={host} NodeAddr=127.0.0.1 CPUs=1 RealMemory=100 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+",
+            pid = std::process::id(),
+            epilog = epilog.display(),
+        );
+        fs::write(&self.conf, conf).unwrap();
+        for sub in ["ctld", "slurmd"] {
+            fs::create_dir_all(self.dir.join(sub)).unwrap();
+        }
+    }
+
+    /// A private munged: its own key, socket, pid, seed and log files in our directory.
+    fn start_munged(&mut self) {
+        let m = self.dir.join("munge");
+        fs::create_dir_all(&m).unwrap();
+        fs::set_permissions(&m, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut key = vec![0u8; 1024];
+        fs::File::open("/dev/urandom").unwrap().read_exact(&mut key).unwrap();
+        let key_file = m.join("munge.key");
+        fs::write(&key_file, key).unwrap();
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let socket = m.join("munge.socket");
+        let log = fs::File::create(m.join("munged.out")).unwrap();
+        let child = Command::new(find_program("munged").unwrap())
+            .arg("--foreground")
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--key-file={}", key_file.display()))
+            .arg(format!("--log-file={}", m.join("munged.log").display()))
+            .arg(format!("--pid-file={}", m.join("munged.pid").display()))
+            .arg(format!("--seed-file={}", m.join("munged.seed").display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push(("munged", child));
+        assert!(wait_for(TIMEOUT, || socket.exists()), "munged did not start: {}", self.logs());
+    }
+
+    fn set_plugstack(&self, text: &str) {
+        // Read by srun and by each new slurmstepd: no reconfiguration needed.
+        fs::write(self.dir.join("plugstack.conf"), text).unwrap();
+    }
+
+    /// A Slurm command pointed at this cluster, and only at it.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(find_program(program).unwrap());
+        // A test run inside a Slurm job must not make srun join that job.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if ["SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SQUEUE_", "SINFO_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+            {
+                c.env_remove(&*k);
+            }
+        }
+        c.env("SLURM_CONF", &self.conf).env_remove("TRACKER_INSTANCE").current_dir(&self.dir);
+        c
+    }
+
+    fn output(&self, program: &str, args: &[&str]) -> String {
+        let out = self.command(program).args(args).stdin(Stdio::null()).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn node_state(&self) -> String {
+        self.output("sinfo", &["-h", "-o", "%T"]).trim().to_owned()
+    }
+
+    /// The ids of the jobs slurmctld holds as pending, running or completing; `None` when
+    /// squeue fails (slurmctld busy), which must not pass for an empty queue.
+    fn queue(&self) -> Option<Vec<u32>> {
+        let out = self.command("squeue").args(["-h", "-o", "%i"]).output().ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        out.status.success().then(|| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
+    /// A job's completion includes its epilog: the job leaves the queue after it.
+    fn wait_until_gone(&self, job: u32) {
+        assert!(
+            wait_for(TIMEOUT, || self.queue().is_some_and(|q| !q.contains(&job))),
+            "job {job} is still in the queue: {}",
+            self.output("squeue", &[])
+        );
+    }
+
+    /// Run `cmd` (a client command), waiting for it at most TIMEOUT.
+    fn run_bounded(&self, cmd: &mut Command) -> Finished {
+        let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
+        let out_path = self.dir.join(format!("client-{n}.out"));
+        let err_path = self.dir.join(format!("client-{n}.err"));
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&out_path).unwrap())
+            .stderr(fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut status = None;
+        let done = wait_for(TIMEOUT, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        if !done {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not return in {TIMEOUT:?}: {}", self.logs());
+        }
+        Finished {
+            status: status.unwrap(),
+            stdout: fs::read_to_string(&out_path).unwrap(),
+            stderr: fs::read_to_string(&err_path).unwrap(),
+        }
+    }
+
+    /// srun a job whose script prints `job=$SLURM_JOB_ID` first.
+    fn srun(&self, args: &[&str]) -> Job {
+        let out = self.run_bounded(self.command("srun").args(args));
+        let id = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("job="))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(0);
+        Job { id, status: out.status, stdout: out.stdout, stderr: out.stderr }
+    }
+
+    /// The plugstack.conf line for the plugin, with `tracker` as its binary.
+    fn plugin_line(&self, tracker: &Path, inst: &Instance) -> String {
+        format!(
+            "required {} tracker={} instance={}\n",
+            self.plugin().display(),
+            tracker.display(),
+            inst.name
+        )
+    }
+
+    /// After a tracked job: wait for it to end (its epilog included); check that nothing
+    /// named `marker` is left anywhere, that the epilog killed and released its slot; return
+    /// the usage record the epilog wrote.
+    fn job_record(&self, job: u32, inst: &Instance, marker: &str) -> serde_json::Value {
+        self.wait_until_gone(job);
+        let path = self.dir.join("usage").join(format!("{job}.json"));
+        assert!(
+            wait_for(TIMEOUT, || path.exists()),
+            "no usage record {}{}",
+            path.display(),
+            self.logs()
+        );
+        assert_eq!(processes_named(marker), Vec::<u32>::new(), "job {job} left processes");
+
+        let text = fs::read_to_string(&path).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON ({e}):\n{text}", path.display()));
+        eprintln!("with the tracker: job {job} is gone with its daemons; its record:\n{text}");
+        let slot = format!("slurm-{job}");
+        assert_eq!(record["slot"], slot.as_str(), "{record}");
+        assert_eq!(record["kill"]["survivors"].as_array().unwrap().len(), 0, "{record}");
+        let slots = inst.cli_ok(&["slots", "--json"]);
+        assert!(!slots.contains(&format!("\"{slot}\"")), "slot {slot} was not released: {slots}");
+        record
+    }
+
+    /// Every process on the machine started by job `job` of this cluster, wherever it went:
+    /// the job's environment names both.
+    fn job_processes(&self, job: u32) -> Vec<u32> {
+        let conf = format!("SLURM_CONF={}", self.conf.display());
+        let id = format!("SLURM_JOB_ID={job}");
+        processes_with_env(|env| env.contains(&conf.as_str()) && env.contains(&id.as_str()))
+    }
+
+    fn epilog_log(&self) -> String {
+        fs::read_to_string(self.dir.join("epilog.log")).unwrap_or_default()
+    }
+
+    /// The tails of the daemons' logs, for a failure message.
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for name in ["munge/munged.log", "slurmctld.log", "slurmd.log", "slurmd.out", "epilog.log"]
+        {
+            let text = fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            s += &format!("\n--- {name}\n{}", lines[lines.len().saturating_sub(15)..].join("\n"));
+        }
+        s
+    }
+}
+
+impl Drop for Slurm {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if self.daemons.iter().any(|(name, _)| *name == "slurmctld") {
+            // Let jobs end through their epilogs while the daemons still run.
+            let _ = self.command("scancel").args(["--partition=debug"]).output();
+            wait_for(Duration::from_secs(20), || self.queue().is_some_and(|q| q.is_empty()));
+        }
+        // slurmd and slurmctld first, munged (which they need to talk) last.
+        for (name, child) in self.daemons.iter_mut().rev() {
+            // SAFETY: kill has no memory effects; the pid is our own child, not yet reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            if !wait_for(Duration::from_secs(10), || child.try_wait().is_ok_and(|s| s.is_some())) {
+                eprintln!("warning: {name} ignored SIGTERM; killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // What the daemons leave running (slurmstepd, escaped job processes) carries this
+        // cluster's SLURM_CONF in its environment.
+        let conf = format!("SLURM_CONF={}", self.conf.display());
+        for pid in processes_with_env(|env| env.contains(&conf.as_str())) {
+            // SAFETY: kill has no memory effects; the process was started by this cluster.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        if failed {
+            eprintln!("slurm test directory kept: {}{}", self.dir.display(), self.logs());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn contrib() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/slurm")
+}
+
+/// Slurm's daemons live in sbin, which a test's PATH may lack.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// The name slurmd gives its node: the host name up to its first dot.
+fn short_hostname() -> String {
+    let h = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    h.trim().split('.').next().unwrap().to_owned()
+}
+
+/// Two TCP ports free now, so that a Slurm already on the machine keeps its own.
+fn free_ports() -> [u16; 2] {
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    [a.local_addr().unwrap().port(), b.local_addr().unwrap().port()]
+}
+
+fn write_executable(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Live processes (not this one) whose environment satisfies `pred`.
+fn processes_with_env(pred: impl Fn(&[&str]) -> bool) -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids = vec![];
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        // A zombie's environment reads empty: it matches nothing.
+        let env = String::from_utf8_lossy(&env);
+        let vars: Vec<&str> = env.split('\0').collect();
+        if pred(&vars) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
