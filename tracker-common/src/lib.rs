@@ -29,6 +29,8 @@ pub mod map_name {
     pub const USAGE: &str = "TRK_USAGE";
     /// `cgroup id -> slot id`: which slot a cgroup v2 directory (and its sockets) belongs to.
     pub const CGROUP_SLOTS: &str = "TRK_CGROUP_SLOTS";
+    /// Ring buffer of `Event`s, read by one consumer (the daemon, or `tracker watch`).
+    pub const EVENTS: &str = "TRK_EVENTS";
 }
 
 /// Names of the globals the loader sets before loading.
@@ -207,7 +209,9 @@ pub struct UsageRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalCounters {
     pub tag_failures: u64,
-    pub _reserved: [u64; 7],
+    /// Events that did not fit in the ring buffer (a reader too slow, or none).
+    pub events_lost: u64,
+    pub _reserved: [u64; 6],
 }
 
 /// Which program generation is live. Programs of another generation return at once, so an
@@ -216,6 +220,35 @@ pub struct GlobalCounters {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub active_generation: u64,
+    /// Nonzero while a reader wants events; the programs emit none otherwise.
+    pub events: u32,
+    pub _pad0: u32,
+}
+
+/// `Event::kind`.
+pub const EVENT_FORK: u32 = 1;
+pub const EVENT_EXEC: u32 = 2;
+pub const EVENT_EXIT: u32 = 3;
+/// A tagged task was moved to a cgroup v2 directory that is not its slot's.
+pub const EVENT_LEFT_CGROUP: u32 = 4;
+
+/// One event of a tagged task, from the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    pub kind: u32,
+    pub slot: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    /// Fork: the forking task. Exit: 1 if the last thread of its process.
+    pub parent: u32,
+    /// Exit: the exit code (signal in the low 7 bits, status in the next 8).
+    pub code: u32,
+    /// `bpf_ktime_get_boot_ns`, comparable with start times.
+    pub time_ns: u64,
+    /// Left cgroup: the cgroup v2 id it was moved to.
+    pub cgroup: u64,
+    pub comm: [u8; 16],
 }
 
 /// A request to the adopt iterator, keyed by the tid of the process that runs it.
@@ -267,7 +300,11 @@ pub struct KernelOffsets {
     pub percpu_counter_count: u32,
     pub percpu_counter_size: u32,
     pub page_shift: u32,
-    pub _reserved: [u32; 10],
+    pub cgroup_kn: u32,
+    pub cgroup_root: u32,
+    pub kernfs_node_id: u32,
+    pub cgroup_root_hierarchy_id: u32,
+    pub _reserved: [u32; 6],
 }
 
 impl KernelOffsets {
@@ -339,7 +376,18 @@ assert_layout!(
     hiwater_rss_bytes = 120,
 );
 assert_layout!(GlobalCounters, 64, tag_failures = 0);
-assert_layout!(Config, 8, active_generation = 0);
+assert_layout!(Config, 16, active_generation = 0, events = 8);
+assert_layout!(
+    Event,
+    56,
+    kind = 0,
+    slot = 4,
+    pid = 8,
+    code = 20,
+    time_ns = 24,
+    cgroup = 32,
+    comm = 40
+);
 assert_layout!(AdoptRequest, 8, target_tgid = 0, slot = 4);
 assert_layout!(AdoptRecord, 16, tid = 0, tgid = 4, start_ns = 8);
 assert_layout!(
@@ -370,4 +418,5 @@ mod user {
     unsafe impl aya::Pod for super::MmRss {}
     unsafe impl aya::Pod for super::UsageRequest {}
     unsafe impl aya::Pod for super::UsageRecord {}
+    unsafe impl aya::Pod for super::Event {}
 }

@@ -1,7 +1,10 @@
 //! `sched_process_exec`: count execs, keep the tag on the right tid, and kill a doomed exec.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
+use tracker_common::EVENT_EXEC;
+
 use crate::{
+    events,
     kernel::{current_tid, is_active},
     slot,
 };
@@ -23,6 +26,10 @@ pub fn trk_exec(ctx: BtfTracePointContext) -> u32 {
         slot::retag(old_tid, tid, &tag);
     }
     slot::with_counters(tag.slot, |c| c.execs += 1);
+    events::emit(EVENT_EXEC, tag.slot, |e| {
+        e.pid = tid;
+        e.tgid = tag.tgid;
+    });
     if slot::is_doomed(tag.slot) {
         slot::doom_current(tag.slot);
     }

@@ -4,7 +4,10 @@
 //! context switch.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
+use tracker_common::EVENT_EXIT;
+
 use crate::{
+    events,
     kernel::{Task, current_task, current_tid, is_active, offsets},
     rss, slot,
 };
@@ -50,5 +53,11 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
     if group_dead {
         rss::process_gone(tag.tgid);
     }
+    events::emit(EVENT_EXIT, tag.slot, |e| {
+        e.pid = tid;
+        e.tgid = tag.tgid;
+        e.parent = u32::from(group_dead);
+        e.code = task.exit_code(&off).unwrap_or(0);
+    });
     0
 }

@@ -3,9 +3,10 @@
 //! The tracepoint fires in the forking task (`current`), after the child is complete and
 //! before it is woken, for processes, threads, `vfork` and `CLONE_PARENT` alike.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracker_common::TaskTag;
+use tracker_common::{EVENT_FORK, TaskTag};
 
 use crate::{
+    events,
     kernel::{Task, current_tid, is_active, offsets},
     slot,
 };
@@ -24,7 +25,13 @@ pub fn trk_fork(ctx: BtfTracePointContext) -> u32 {
     let task = Task::of(child);
     match (task.ids(&off), task.start_ns(&off)) {
         (Some((pid, tgid)), Some(start_ns)) => {
-            slot::tag(pid, &TaskTag { slot: parent.slot, tgid, start_ns });
+            if slot::tag(pid, &TaskTag { slot: parent.slot, tgid, start_ns }) {
+                events::emit(EVENT_FORK, parent.slot, |e| {
+                    e.pid = pid;
+                    e.tgid = tgid;
+                    e.parent = current_tid();
+                });
+            }
         }
         _ => slot::tag_failed(parent.slot),
     }

@@ -63,6 +63,23 @@ impl Task {
         unsafe { bpf_probe_read_kernel(self.0.add(offset as usize).cast::<T>()).ok() }
     }
 
+    /// A pointer field of the structure at `offset`, if not NULL.
+    #[inline(always)]
+    pub fn read_ptr(self, offset: u32) -> Option<*const u8> {
+        let p: *const u8 = self.read(offset)?;
+        (!p.is_null()).then_some(p)
+    }
+
+    #[inline(always)]
+    pub fn read_u32(self, offset: u32) -> Option<u32> {
+        self.read(offset)
+    }
+
+    #[inline(always)]
+    pub fn read_u64(self, offset: u32) -> Option<u64> {
+        self.read(offset)
+    }
+
     /// `(pid, tgid)`, read at once: the loader checks that `tgid` follows `pid`.
     #[inline(always)]
     pub fn ids(self, off: &KernelOffsets) -> Option<(u32, u32)> {

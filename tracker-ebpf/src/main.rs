@@ -9,7 +9,9 @@
 #![allow(internal_features)]
 
 mod adopt;
+mod cgroup_move;
 mod doom;
+mod events;
 mod exec;
 mod exit;
 mod fork;

@@ -3,7 +3,7 @@
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracker_common::{
     AdoptRequest, BPF_F_MMAPABLE, Config, GlobalCounters, MmRss, SlotControl, SlotCounters,
@@ -43,3 +43,7 @@ pub static USAGE: HashMap<u32, UsageRequest> = HashMap::with_max_entries(256, 0)
 /// `cgroup id -> slot id`, written by user space when it makes a slot's cgroup v2 directory.
 #[map(name = "TRK_CGROUP_SLOTS")]
 pub static CGROUP_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Events of tagged tasks for the one reader (the daemon); 4 MiB, about 75,000 events.
+#[map(name = "TRK_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);

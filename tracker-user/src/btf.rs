@@ -61,7 +61,11 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         percpu_counter_count: r.field("percpu_counter", &["count"], 8)?,
         percpu_counter_size: r.struct_size("percpu_counter")? as u32,
         page_shift: page.trailing_zeros(),
-        _reserved: [0; 10],
+        cgroup_kn: r.field("cgroup", &["kn"], 8)?,
+        cgroup_root: r.field("cgroup", &["root"], 8)?,
+        kernfs_node_id: r.field("kernfs_node", &["id"], 8)?,
+        cgroup_root_hierarchy_id: r.field("cgroup_root", &["hierarchy_id"], 4)?,
+        _reserved: [0; 6],
     })
 }
 

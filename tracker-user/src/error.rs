@@ -72,6 +72,9 @@ pub enum Error {
     #[error("{limit} cannot be enforced here: {missing}")]
     LimitUnavailable { limit: &'static str, missing: &'static str },
 
+    #[error("another process (the daemon?) is reading the event stream: use its Watch API")]
+    EventsBusy,
+
     #[error("invalid instance name {0:?}: use 1-32 of a-z, 0-9 and '-'")]
     InvalidInstance(String),
 

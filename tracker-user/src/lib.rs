@@ -8,6 +8,7 @@ pub mod adopt;
 pub mod btf;
 pub mod cgroup;
 pub mod error;
+pub mod events;
 mod iter;
 pub mod kill;
 pub mod launch;

@@ -152,9 +152,10 @@ fn load_locked(
     })?;
     let mut config: Array<_, Config> =
         Array::try_from(config_map).map_err(|e: MapError| Error::bpf("config map", e))?;
-    config
-        .set(0, Config { active_generation: generation }, 0)
-        .map_err(|e| Error::bpf("activating the new programs", e))?;
+    // Keep the rest of the config (whether a reader wants events) as it was.
+    let mut current = config.get(&0, 0).map_err(|e| Error::bpf("reading the config", e))?;
+    current.active_generation = generation;
+    config.set(0, current, 0).map_err(|e| Error::bpf("activating the new programs", e))?;
 
     // Replacing a link's pin drops the old link, which detaches the old program.
     for (staging, pin) in &staged {

@@ -34,6 +34,7 @@ pub const SHAPES: &[MapShape] = &[
     shape::<u32, MmRss>(map_name::MM_RSS, MapType::Hash),
     shape::<u32, UsageRequest>(map_name::USAGE, MapType::Hash),
     shape::<u64, u32>(map_name::CGROUP_SLOTS, MapType::Hash),
+    MapShape { name: map_name::EVENTS, map_type: MapType::RingBuf, key_size: 0, value_size: 0 },
 ];
 
 const fn shape<K, V>(name: &'static str, map_type: MapType) -> MapShape {
@@ -194,6 +195,7 @@ impl Maps {
             self.global.get(&0, 0).map_err(|e| Error::bpf("reading global counters", e))?;
         Ok(per_cpu.iter().fold(GlobalCounters::default(), |mut acc, c| {
             acc.tag_failures += c.tag_failures;
+            acc.events_lost += c.events_lost;
             acc
         }))
     }

@@ -129,6 +129,11 @@ impl Paths {
         self.state_dir().join("lock")
     }
 
+    /// Held by the one process that reads the kernel's event stream.
+    pub fn events_lock_file(&self) -> PathBuf {
+        self.state_dir().join("events.lock")
+    }
+
     /// Held while an adoption runs: one at a time, so two never tag the same task.
     pub fn adopt_lock_file(&self) -> PathBuf {
         self.state_dir().join("adopt.lock")

@@ -67,6 +67,7 @@ pub const RSS: &str = "trk_rss";
 pub const USAGE: &str = "trk_usage";
 pub const NET_INGRESS: &str = "trk_net_ingress";
 pub const NET_EGRESS: &str = "trk_net_egress";
+pub const CGROUP_MOVE: &str = "trk_cgroup_move";
 
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
@@ -140,6 +141,14 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::Cgroup2],
         purpose: "counts the packets the slots' sockets send",
+    },
+    ProgramSpec {
+        name: CGROUP_MOVE,
+        kind: Kind::BtfTracePoint("cgroup_attach_task"),
+        attach: Attach::Pinned,
+        required: false,
+        needs: &[Need::TpBtf],
+        purpose: "reports a tagged task moved out of its slot's cgroup (watch)",
     },
     ProgramSpec {
         name: DOOM,

@@ -116,6 +116,12 @@ pub enum Command {
     },
     /// Forget an empty slot
     Release { slot: String },
+    /// Print the events of tagged tasks as they happen (fork, exec, exit, slot empty, ...)
+    Watch {
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]

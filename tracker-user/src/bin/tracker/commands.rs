@@ -121,6 +121,14 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::kill(&r, json)?;
             Ok(if r.is_complete() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Command::Watch { json } => {
+            let mut w = tracker::events::Watcher::open(&paths)?;
+            loop {
+                for ev in w.wait(None)? {
+                    output::event(&ev, json)?;
+                }
+            }
+        }
         Command::Release { slot } => {
             Tracker::open(paths)?.release(&slot)?;
             println!("released slot {slot}");

@@ -240,6 +240,30 @@ pub fn run_outcome(o: &RunOutcome) {
     }
 }
 
+pub fn event(e: &tracker::events::WatchEvent, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, e)?;
+        writeln!(out)?;
+    } else {
+        use tracker::events::EventKind as K;
+        let what = match e.kind {
+            K::Fork => format!("fork {} (by {}, {})", e.pid, e.parent, e.comm),
+            K::Exec => format!("exec {} {}", e.pid, e.comm),
+            K::Exit => format!("exit {} {} status {:#x}", e.pid, e.comm, e.exit_code),
+            K::LeftCgroup => {
+                format!("left its cgroup: {} {} -> cgroup {}", e.pid, e.comm, e.cgroup_id)
+            }
+            K::SlotEmpty => "empty".into(),
+            K::Lost => format!("LOST {} event(s)", e.lost),
+            K::KillDone => "kill done".into(),
+        };
+        writeln!(out, "{:>8} {:<16} {what}", e.seq, e.slot)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 pub fn usage(u: &Usage, json: bool) -> Result<()> {
     if json {
         return print_json(u);

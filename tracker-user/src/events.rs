@@ -1,0 +1,240 @@
+//! The event stream: fork, exec and exit of tagged tasks and tagged tasks leaving their
+//! slot's cgroup, from the kernel's ring buffer; slot-empty events derived from them; and an
+//! explicit `lost` event whenever the kernel could not queue some, so a reader never sees a
+//! silent gap. Every event carries a sequence number.
+//!
+//! A ring buffer has one consumer: one process at a time may watch (the daemon, which fans the
+//! stream out to its clients, or `tracker watch`), under a lock.
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    os::{
+        fd::{AsFd as _, AsRawFd as _, RawFd},
+        unix::fs::OpenOptionsExt as _,
+    },
+    time::Duration,
+};
+
+use aya::maps::{Array, Map, MapData, RingBuf};
+use serde::Serialize;
+use tracker_common::{
+    Config, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_LEFT_CGROUP, Event, map_name,
+};
+
+use crate::{
+    error::{Error, IoContext, Result},
+    maps::Maps,
+    paths::Paths,
+    registry,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Fork,
+    Exec,
+    Exit,
+    /// A tagged task was moved to a cgroup that is not its slot's.
+    LeftCgroup,
+    /// The slot's last task exited.
+    SlotEmpty,
+    /// The kernel could not queue `lost` events (between the previous event and this one).
+    Lost,
+    /// A kill of the slot finished (produced by whoever killed it, e.g. the daemon).
+    KillDone,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WatchEvent {
+    pub seq: u64,
+    pub kind: EventKind,
+    pub slot: String,
+    pub pid: u32,
+    pub tgid: u32,
+    /// Fork: the forking task.
+    pub parent: u32,
+    /// Exit: the exit code as `wait` gives it.
+    pub exit_code: u32,
+    /// Nanoseconds since boot.
+    pub time_ns: u64,
+    pub comm: String,
+    /// Left cgroup: the cgroup v2 id it went to.
+    pub cgroup_id: u64,
+    /// Lost: how many.
+    pub lost: u64,
+}
+
+/// The one reader of the kernel's events. Dropping it tells the kernel to stop producing.
+pub struct Watcher {
+    paths: Paths,
+    ring: RingBuf<MapData>,
+    config: Array<MapData, Config>,
+    maps: Maps,
+    names: BTreeMap<u32, String>,
+    /// Slots that had tasks: an exit that leaves one empty makes a slot-empty event.
+    busy: BTreeMap<u32, bool>,
+    seq: u64,
+    lost_seen: u64,
+    _lock: File,
+}
+
+impl Watcher {
+    pub fn open(paths: &Paths) -> Result<Self> {
+        crate::registry::ensure_state_dir(paths)?;
+        let lock_path = paths.events_lock_file();
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .ctx(|| format!("opening {}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::EventsBusy);
+        }
+        let open = |name: &str| -> Result<Map> {
+            let path = paths.map_pin(name);
+            if !path.exists() {
+                return Err(Error::NotLoaded(path));
+            }
+            let data = MapData::from_pin(&path)
+                .map_err(|e| Error::bpf(format!("opening {}", path.display()), e))?;
+            Map::from_map_data(data).map_err(|e| Error::bpf(format!("opening {name}"), e))
+        };
+        let ring = RingBuf::try_from(open(map_name::EVENTS)?)
+            .map_err(|e| Error::bpf("the event ring buffer", e))?;
+        let config = Array::try_from(open(map_name::CONFIG)?)
+            .map_err(|e| Error::bpf("the config map", e))?;
+        let maps = Maps::open(paths)?;
+        let lost_seen = maps.global()?.events_lost;
+        let mut w = Self {
+            paths: paths.clone(),
+            ring,
+            config,
+            maps,
+            names: BTreeMap::new(),
+            busy: BTreeMap::new(),
+            seq: 0,
+            lost_seen,
+            _lock: lock,
+        };
+        // Whatever sat in the buffer from an earlier reader is stale: drop it, then ask for
+        // events.
+        while w.ring.next().is_some() {}
+        w.set_wanted(true)?;
+        Ok(w)
+    }
+
+    fn set_wanted(&mut self, on: bool) -> Result<()> {
+        let mut c = self.config.get(&0, 0).map_err(|e| Error::bpf("reading the config", e))?;
+        c.events = u32::from(on);
+        self.config.set(0, c, 0).map_err(|e| Error::bpf("writing the config", e))
+    }
+
+    /// The descriptor that becomes readable when events are queued (for an async runtime).
+    pub fn fd(&self) -> RawFd {
+        self.ring.as_fd().as_raw_fd()
+    }
+
+    /// Wait up to `timeout` (None: for ever) for events, then return all that are queued.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Vec<WatchEvent>> {
+        let mut pfd = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, ms) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(Error::io("waiting for events", e));
+            }
+        }
+        self.drain()
+    }
+
+    /// Every event queued now, without waiting.
+    pub fn drain(&mut self) -> Result<Vec<WatchEvent>> {
+        let mut raw = vec![];
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the kernel wrote an `Event` (Pod); the buffer may be unaligned.
+                raw.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+            }
+        }
+        let mut out = vec![];
+        let lost = self.maps.global()?.events_lost;
+        if lost > self.lost_seen {
+            out.push(self.make(EventKind::Lost, &Event::default(), lost - self.lost_seen));
+            self.lost_seen = lost;
+        }
+        for ev in raw {
+            let kind = match ev.kind {
+                EVENT_FORK => EventKind::Fork,
+                EVENT_EXEC => EventKind::Exec,
+                EVENT_EXIT => EventKind::Exit,
+                EVENT_LEFT_CGROUP => EventKind::LeftCgroup,
+                _ => continue,
+            };
+            self.busy.insert(ev.slot, true);
+            out.push(self.make(kind, &ev, 0));
+            if kind == EventKind::Exit
+                && self.maps.control(ev.slot).is_ok_and(|c| c.live_tasks == 0)
+                && self.busy.insert(ev.slot, false) == Some(true)
+            {
+                out.push(self.make(EventKind::SlotEmpty, &Event { slot: ev.slot, ..ev }, 0));
+            }
+        }
+        Ok(out)
+    }
+
+    /// An event made outside the kernel (e.g. kill done), numbered in the same sequence.
+    pub fn synthesize(&mut self, kind: EventKind, slot: &str) -> WatchEvent {
+        self.seq += 1;
+        WatchEvent {
+            seq: self.seq,
+            kind,
+            slot: slot.to_owned(),
+            pid: 0,
+            tgid: 0,
+            parent: 0,
+            exit_code: 0,
+            time_ns: 0,
+            comm: String::new(),
+            cgroup_id: 0,
+            lost: 0,
+        }
+    }
+
+    fn make(&mut self, kind: EventKind, ev: &Event, lost: u64) -> WatchEvent {
+        self.seq += 1;
+        let slot = if ev.slot == 0 { String::new() } else { self.name_of(ev.slot) };
+        let comm_len = ev.comm.iter().position(|b| *b == 0).unwrap_or(ev.comm.len());
+        WatchEvent {
+            seq: self.seq,
+            kind,
+            slot,
+            pid: ev.pid,
+            tgid: ev.tgid,
+            parent: ev.parent,
+            exit_code: ev.code,
+            time_ns: ev.time_ns,
+            comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
+            cgroup_id: ev.cgroup,
+            lost,
+        }
+    }
+
+    fn name_of(&mut self, id: u32) -> String {
+        if !self.names.contains_key(&id)
+            && let Ok(reg) = registry::read(&self.paths)
+        {
+            self.names = reg.slots.iter().map(|s| (s.id, s.name.clone())).collect();
+        }
+        self.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.set_wanted(false);
+    }
+}
