@@ -69,6 +69,9 @@ pub enum Error {
     #[error("refusing to adopt pid {pid}: {why}")]
     RefusedAdopt { pid: u32, why: &'static str },
 
+    #[error("invalid limit: {0}")]
+    InvalidLimit(String),
+
     #[error("{limit} cannot be enforced here: {missing}")]
     LimitUnavailable { limit: &'static str, missing: &'static str },
 

@@ -24,7 +24,7 @@ use crate::{
 
 const FORMAT_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SlotRecord {
     pub name: String,
     /// Index in the kernel's per-slot arrays.
@@ -39,7 +39,7 @@ pub struct SlotRecord {
     pub limits: Limits,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegistryData {
     pub version: u32,
     /// The boot the records belong to: pins do not survive a reboot, so neither do slots.

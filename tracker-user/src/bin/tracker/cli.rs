@@ -126,13 +126,31 @@ pub enum Command {
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct LimitArgs {
+    /// Memory of the whole slot (e.g. 512M, 4G); beyond it the whole slot is killed
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_max: Option<u64>,
     /// At most N live tasks (threads included); a fork beyond fails with EAGAIN
     #[arg(long, value_name = "N")]
     pub tasks_max: Option<u64>,
+    /// CPU share, 1-10000 (100 is everyone's default)
+    #[arg(long, value_name = "N")]
+    pub cpu_weight: Option<u64>,
+    /// CPU cap, in percent of one CPU (150 = one and a half CPUs)
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_quota: Option<f64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    tracker::limits::parse_size(s).map_err(|e| e.to_string())
 }
 
 impl LimitArgs {
     pub fn to_limits(&self) -> tracker::Limits {
-        tracker::Limits { tasks_max: self.tasks_max }
+        tracker::Limits {
+            tasks_max: self.tasks_max,
+            memory_max: self.memory_max,
+            cpu_weight: self.cpu_weight,
+            cpu_quota_percent: self.cpu_quota,
+        }
     }
 }
