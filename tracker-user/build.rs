@@ -5,6 +5,7 @@ use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
 
 fn main() -> anyhow::Result<()> {
+    compile_protos()?;
     if which_bpf_linker().is_none() {
         return Err(anyhow!(
             "bpf-linker not found on PATH: run `cargo xtask build-and-load` (it installs the toolchain)"
@@ -28,6 +29,22 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     aya_build::build_ebpf([package], Toolchain::default())
+}
+
+/// The daemon's gRPC code (src/daemon), from proto/ at the workspace root. protox compiles the
+/// .proto in Rust, so no `protoc` is needed; the descriptor set is kept for server reflection.
+fn compile_protos() -> anyhow::Result<()> {
+    let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+    let fds = protox::compile(["tracker/v1/tracker.proto"], [&proto_root])
+        .map_err(|e| anyhow!("compiling the .proto files: {e:?}"))?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("tracker_v1_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)
+        .context("generating the gRPC code")
 }
 
 fn which_bpf_linker() -> Option<std::path::PathBuf> {

@@ -31,6 +31,13 @@ pub mod map_name {
     pub const CGROUP_SLOTS: &str = "TRK_CGROUP_SLOTS";
     /// Ring buffer of `Event`s, read by one consumer (the daemon, or `tracker watch`).
     pub const EVENTS: &str = "TRK_EVENTS";
+    /// `slot id -> NetPolicy`: whether the slot's outbound connections are restricted.
+    pub const NET_POLICY: &str = "TRK_NET_POLICY";
+    /// LPM tries of allowed destinations, `(slot, address) -> AllowPorts`.
+    pub const ALLOW4: &str = "TRK_ALLOW4";
+    pub const ALLOW6: &str = "TRK_ALLOW6";
+    /// `DeviceKey -> 1`: devices a slot may not open (minor `u32::MAX`: every minor).
+    pub const DENY_DEV: &str = "TRK_DENY_DEV";
 }
 
 /// Names of the globals the loader sets before loading.
@@ -315,6 +322,51 @@ impl KernelOffsets {
     }
 }
 
+/// `NetPolicy::mode`: connections only to the slot's allow-list (empty: none at all).
+pub const NET_ALLOWLIST: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetPolicy {
+    pub mode: u32,
+}
+
+/// Ports allowed to one destination network; an entry of 0 allows every port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowPorts {
+    pub n: u32,
+    pub ports: [u16; MAX_PORTS_PER_NET],
+    pub _pad0: [u16; 2],
+}
+
+pub const MAX_PORTS_PER_NET: usize = 14;
+
+/// The data of an LPM key: the slot (always matched whole) then the address, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net4 {
+    pub slot: u32,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Net6 {
+    pub slot: u32,
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DeviceKey {
+    pub slot: u32,
+    pub major: u32,
+    pub minor: u32,
+}
+
+pub const ANY_MINOR: u32 = u32::MAX;
+
 /// Assert at compile time that `$ty` has size `$size` and each field its expected offset.
 macro_rules! assert_layout {
     ($ty:ty, $size:expr $(, $field:ident = $off:expr)* $(,)?) => {
@@ -419,4 +471,9 @@ mod user {
     unsafe impl aya::Pod for super::UsageRequest {}
     unsafe impl aya::Pod for super::UsageRecord {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::NetPolicy {}
+    unsafe impl aya::Pod for super::AllowPorts {}
+    unsafe impl aya::Pod for super::Net4 {}
+    unsafe impl aya::Pod for super::Net6 {}
+    unsafe impl aya::Pod for super::DeviceKey {}
 }

@@ -10,6 +10,7 @@
 
 mod adopt;
 mod cgroup_move;
+mod device;
 mod doom;
 mod events;
 mod exec;
@@ -18,6 +19,7 @@ mod fork;
 mod kernel;
 mod maps;
 mod net;
+mod policy;
 mod rss;
 mod slot;
 mod switch;

@@ -3,11 +3,11 @@
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use tracker_common::{
-    AdoptRequest, BPF_F_MMAPABLE, Config, GlobalCounters, MmRss, SlotControl, SlotCounters,
-    TaskTag, UsageRequest,
+    AdoptRequest, AllowPorts, BPF_F_MMAPABLE, Config, DeviceKey, GlobalCounters, MmRss, Net4, Net6,
+    NetPolicy, SlotControl, SlotCounters, TaskTag, UsageRequest,
 };
 
 /// `tid -> TaskTag`, slot 0 meaning untagged. An array lookup is inlined by the verifier into
@@ -47,3 +47,15 @@ pub static CGROUP_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(1024, 0);
 /// Events of tagged tasks for the one reader (the daemon); 4 MiB, about 75,000 events.
 #[map(name = "TRK_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map(name = "TRK_NET_POLICY")]
+pub static NET_POLICY: HashMap<u32, NetPolicy> = HashMap::with_max_entries(1024, 0);
+
+#[map(name = "TRK_ALLOW4")]
+pub static ALLOW4: LpmTrie<Net4, AllowPorts> = LpmTrie::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+#[map(name = "TRK_ALLOW6")]
+pub static ALLOW6: LpmTrie<Net6, AllowPorts> = LpmTrie::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+#[map(name = "TRK_DENY_DEV")]
+pub static DENY_DEV: HashMap<DeviceKey, u32> = HashMap::with_max_entries(16384, 0);

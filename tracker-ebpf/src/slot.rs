@@ -30,6 +30,15 @@ pub fn current_tag(tid: u32) -> Option<TaskTag> {
     Some(tag)
 }
 
+/// The slot of the current task (tid `tid`), for program types that cannot read the task
+/// (socket and device hooks): the entry alone, without the start-time check, which guards
+/// only against an entry left by a task adopted at the instant it exited.
+#[inline(always)]
+pub fn current_slot(tid: u32) -> Option<u32> {
+    let slot = TASKS.get(tid)?.slot;
+    (slot != 0 && slot & TAG_EXITED == 0).then_some(slot)
+}
+
 /// The live tag of `task` (tid `tid`), checked against its start time.
 #[inline(always)]
 pub fn tag_of(tid: u32, task: Task) -> Option<TaskTag> {

@@ -5,6 +5,7 @@
 //! killing every tagged task. This library is the one API; the `tracker` CLI and daemon are
 //! thin faces over [`Tracker`] and the [`loader`].
 pub mod adopt;
+mod bpf_sys;
 pub mod btf;
 pub mod cgroup;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod loader;
 pub mod maps;
 pub mod paths;
 mod pidfd;
+pub mod policy;
 pub mod procinfo;
 pub mod programs;
 pub mod registry;

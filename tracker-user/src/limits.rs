@@ -1,5 +1,7 @@
 //! Limits a slot can carry, and parsing them from the command line. The slot's cgroups
 //! enforce them; a limit no controller can enforce is refused, never ignored.
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -20,11 +22,115 @@ pub struct Limits {
     /// CPU cap in percent of one CPU (200 = two CPUs) (`cpu.max`, or v1 CFS quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_quota_percent: Option<f64>,
+    /// Outbound connections (and datagrams) only to these destinations; `Some(empty)`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Vec<AllowRule>>,
+    /// Devices the slot may not open.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_devices: Vec<DeviceRule>,
+}
+
+/// A destination network and port (0: any port) a slot may connect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AllowRule {
+    pub addr: IpAddr,
+    pub prefix: u8,
+    pub port: u16,
+}
+
+/// A device a slot may not open; no minor: every minor of the major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeviceRule {
+    pub major: u32,
+    pub minor: Option<u32>,
+}
+
+/// `CIDR[:PORT],...`: `10.0.0.0/8:443`, `127.0.0.1`, `[2001:db8::/32]:22`, `[::1]`.
+pub fn parse_allow_list(s: &str) -> Result<Vec<AllowRule>> {
+    s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(parse_allow_rule).collect()
+}
+
+fn parse_allow_rule(s: &str) -> Result<AllowRule> {
+    let bad = |why: &str| Error::InvalidLimit(format!("{s:?} is not CIDR[:PORT] ({why})"));
+    let (net, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (net, after) = rest.split_once(']').ok_or_else(|| bad("no closing ]"))?;
+        (net, after.strip_prefix(':'))
+    } else if s.matches(':').count() > 1 {
+        (s, None)
+    } else {
+        match s.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        None | Some("*") => 0,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(bad("the port must be 1-65535 or *")),
+            Ok(p) => p,
+        },
+    };
+    let (addr, prefix) = match net.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (net, None),
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => {
+            p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| bad("bad prefix length"))?
+        }
+    };
+    Ok(AllowRule { addr: mask(addr, prefix), prefix, port })
+}
+
+/// Keep the first `prefix` bits of `addr`.
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+/// `MAJ:MIN,...`, `MIN` may be `*`: `195:*,10:200`.
+pub fn parse_devices(s: &str) -> Result<Vec<DeviceRule>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|d| {
+            let bad = || Error::InvalidLimit(format!("{d:?} is not MAJOR:MINOR (MINOR may be *)"));
+            let (maj, min) = d.split_once(':').ok_or_else(bad)?;
+            let major = maj.parse().map_err(|_| bad())?;
+            let minor = if min == "*" { None } else { Some(min.parse().map_err(|_| bad())?) };
+            Ok(DeviceRule { major, minor })
+        })
+        .collect()
 }
 
 impl Limits {
     pub fn is_empty(&self) -> bool {
         self == &Self::default()
+    }
+
+    /// Take every limit `change` sets.
+    pub fn merge(&mut self, change: &Limits) {
+        self.tasks_max = change.tasks_max.or(self.tasks_max);
+        self.memory_max = change.memory_max.or(self.memory_max);
+        self.cpu_weight = change.cpu_weight.or(self.cpu_weight);
+        self.cpu_quota_percent = change.cpu_quota_percent.or(self.cpu_quota_percent);
+        if change.network.is_some() {
+            self.network = change.network.clone();
+        }
+        if !change.deny_devices.is_empty() {
+            self.deny_devices = change.deny_devices.clone();
+        }
     }
 
     /// Check values that are wrong whatever the machine.
@@ -82,6 +188,28 @@ mod tests {
         for bad in ["10QB", "", "M", "-5M", "1e9", "0"] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn allow_lists_parse() {
+        let r = parse_allow_list("10.1.2.3/8:443, 127.0.0.1, [2001:db8::1/32]:22, ::1").unwrap();
+        assert_eq!(r[0], AllowRule { addr: "10.0.0.0".parse().unwrap(), prefix: 8, port: 443 });
+        assert_eq!(r[1], AllowRule { addr: "127.0.0.1".parse().unwrap(), prefix: 32, port: 0 });
+        assert_eq!(r[2], AllowRule { addr: "2001:db8::".parse().unwrap(), prefix: 32, port: 22 });
+        assert_eq!(r[3].prefix, 128);
+        for bad in ["10.0.0.0/33", "300.0.0.1", "10.0.0.1:0", "10.0.0.1:x", "[::1", "host:80"] {
+            assert!(parse_allow_list(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn devices_parse() {
+        let d = parse_devices("195:*,1:5").unwrap();
+        assert_eq!(
+            d,
+            vec![DeviceRule { major: 195, minor: None }, DeviceRule { major: 1, minor: Some(5) }]
+        );
+        assert!(parse_devices("1").is_err() && parse_devices("a:b").is_err());
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! theirs, and then the old links are dropped. No event is missed and none is counted twice.
 use std::{
     fs,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::{
+        fd::AsFd as _,
+        unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    },
     path::Path,
 };
 
@@ -15,7 +18,8 @@ use aya::{
     Btf, EbpfLoader,
     maps::{Array, MapError},
     programs::{
-        BtfTracePoint, CgroupSkb, CgroupSkbAttachType, Iter, ProgramError,
+        BtfTracePoint, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Iter,
+        ProgramError,
         links::{CgroupAttachMode, FdLink},
     },
 };
@@ -23,7 +27,7 @@ use serde::Serialize;
 use tracker_common::{Config, global_name, map_name};
 
 use crate::{
-    btf,
+    bpf_sys, btf,
     cgroup::Cgroups,
     error::{Error, IoContext, Result},
     maps::{Maps, SHAPES},
@@ -208,11 +212,7 @@ fn stage_program(
             }
         }
         Kind::CgroupSkb { ingress } => {
-            let dir = cgroup_dir.ok_or(Error::ProgramLoad {
-                program: spec.name,
-                detail: "no cgroup2 directory to attach to".into(),
-            })?;
-            let cgroup = fs::File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
+            let cgroup = open_cgroup(spec, cgroup_dir)?;
             let p: &mut CgroupSkb = prog.try_into().map_err(failed)?;
             p.load().map_err(failed)?;
             let direction =
@@ -227,6 +227,33 @@ fn stage_program(
                 .map_err(|e| Error::bpf("cgroup link", e))?;
             link.pin(&staging).map_err(pin_failed)?;
         }
+        Kind::CgroupSockAddr(_) => {
+            let cgroup = open_cgroup(spec, cgroup_dir)?;
+            let p: &mut CgroupSockAddr = prog.try_into().map_err(failed)?;
+            p.load().map_err(failed)?;
+            let id = p.attach(&cgroup, CgroupAttachMode::Single).map_err(failed)?;
+            let link: FdLink = p
+                .take_link(id)
+                .map_err(failed)?
+                .try_into()
+                .map_err(|e| Error::bpf("cgroup link", e))?;
+            link.pin(&staging).map_err(pin_failed)?;
+        }
+        Kind::CgroupDevice => {
+            let cgroup = open_cgroup(spec, cgroup_dir)?;
+            let p: &mut CgroupDevice = prog.try_into().map_err(failed)?;
+            p.load().map_err(failed)?;
+            // aya cannot hand out this link to pin it: create and pin it ourselves.
+            let prog_fd = p.fd().map_err(failed)?;
+            let link =
+                bpf_sys::cgroup_link(prog_fd.as_fd(), cgroup.as_fd(), bpf_sys::BPF_CGROUP_DEVICE)
+                    .map_err(|e| Error::ProgramLoad {
+                    program: spec.name,
+                    detail: format!("link_create: {e}"),
+                })?;
+            bpf_sys::pin(link.as_fd(), &staging)
+                .ctx(|| format!("pinning {}", staging.display()))?;
+        }
         Kind::TaskIter => {
             let p: &mut Iter = prog.try_into().map_err(failed)?;
             p.load("task", kernel_btf).map_err(failed)?;
@@ -240,6 +267,14 @@ fn stage_program(
         }
     }
     Ok((staging, pin))
+}
+
+fn open_cgroup(spec: &ProgramSpec, dir: Option<&Path>) -> Result<fs::File> {
+    let dir = dir.ok_or(Error::ProgramLoad {
+        program: spec.name,
+        detail: "no cgroup2 directory to attach to".into(),
+    })?;
+    fs::File::open(dir).ctx(|| format!("opening {}", dir.display()))
 }
 
 /// The verifier's log is long; keep its last lines, which say why.

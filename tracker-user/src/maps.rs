@@ -5,10 +5,11 @@ use std::{
     ptr::NonNull,
 };
 
+use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use tracker_common::{
-    AdoptRequest, Config, GlobalCounters, MmRss, SlotControl, SlotCounters, TAG_EXITED, TaskTag,
-    UsageRequest, map_name,
+    AdoptRequest, AllowPorts, Config, DeviceKey, GlobalCounters, MmRss, Net4, Net6, NetPolicy,
+    SlotControl, SlotCounters, TAG_EXITED, TaskTag, UsageRequest, map_name,
 };
 
 use crate::{
@@ -35,6 +36,10 @@ pub const SHAPES: &[MapShape] = &[
     shape::<u32, UsageRequest>(map_name::USAGE, MapType::Hash),
     shape::<u64, u32>(map_name::CGROUP_SLOTS, MapType::Hash),
     MapShape { name: map_name::EVENTS, map_type: MapType::RingBuf, key_size: 0, value_size: 0 },
+    shape::<u32, NetPolicy>(map_name::NET_POLICY, MapType::Hash),
+    shape::<Key<Net4>, AllowPorts>(map_name::ALLOW4, MapType::LpmTrie),
+    shape::<Key<Net6>, AllowPorts>(map_name::ALLOW6, MapType::LpmTrie),
+    shape::<DeviceKey, u32>(map_name::DENY_DEV, MapType::Hash),
 ];
 
 const fn shape<K, V>(name: &'static str, map_type: MapType) -> MapShape {

@@ -34,6 +34,29 @@ pub enum Kind {
     TaskIter,
     /// A `cgroup_skb` program on the instance's cgroup v2 directory (ingress or egress).
     CgroupSkb { ingress: bool },
+    /// A `cgroup_sock_addr` program on the instance's cgroup v2 directory.
+    CgroupSockAddr(SockAddrHook),
+    /// A `cgroup_device` program on the instance's cgroup v2 directory.
+    CgroupDevice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockAddrHook {
+    Connect4,
+    Connect6,
+    Sendmsg4,
+    Sendmsg6,
+}
+
+impl SockAddrHook {
+    pub fn describe(self) -> &'static str {
+        match self {
+            SockAddrHook::Connect4 => "cgroup/connect4",
+            SockAddrHook::Connect6 => "cgroup/connect6",
+            SockAddrHook::Sendmsg4 => "cgroup/sendmsg4",
+            SockAddrHook::Sendmsg6 => "cgroup/sendmsg6",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +91,7 @@ pub const USAGE: &str = "trk_usage";
 pub const NET_INGRESS: &str = "trk_net_ingress";
 pub const NET_EGRESS: &str = "trk_net_egress";
 pub const CGROUP_MOVE: &str = "trk_cgroup_move";
+pub const DEVICE: &str = "trk_device";
 
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
@@ -150,6 +174,18 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TpBtf],
         purpose: "reports a tagged task moved out of its slot's cgroup (watch)",
     },
+    sock_addr("trk_connect4", SockAddrHook::Connect4),
+    sock_addr("trk_connect6", SockAddrHook::Connect6),
+    sock_addr("trk_sendmsg4", SockAddrHook::Sendmsg4),
+    sock_addr("trk_sendmsg6", SockAddrHook::Sendmsg6),
+    ProgramSpec {
+        name: DEVICE,
+        kind: Kind::CgroupDevice,
+        attach: Attach::Pinned,
+        required: false,
+        needs: &[Need::Cgroup2],
+        purpose: "refuses a slot the devices on its deny-list (--deny-device)",
+    },
     ProgramSpec {
         name: DOOM,
         kind: Kind::BtfTracePoint("sys_enter"),
@@ -159,6 +195,17 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "kills a doomed slot's tasks at their next syscall, during a kill",
     },
 ];
+
+const fn sock_addr(name: &'static str, hook: SockAddrHook) -> ProgramSpec {
+    ProgramSpec {
+        name,
+        kind: Kind::CgroupSockAddr(hook),
+        attach: Attach::Pinned,
+        required: false,
+        needs: &[Need::Cgroup2],
+        purpose: "holds a slot's connections to its allow-list (--deny-network, --allow-connect)",
+    }
+}
 
 pub fn spec(name: &str) -> Option<&'static ProgramSpec> {
     PROGRAMS.iter().find(|p| p.name == name)

@@ -75,6 +75,8 @@ pub fn status(paths: &Paths) -> Result<Status> {
                     Kind::TaskIter => "iter/task".into(),
                     Kind::CgroupSkb { ingress: true } => "cgroup_skb/ingress".into(),
                     Kind::CgroupSkb { ingress: false } => "cgroup_skb/egress".into(),
+                    Kind::CgroupSockAddr(h) => h.describe().into(),
+                    Kind::CgroupDevice => "cgroup/dev".into(),
                 },
                 ready: info.is_some(),
                 on_demand: spec.attach == Attach::OnDemand,

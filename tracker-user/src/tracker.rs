@@ -14,6 +14,7 @@ use crate::{
     limits::Limits,
     maps::Maps,
     paths::Paths,
+    policy::PolicyMaps,
     procinfo::{self, ProcessInfo},
     registry::{self, SlotRecord},
     sys,
@@ -95,6 +96,12 @@ impl Tracker {
             let generation = reg.next_generation;
             reg.next_generation += 1;
             let (cgroups, warnings) = self.cgroups.create(&spec.name, &spec.limits)?;
+            if let Err(e) =
+                PolicyMaps::open(&self.paths).and_then(|mut p| p.apply(id, &spec.limits))
+            {
+                let _ = self.cgroups.remove(&cgroups);
+                return Err(e);
+            }
             if let Some(cg) = cgroups.unified_id() {
                 maps.cgroup_slots
                     .insert(cg, id, 0)
@@ -211,8 +218,28 @@ impl Tracker {
             maps.set_control(rec.id, SlotControl::default())?;
             maps.reset_counters(rec.id)?;
             maps.forget_memory_of(rec.id)?;
+            PolicyMaps::open(&self.paths)?.clear(rec.id)?;
             reg.slots.retain(|s| s.name != name);
             Ok(())
+        })
+    }
+
+    /// Change the limits of a running slot (as `systemctl set-property` does). Only the
+    /// limits given in `change` are changed.
+    pub fn set_limits(&self, name: &str, change: &Limits) -> Result<Limits> {
+        registry::update(&self.paths, |reg| {
+            let rec = reg
+                .slots
+                .iter_mut()
+                .find(|s| s.name == name)
+                .ok_or_else(|| Error::UnknownSlot(name.to_owned()))?;
+            let mut new = rec.limits.clone();
+            new.merge(change);
+            new.validate()?;
+            rec.cgroups.apply(change)?;
+            PolicyMaps::open(&self.paths)?.apply(rec.id, &new)?;
+            rec.limits = new.clone();
+            Ok(new)
         })
     }
 

@@ -116,6 +116,12 @@ pub enum Command {
     },
     /// Forget an empty slot
     Release { slot: String },
+    /// Change the limits of a running slot (only those given)
+    Set {
+        slot: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
     /// Print the events of tagged tasks as they happen (fork, exec, exit, slot empty, ...)
     Watch {
         /// One JSON object per line
@@ -138,6 +144,30 @@ pub struct LimitArgs {
     /// CPU cap, in percent of one CPU (150 = one and a half CPUs)
     #[arg(long, value_name = "PERCENT")]
     pub cpu_quota: Option<f64>,
+    /// No outbound connection at all (EPERM in the job)
+    #[arg(long, conflicts_with = "allow_connect")]
+    pub deny_network: bool,
+    /// Outbound connections only to CIDR[:PORT],... (e.g. 10.0.0.0/8:443,[::1]:22)
+    #[arg(long, value_name = "LIST", value_parser = parse_allow)]
+    pub allow_connect: Option<AllowList>,
+    /// Devices the job may not open, MAJOR:MINOR,... (MINOR may be *; e.g. 195:* hides NVIDIA GPUs)
+    #[arg(long, value_name = "LIST", value_parser = parse_devices)]
+    pub deny_device: Option<DeviceList>,
+}
+
+/// Lists parse as one value each (clap would take a bare `Vec` for repeated values).
+#[derive(Debug, Clone)]
+pub struct AllowList(Vec<tracker::limits::AllowRule>);
+
+#[derive(Debug, Clone)]
+pub struct DeviceList(Vec<tracker::limits::DeviceRule>);
+
+fn parse_allow(s: &str) -> Result<AllowList, String> {
+    tracker::limits::parse_allow_list(s).map(AllowList).map_err(|e| e.to_string())
+}
+
+fn parse_devices(s: &str) -> Result<DeviceList, String> {
+    tracker::limits::parse_devices(s).map(DeviceList).map_err(|e| e.to_string())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -151,6 +181,12 @@ impl LimitArgs {
             memory_max: self.memory_max,
             cpu_weight: self.cpu_weight,
             cpu_quota_percent: self.cpu_quota,
+            network: if self.deny_network {
+                Some(vec![])
+            } else {
+                self.allow_connect.clone().map(|l| l.0)
+            },
+            deny_devices: self.deny_device.clone().map(|d| d.0).unwrap_or_default(),
         }
     }
 }

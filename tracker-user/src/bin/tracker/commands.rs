@@ -129,6 +129,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Set { slot, limits } => {
+            let now = Tracker::open(paths)?.set_limits(&slot, &limits.to_limits())?;
+            println!("{}", serde_json::to_string(&now)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Release { slot } => {
             Tracker::open(paths)?.release(&slot)?;
             println!("released slot {slot}");
