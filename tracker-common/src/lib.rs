@@ -238,6 +238,8 @@ pub const EVENT_EXEC: u32 = 2;
 pub const EVENT_EXIT: u32 = 3;
 /// A tagged task was moved to a cgroup v2 directory that is not its slot's.
 pub const EVENT_LEFT_CGROUP: u32 = 4;
+/// The OOM killer chose a tagged task (the slot's memory limit, or the machine's).
+pub const EVENT_OOM: u32 = 5;
 
 /// One event of a tagged task, from the kernel.
 #[repr(C)]
@@ -311,7 +313,9 @@ pub struct KernelOffsets {
     pub cgroup_root: u32,
     pub kernfs_node_id: u32,
     pub cgroup_root_hierarchy_id: u32,
-    pub _reserved: [u32; 6],
+    /// `task_struct.comm`, 16 bytes.
+    pub task_comm: u32,
+    pub _reserved: [u32; 5],
 }
 
 impl KernelOffsets {

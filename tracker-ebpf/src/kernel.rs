@@ -103,6 +103,11 @@ impl Task {
     }
 
     #[inline(always)]
+    pub fn comm(self, off: &KernelOffsets) -> Option<[u8; 16]> {
+        self.read(off.task_comm)
+    }
+
+    #[inline(always)]
     pub fn exit_code(self, off: &KernelOffsets) -> Option<u32> {
         self.read(off.task_exit_code)
     }

@@ -19,6 +19,7 @@ mod fork;
 mod kernel;
 mod maps;
 mod net;
+mod oom;
 mod policy;
 mod rss;
 mod slot;

@@ -65,7 +65,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         cgroup_root: r.field("cgroup", &["root"], 8)?,
         kernfs_node_id: r.field("kernfs_node", &["id"], 8)?,
         cgroup_root_hierarchy_id: r.field("cgroup_root", &["hierarchy_id"], 4)?,
-        _reserved: [0; 6],
+        task_comm: r.field(task, &["comm"], 16)?,
+        _reserved: [0; 5],
     })
 }
 

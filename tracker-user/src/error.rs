@@ -75,6 +75,12 @@ pub enum Error {
     #[error("{limit} cannot be enforced here: {missing}")]
     LimitUnavailable { limit: &'static str, missing: &'static str },
 
+    #[error("no user {0:?} on this machine (see `getent passwd`)")]
+    UnknownUser(String),
+
+    #[error("cannot isolate the job: {0}")]
+    Isolation(String),
+
     #[error("another process (the daemon?) is reading the event stream: use its Watch API")]
     EventsBusy,
 

@@ -18,7 +18,7 @@ use std::{
 use aya::maps::{Array, Map, MapData, RingBuf};
 use serde::Serialize;
 use tracker_common::{
-    Config, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_LEFT_CGROUP, Event, map_name,
+    Config, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_LEFT_CGROUP, EVENT_OOM, Event, map_name,
 };
 
 use crate::{
@@ -36,6 +36,8 @@ pub enum EventKind {
     Exit,
     /// A tagged task was moved to a cgroup that is not its slot's.
     LeftCgroup,
+    /// The OOM killer chose a tagged task (`pid`).
+    Oom,
     /// The slot's last task exited.
     SlotEmpty,
     /// The kernel could not queue `lost` events (between the previous event and this one).
@@ -172,6 +174,7 @@ impl Watcher {
                 EVENT_EXEC => EventKind::Exec,
                 EVENT_EXIT => EventKind::Exit,
                 EVENT_LEFT_CGROUP => EventKind::LeftCgroup,
+                EVENT_OOM => EventKind::Oom,
                 _ => continue,
             };
             self.busy.insert(ev.slot, true);

@@ -19,7 +19,9 @@ use signal_hook::{consts::signal, iterator::Signals};
 
 use crate::{
     adopt::AdoptReport,
+    cgroup_events::OomWatch,
     error::{Error, IoContext, Result},
+    isolation::{Isolation, Prepared},
     kill::{KillOptions, KillReport},
     registry::SlotRecord,
     tracker::{SlotSpec, Tracker},
@@ -32,6 +34,7 @@ pub struct RunOptions {
     /// Keep the slot (and its record) after the command ends, for later queries.
     pub keep_slot: bool,
     pub kill: KillOptions,
+    pub isolation: Isolation,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -43,6 +46,8 @@ pub struct RunOutcome {
     pub leftovers: KillReport,
     /// What the whole tree used, every process it ever had included.
     pub usage: Usage,
+    /// The slot went over its memory limit and was killed whole.
+    pub killed_for_memory: bool,
     pub released: bool,
 }
 
@@ -56,7 +61,34 @@ impl Tracker {
     /// for a slot that outlives this process (its stdio is the caller's choice).
     pub fn spawn(&self, name: &str, cmd: &mut Command, detach: bool) -> Result<Child> {
         let rec = self.slot(name)?;
-        self.spawn_in(&rec, cmd, detach).map(|(child, _)| child)
+        self.spawn_in(&rec, cmd, detach, Prepared::default()).map(|(child, _)| child)
+    }
+
+    /// Create slot `spec`, isolated as `iso` says, and start `cmd` as its first task. Bad
+    /// input (a limit, a user, a root directory) fails before anything exists; a failure
+    /// after that removes whatever was made.
+    pub fn start(
+        &self,
+        spec: &SlotSpec,
+        cmd: &mut Command,
+        iso: &Isolation,
+        detach: bool,
+    ) -> Result<(SlotRecord, Vec<String>, Child)> {
+        spec.limits.validate()?;
+        let prepared = iso.prepare(self.paths(), &spec.name)?;
+        let (rec, warnings) = self.create_slot(spec)?;
+        let started = prepared.make_dirs().and_then(|()| {
+            prepared.configure(cmd);
+            self.spawn_in(&rec, cmd, detach, prepared)
+        });
+        match started {
+            Ok((child, _)) => Ok((rec, warnings, child)),
+            Err(e) => {
+                let _ = self.kill_slot(&rec, &KillOptions::default());
+                let _ = self.release(&rec.name);
+                Err(e)
+            }
+        }
     }
 
     fn spawn_in(
@@ -64,13 +96,20 @@ impl Tracker {
         rec: &SlotRecord,
         cmd: &mut Command,
         detach: bool,
+        iso: Prepared,
     ) -> Result<(Child, AdoptReport)> {
         let (ready_r, ready_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
         let (ready_fd, go_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls, on descriptors that stay open until spawn returns.
-        unsafe { cmd.pre_exec(move || handshake(ready_fd, go_fd, detach)) };
+        // system calls, on descriptors that stay open until spawn returns, and on data
+        // prepared before the fork. Isolation comes after the tag: nothing runs untagged.
+        unsafe {
+            cmd.pre_exec(move || {
+                handshake(ready_fd, go_fd, detach)?;
+                iso.enter()
+            })
+        };
         thread::scope(|s| {
             let helper = s.spawn(move || -> Result<AdoptReport> {
                 let pid = read_pid(&ready_r)?;
@@ -96,26 +135,44 @@ impl Tracker {
     /// Create a slot, run `cmd` in it to the end, kill whatever is left of the slot, and
     /// release it (unless `opts.keep_slot`, or something survived the kill).
     pub fn run(&self, spec: &SlotSpec, cmd: &mut Command, opts: &RunOptions) -> Result<RunOutcome> {
-        let (rec, _warnings) = self.create_slot(spec)?;
-        let mut child = match self.spawn_in(&rec, cmd, false) {
-            Ok((child, _)) => child,
-            Err(e) => {
-                let _ = self.kill_slot(&rec, &opts.kill);
-                let _ = self.release(&rec.name);
-                return Err(e);
-            }
-        };
-        let status = wait_forwarding_signals(&mut child)?;
+        let (rec, _warnings, mut child) = self.start(spec, cmd, &opts.isolation, false)?;
+        let (status, oom_fired) = self.wait_killing_on_oom(&rec, &mut child, &opts.kill)?;
         let leftovers = self.kill_slot(&rec, &opts.kill)?;
         let usage = self.usage(&rec.name)?;
+        let killed_for_memory = oom_fired || usage.oom_kills > 0;
+        let mut exit_code = shell_status(status);
+        if killed_for_memory && exit_code == 0 {
+            exit_code = 128 + libc::SIGKILL;
+        }
         let released =
             !opts.keep_slot && leftovers.is_complete() && self.release(&rec.name).is_ok();
-        Ok(RunOutcome {
-            slot: rec.name,
-            exit_code: shell_status(status),
-            leftovers,
-            usage,
-            released,
+        Ok(RunOutcome { slot: rec.name, exit_code, leftovers, usage, killed_for_memory, released })
+    }
+
+    /// Wait for the command; meanwhile, where the kernel would OOM-kill only one process of
+    /// the slot (cgroup v1), kill the whole slot when that happens. Returns the command's
+    /// status and whether the slot was killed for memory here.
+    fn wait_killing_on_oom(
+        &self,
+        rec: &SlotRecord,
+        child: &mut Child,
+        kill: &KillOptions,
+    ) -> Result<(ExitStatus, bool)> {
+        let watch = match OomWatch::new(&rec.cgroups) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("slot {}: no whole-slot OOM kill: {e}", rec.name);
+                None
+            }
+        };
+        let Some(watch) = watch else { return Ok((wait_forwarding_signals(child)?, false)) };
+        let (stop_r, stop_w) = pipe()?;
+        thread::scope(|s| {
+            let watcher = s.spawn(|| watch.wait(&stop_r) && self.kill_slot(rec, kill).is_ok());
+            let status = wait_forwarding_signals(child);
+            let _ = write_byte(&stop_w, 1);
+            let fired = watcher.join().unwrap_or(false);
+            Ok((status?, fired))
         })
     }
 }

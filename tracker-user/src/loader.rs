@@ -344,6 +344,12 @@ pub fn unload(paths: &Paths, force: bool) -> Result<UnloadReport> {
     cgroups.remove_parents();
     remove_pins(paths)?;
     let _ = fs::remove_file(paths.registry_file());
+    // The slots' scratch directories (private /tmp) go with them.
+    if let Err(e) = fs::remove_dir_all(paths.data_dir())
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        report.warnings.push(format!("removing {}: {e}", paths.data_dir().display()));
+    }
     Ok(report)
 }
 

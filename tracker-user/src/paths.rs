@@ -17,6 +17,12 @@ pub const INSTANCE_ENV: &str = "TRACKER_INSTANCE";
 
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 pub const RUN_ROOT: &str = "/run";
+/// Per-instance data on disk: the slots' private /tmp directories (`--private-tmp`).
+pub const LIB_ROOT: &str = "/var/lib/tracker";
+/// The site configuration (named roots for `--root-name`, the daemon's settings).
+pub const CONFIG_FILE: &str = "/etc/tracker/tracker.toml";
+/// Overrides `CONFIG_FILE`.
+pub const CONFIG_ENV: &str = "TRACKER_CONFIG";
 pub const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const PID_MAX: &str = "/proc/sys/kernel/pid_max";
@@ -119,6 +125,22 @@ impl Paths {
     /// Where the slot registry and its lock live.
     pub fn state_dir(&self) -> PathBuf {
         Path::new(RUN_ROOT).join(&self.instance)
+    }
+
+    /// Where the instance keeps data on disk (root-only).
+    pub fn data_dir(&self) -> PathBuf {
+        Path::new(LIB_ROOT).join(&self.instance)
+    }
+
+    /// A slot's scratch directory: what its private `/tmp` and `/var/tmp` are, removed when
+    /// the slot is released.
+    pub fn scratch_dir(&self, slot_name: &str) -> PathBuf {
+        self.data_dir().join("scratch").join(slot_name)
+    }
+
+    /// The site configuration file: `$TRACKER_CONFIG`, else `/etc/tracker/tracker.toml`.
+    pub fn config_file() -> PathBuf {
+        std::env::var_os(CONFIG_ENV).map_or_else(|| PathBuf::from(CONFIG_FILE), PathBuf::from)
     }
 
     pub fn registry_file(&self) -> PathBuf {

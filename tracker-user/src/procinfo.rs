@@ -17,6 +17,10 @@ pub struct ProcessInfo {
     pub comm: String,
     pub uid: u32,
     pub threads: u32,
+    /// The pid inside the process's own PID namespace, where that is not the machine's
+    /// (`--pid-ns`): what the job itself sees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
     pub cmdline: Vec<String>,
 }
 
@@ -41,8 +45,18 @@ pub fn describe(tid: u32, tag: &TaskTag) -> Option<ProcessInfo> {
         comm: stat.comm,
         uid: proc.uid().unwrap_or(u32::MAX),
         threads: stat.num_threads.max(0) as u32,
+        ns_pid: ns_pid(tid),
         cmdline: proc.cmdline().unwrap_or_default(),
     })
+}
+
+/// The innermost pid of `NSpid:` in `/proc/<tid>/status`, if the task is in a nested PID
+/// namespace.
+fn ns_pid(tid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    let ids: Vec<&str> = line.split_whitespace().collect();
+    if ids.len() < 2 { None } else { ids.last()?.parse().ok() }
 }
 
 /// The kernel stack of a task, for diagnosing one that will not die (D state on NFS...).

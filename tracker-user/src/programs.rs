@@ -92,6 +92,7 @@ pub const NET_INGRESS: &str = "trk_net_ingress";
 pub const NET_EGRESS: &str = "trk_net_egress";
 pub const CGROUP_MOVE: &str = "trk_cgroup_move";
 pub const DEVICE: &str = "trk_device";
+pub const OOM: &str = "trk_oom";
 
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
@@ -173,6 +174,14 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::TpBtf],
         purpose: "reports a tagged task moved out of its slot's cgroup (watch)",
+    },
+    ProgramSpec {
+        name: OOM,
+        kind: Kind::BtfTracePoint("mark_victim"),
+        attach: Attach::Pinned,
+        required: false,
+        needs: &[Need::TpBtf],
+        purpose: "reports a tagged task chosen by the OOM killer (watch)",
     },
     sock_addr("trk_connect4", SockAddrHook::Connect4),
     sock_addr("trk_connect6", SockAddrHook::Connect6),

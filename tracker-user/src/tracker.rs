@@ -11,6 +11,7 @@ use tracker_common::{SLOT_ACTIVE, SlotControl, TaskTag};
 use crate::{
     cgroup::{Cgroups, SlotCgroups},
     error::{Error, Result},
+    isolation,
     limits::Limits,
     maps::Maps,
     paths::Paths,
@@ -219,6 +220,7 @@ impl Tracker {
             maps.reset_counters(rec.id)?;
             maps.forget_memory_of(rec.id)?;
             PolicyMaps::open(&self.paths)?.clear(rec.id)?;
+            isolation::remove_scratch(&self.paths, name)?;
             reg.slots.retain(|s| s.name != name);
             Ok(())
         })

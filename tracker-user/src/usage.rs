@@ -50,6 +50,10 @@ pub struct Usage {
     pub processes_started: u64,
     pub execs: u64,
     pub exits_by_signal: u64,
+    /// Forks refused because the slot was at its `tasks-max` (from the slot's pids cgroup).
+    pub forks_refused: u64,
+    /// Processes of the slot the OOM killer killed (from the slot's memory cgroup).
+    pub oom_kills: u64,
 }
 
 impl Usage {
@@ -132,6 +136,8 @@ fn build(rec: &SlotRecord, ctl: &SlotControl, c: &SlotCounters, live: &Live) -> 
         processes_started: c.procs_started,
         execs: c.execs,
         exits_by_signal: c.exits_by_signal,
+        forks_refused: rec.cgroups.forks_refused(),
+        oom_kills: rec.cgroups.oom_kills(),
     }
 }
 

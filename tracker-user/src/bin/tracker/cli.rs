@@ -79,6 +79,8 @@ pub enum Command {
         summary: Option<std::path::PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        isolation: IsolationArgs,
         /// The command and its arguments
         #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
@@ -153,6 +155,42 @@ pub struct LimitArgs {
     /// Devices the job may not open, MAJOR:MINOR,... (MINOR may be *; e.g. 195:* hides NVIDIA GPUs)
     #[arg(long, value_name = "LIST", value_parser = parse_devices)]
     pub deny_device: Option<DeviceList>,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct IsolationArgs {
+    /// Give the job its own /tmp and /var/tmp (removed when the slot is released)
+    #[arg(long)]
+    pub private_tmp: bool,
+    /// Run the job in its own PID namespace (it sees and signals only its own processes)
+    #[arg(long)]
+    pub pid_ns: bool,
+    /// Run the job chrooted into DIR, the working directory bind-mounted inside
+    #[arg(long, value_name = "DIR", conflicts_with = "root_name")]
+    pub root: Option<std::path::PathBuf>,
+    /// Run the job in the root directory NAME of the site configuration's [roots] table
+    #[arg(long, value_name = "NAME")]
+    pub root_name: Option<String>,
+    /// Run the job as USER (name or uid), with no_new_privs and no capabilities
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+}
+
+impl IsolationArgs {
+    pub fn to_isolation(&self) -> tracker::Result<tracker::Isolation> {
+        let root = match &self.root_name {
+            Some(name) => {
+                Some(tracker::isolation::named_root(&tracker::Paths::config_file(), name)?)
+            }
+            None => self.root.clone(),
+        };
+        Ok(tracker::Isolation {
+            private_tmp: self.private_tmp,
+            pid_ns: self.pid_ns,
+            root,
+            user: self.user.clone(),
+        })
+    }
 }
 
 /// Lists parse as one value each (clap would take a bare `Vec` for repeated values).

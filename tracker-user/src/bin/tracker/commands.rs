@@ -58,6 +58,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             kill_timeout,
             summary,
             limits,
+            isolation,
             command,
         } => {
             let t = Tracker::open(paths)?;
@@ -73,18 +74,16 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 // it would wait for the job to end.
                 let (out, err) = detached_output(output_file.as_deref())?;
                 cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-                let (rec, warnings) = t.create_slot(&spec)?;
+                let (rec, warnings, _child) =
+                    t.start(&spec, &mut cmd, &isolation.to_isolation()?, true)?;
                 output::warnings(&warnings);
-                if let Err(e) = t.spawn(&rec.name, &mut cmd, true) {
-                    let _ = t.release(&rec.name);
-                    return Err(e.into());
-                }
                 println!("{}", rec.name);
                 return Ok(ExitCode::SUCCESS);
             }
             let opts = RunOptions {
                 keep_slot: keep,
                 kill: KillOptions { timeout: seconds(kill_timeout)? },
+                isolation: isolation.to_isolation()?,
             };
             let outcome = t.run(&spec, &mut cmd, &opts)?;
             output::run_outcome(&outcome);

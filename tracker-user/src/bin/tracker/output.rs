@@ -166,12 +166,13 @@ pub fn processes(procs: &[ProcessInfo], json: bool) -> Result<()> {
         return print_json(procs);
     }
     let now = boottime_ns();
+    let any_ns = procs.iter().any(|p| p.ns_pid.is_some());
     let rows: Vec<Vec<String>> = procs
         .iter()
         .map(|p| {
             let cmd =
                 if p.cmdline.is_empty() { format!("[{}]", p.comm) } else { p.cmdline.join(" ") };
-            vec![
+            let mut row = vec![
                 p.pid.to_string(),
                 p.ppid.to_string(),
                 elapsed(now.saturating_sub(p.start_time_ns)),
@@ -179,10 +180,18 @@ pub fn processes(procs: &[ProcessInfo], json: bool) -> Result<()> {
                 p.threads.to_string(),
                 p.uid.to_string(),
                 cmd,
-            ]
+            ];
+            if any_ns {
+                row.insert(1, p.ns_pid.map_or_else(|| "-".into(), |n| n.to_string()));
+            }
+            row
         })
         .collect();
-    table(&["PID", "PPID", "ELAPSED", "S", "THR", "UID", "COMMAND"], &rows);
+    let mut head = vec!["PID", "PPID", "ELAPSED", "S", "THR", "UID", "COMMAND"];
+    if any_ns {
+        head.insert(1, "NSPID");
+    }
+    table(&head, &rows);
     Ok(())
 }
 
@@ -226,6 +235,14 @@ pub fn run_outcome(o: &RunOutcome) {
         o.slot, o.exit_code, l.killed, l.elapsed_ms
     );
     let u = &o.usage;
+    if o.killed_for_memory {
+        eprintln!(
+            "tracker: slot {}: KILLED FOR MEMORY: it went over its memory limit (peak {}); \
+             the whole slot was killed",
+            o.slot,
+            bytes(u.memory_peak_bytes)
+        );
+    }
     eprintln!(
         "tracker: usage of the whole tree ({} processes, {} execs):",
         u.processes_started, u.execs
@@ -254,6 +271,7 @@ pub fn event(e: &tracker::events::WatchEvent, json: bool) -> Result<()> {
             K::LeftCgroup => {
                 format!("left its cgroup: {} {} -> cgroup {}", e.pid, e.comm, e.cgroup_id)
             }
+            K::Oom => format!("OOM killer chose {} {}", e.pid, e.comm),
             K::SlotEmpty => "empty".into(),
             K::Lost => format!("LOST {} event(s)", e.lost),
             K::KillDone => "kill done".into(),
@@ -309,6 +327,10 @@ fn usage_lines(u: &Usage) -> Vec<String> {
             u.exits_by_signal
         ),
         format!("faults    {} minor, {} major", u.minor_faults, u.major_faults),
+        format!(
+            "limits    {} fork(s) refused at tasks-max; {} process(es) killed for memory",
+            u.forks_refused, u.oom_kills
+        ),
     ]
 }
 

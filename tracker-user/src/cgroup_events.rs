@@ -1,0 +1,100 @@
+//! What a slot's cgroups counted (OOM kills, forks refused by `pids.max`), and a wait for the
+//! slot's next OOM kill on cgroup v1, where the kernel kills one process and not the job.
+//!
+//! cgroup v2 has `memory.oom.group`: the kernel itself kills the whole cgroup. v1 has no such
+//! switch, so whoever runs the job (`tracker run`, the daemon) waits on the v1 OOM
+//! notification (an eventfd registered in `cgroup.event_control`) and kills the slot.
+use std::{
+    fs, io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use crate::{
+    cgroup::SlotCgroups,
+    error::{Error, IoContext as _, Result},
+};
+
+impl SlotCgroups {
+    /// Processes the OOM killer killed in the slot's memory cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let v2 = self.unified.as_ref().map(|d| d.join("memory.events")).filter(|p| p.exists());
+        let file = v2.or_else(|| self.v1.get("memory").map(|d| d.join("memory.oom_control")));
+        file.map_or(0, |f| keyed(&f, "oom_kill"))
+    }
+
+    /// Forks refused because the slot was at its `tasks-max`.
+    pub fn forks_refused(&self) -> u64 {
+        let v2 = self.unified.as_ref().map(|d| d.join("pids.events")).filter(|p| p.exists());
+        let file = v2.or_else(|| self.v1.get("pids").map(|d| d.join("pids.events")));
+        file.map_or(0, |f| keyed(&f, "max"))
+    }
+
+    /// Whether the kernel kills the whole slot on OOM by itself (cgroup v2 `memory.oom.group`).
+    fn oom_kills_group(&self) -> bool {
+        self.unified.as_ref().is_some_and(|d| {
+            fs::read_to_string(d.join("memory.oom.group")).is_ok_and(|s| s.trim() == "1")
+        })
+    }
+}
+
+/// `key N` from a flat-keyed cgroup file; 0 when absent.
+fn keyed(file: &std::path::Path, key: &str) -> u64 {
+    fs::read_to_string(file)
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse().ok()).flatten()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// A registered v1 OOM notification for one slot: readable once the slot's memory cgroup has
+/// been under OOM.
+pub struct OomWatch {
+    event: OwnedFd,
+    // The registration lasts while the control file stays open.
+    _control: fs::File,
+}
+
+impl OomWatch {
+    /// Register for the slot's OOM notifications, where the kernel would kill only one
+    /// process of it. None where there is nothing to do (v2 with `memory.oom.group`, or no
+    /// memory cgroup).
+    pub fn new(cg: &SlotCgroups) -> Result<Option<Self>> {
+        if cg.oom_kills_group() {
+            return Ok(None);
+        }
+        let Some(dir) = cg.v1.get("memory") else { return Ok(None) };
+        let control = fs::File::open(dir.join("memory.oom_control"))
+            .ctx(|| format!("opening {}/memory.oom_control", dir.display()))?;
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::io("creating an eventfd", io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor we now own.
+        let event = unsafe { OwnedFd::from_raw_fd(fd) };
+        let line = format!("{} {}", event.as_raw_fd(), control.as_raw_fd());
+        fs::write(dir.join("cgroup.event_control"), line)
+            .ctx(|| format!("registering for OOM events in {}", dir.display()))?;
+        Ok(Some(Self { event, _control: control }))
+    }
+
+    /// Wait until the slot is under OOM (true) or `stop` becomes readable (false).
+    pub fn wait(&self, stop: &OwnedFd) -> bool {
+        let mut fds = [
+            libc::pollfd { fd: self.event.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        loop {
+            // SAFETY: polling two descriptors we hold, with a correctly sized array.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return n > 0 && fds[0].revents & libc::POLLIN != 0 && fds[1].revents == 0;
+        }
+    }
+}
