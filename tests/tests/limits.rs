@@ -426,3 +426,24 @@ fn a_hundred_slots_created_and_released_leave_nothing() {
     let st = inst.cli_ok(&["status"]);
     assert!(st.contains("0 slot(s) in use"), "{st}");
 }
+
+#[test]
+fn a_limit_nothing_can_enforce_is_refused() {
+    let Some(inst) = Instance::start() else { return };
+    // Without cgroups the kernel tag still tracks and kills, but nothing enforces limits.
+    for opt in [
+        &["--memory-max", "1G"][..],
+        &["--tasks-max", "10"],
+        &["--deny-network"],
+        &["--deny-device", "1:5"],
+    ] {
+        let mut a = vec!["run"];
+        a.extend_from_slice(opt);
+        a.extend_from_slice(&["--", "true"]);
+        let out = inst.cli().args(&a).env("TRACKER_CGROUPS", "off").output().unwrap();
+        let (_, e) = text(&out);
+        assert!(!out.status.success(), "{opt:?} accepted without cgroups");
+        assert!(e.contains("cannot be enforced here"), "{opt:?}: {e}");
+        assert_nothing_left(&inst);
+    }
+}

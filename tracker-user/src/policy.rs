@@ -32,6 +32,34 @@ fn open(paths: &Paths, name: &str) -> Result<aya::maps::Map> {
     aya::maps::Map::from_map_data(data).map_err(|e| Error::bpf(format!("opening {name}"), e))
 }
 
+/// Refuse a network or device limit that nothing would enforce: the programs attach to the
+/// instance's cgroup v2 directory, so the slot needs a cgroup2 directory and the programs
+/// must be attached.
+pub fn check_enforceable(paths: &Paths, limits: &Limits, has_cgroup2: bool) -> Result<()> {
+    let wanted = [
+        (limits.network.is_some(), "deny-network/allow-connect", "trk_connect4"),
+        (!limits.deny_devices.is_empty(), "deny-device", "trk_device"),
+    ];
+    for (asked, limit, program) in wanted {
+        if !asked {
+            continue;
+        }
+        if !has_cgroup2 {
+            return Err(Error::LimitUnavailable {
+                limit,
+                missing: "a cgroup2 hierarchy for the slot (its programs attach to cgroup2)",
+            });
+        }
+        if !paths.link_pin(program).exists() {
+            return Err(Error::LimitUnavailable {
+                limit,
+                missing: "its program is not attached (see `tracker status`)",
+            });
+        }
+    }
+    Ok(())
+}
+
 impl PolicyMaps {
     pub fn open(paths: &Paths) -> Result<Self> {
         let m = |e| Error::bpf("a policy map", e);

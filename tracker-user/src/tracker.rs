@@ -15,7 +15,7 @@ use crate::{
     limits::Limits,
     maps::Maps,
     paths::Paths,
-    policy::PolicyMaps,
+    policy::{self, PolicyMaps},
     procinfo::{self, ProcessInfo},
     registry::{self, SlotRecord},
     sys,
@@ -97,8 +97,10 @@ impl Tracker {
             let generation = reg.next_generation;
             reg.next_generation += 1;
             let (cgroups, warnings) = self.cgroups.create(&spec.name, &spec.limits)?;
-            if let Err(e) =
-                PolicyMaps::open(&self.paths).and_then(|mut p| p.apply(id, &spec.limits))
+            let has_cgroup2 = cgroups.unified.is_some();
+            if let Err(e) = policy::check_enforceable(&self.paths, &spec.limits, has_cgroup2)
+                .and_then(|()| PolicyMaps::open(&self.paths))
+                .and_then(|mut p| p.apply(id, &spec.limits))
             {
                 let _ = self.cgroups.remove(&cgroups);
                 return Err(e);
@@ -238,6 +240,7 @@ impl Tracker {
             let mut new = rec.limits.clone();
             new.merge(change);
             new.validate()?;
+            policy::check_enforceable(&self.paths, change, rec.cgroups.unified.is_some())?;
             rec.cgroups.apply(change)?;
             PolicyMaps::open(&self.paths)?.apply(rec.id, &new)?;
             rec.limits = new.clone();
