@@ -82,6 +82,10 @@ impl OomWatch {
         Ok(Some(Self { event, _control: control }))
     }
 
+    pub(crate) fn event_fd(&self) -> std::os::fd::RawFd {
+        self.event.as_raw_fd()
+    }
+
     /// Wait until the slot is under OOM (true) or `stop` becomes readable (false).
     pub fn wait(&self, stop: &OwnedFd) -> bool {
         let mut fds = [

@@ -18,6 +18,7 @@ pub mod launch;
 pub mod limits;
 pub mod loader;
 pub mod maps;
+mod oom_guard;
 pub mod paths;
 mod pidfd;
 pub mod policy;
