@@ -17,6 +17,8 @@ use std::{
 
 use tracker::{KillOptions, LoadOptions, Paths, Tracker, loader};
 
+pub mod daemon;
+
 /// The C helper with one escape trick per mode (tests/helpers/escape.c).
 pub const ESCAPE: &str = env!("ESCAPE_HELPER");
 
@@ -112,20 +114,16 @@ impl Instance {
         assert_eq!(out.trim(), slot);
     }
 
-    /// The pids `tracker ps SLOT --json` reports.
+    /// The processes `tracker ps SLOT --json` reports.
     pub fn ps(&self, slot: &str) -> Vec<Proc> {
-        let out = self.cli_ok(&["ps", slot, "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|p| Proc {
-                pid: p["pid"].as_u64().unwrap() as u32,
-                ppid: p["ppid"].as_u64().unwrap() as u32,
-                comm: p["comm"].as_str().unwrap().to_owned(),
-                threads: p["threads"].as_u64().unwrap() as u32,
-            })
-            .collect()
+        parse_ps(&self.cli_ok(&["ps", slot, "--json"]))
+    }
+
+    /// As `ps`, but `None` while the slot does not exist (yet): for waiting on a slot that
+    /// another process is creating.
+    pub fn ps_if_exists(&self, slot: &str) -> Option<Vec<Proc>> {
+        let out = self.cli_output(&["ps", slot, "--json"]);
+        out.status.success().then(|| parse_ps(&String::from_utf8_lossy(&out.stdout)))
     }
 
     /// `tracker kill SLOT --json`, asserting exit 0 and no survivors.
@@ -152,6 +150,20 @@ impl Drop for Instance {
             eprintln!("warning: unloading test instance {}: {e}", self.name);
         }
     }
+}
+
+fn parse_ps(json: &str) -> Vec<Proc> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| Proc {
+            pid: p["pid"].as_u64().unwrap() as u32,
+            ppid: p["ppid"].as_u64().unwrap() as u32,
+            comm: p["comm"].as_str().unwrap().to_owned(),
+            threads: p["threads"].as_u64().unwrap() as u32,
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

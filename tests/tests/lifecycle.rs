@@ -143,8 +143,11 @@ fn slots_survive_the_tracker_process_being_killed() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Until the command runs, the tracker still holds it between fork and exec.
-    assert!(wait_for(T, || inst.ps("surv").iter().any(|p| p.comm == "sleep")));
+    // Until the command runs, the tracker still holds it between fork and exec; the slot
+    // itself appears only once `tracker run` has made it.
+    assert!(wait_for(T, || {
+        inst.ps_if_exists("surv").is_some_and(|ps| ps.iter().any(|p| p.comm == "sleep"))
+    }));
     // SIGKILL: no cleanup of any kind runs.
     run.kill().unwrap();
     run.wait().unwrap();

@@ -359,6 +359,12 @@ impl SlotCgroups {
         false
     }
 
+    /// Whether the slot has a cgroup that can be frozen.
+    pub fn has_freezer(&self) -> bool {
+        self.unified.as_ref().is_some_and(|d| d.join("cgroup.freeze").exists())
+            || self.v1.get("freezer").is_some_and(|d| d.join("freezer.state").exists())
+    }
+
     pub fn thaw(&self) {
         if let Some(dir) = &self.unified {
             let _ = fs::write(dir.join("cgroup.freeze"), "0");

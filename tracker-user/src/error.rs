@@ -69,6 +69,9 @@ pub enum Error {
     #[error("refusing to adopt pid {pid}: {why}")]
     RefusedAdopt { pid: u32, why: &'static str },
 
+    #[error("invalid signal: {0}")]
+    InvalidSignal(String),
+
     #[error("invalid limit: {0}")]
     InvalidLimit(String),
 
@@ -77,6 +80,15 @@ pub enum Error {
 
     #[error("no user {0:?} on this machine (see `getent passwd`)")]
     UnknownUser(String),
+
+    #[error("no group {0:?} on this machine (see `getent group`)")]
+    UnknownGroup(String),
+
+    #[error("configuration {}: {detail}", .path.display())]
+    Config { path: PathBuf, detail: String },
+
+    #[error("daemon: {0}")]
+    Daemon(String),
 
     #[error("cannot isolate the job: {0}")]
     Isolation(String),

@@ -74,7 +74,10 @@ pub struct Watcher {
     maps: Maps,
     names: BTreeMap<u32, String>,
     /// Slots that had tasks: an exit that leaves one empty makes a slot-empty event.
-    busy: BTreeMap<u32, bool>,
+    /// Per slot id, its generation and tasks-started count when it was last reported empty:
+    /// a slot is empty again only after a task started in it since (a fork or an adoption),
+    /// so a late exit event never reports it twice.
+    emptied: BTreeMap<u32, (u64, u64)>,
     seq: u64,
     lost_seen: u64,
     _lock: File,
@@ -116,7 +119,7 @@ impl Watcher {
             config,
             maps,
             names: BTreeMap::new(),
-            busy: BTreeMap::new(),
+            emptied: BTreeMap::new(),
             seq: 0,
             lost_seen,
             _lock: lock,
@@ -168,7 +171,11 @@ impl Watcher {
             out.push(self.make(EventKind::Lost, &Event::default(), lost - self.lost_seen));
             self.lost_seen = lost;
         }
-        for ev in raw {
+        // The live count is read now, not when each exit happened: a slot whose count is 0
+        // is empty after the last of its events in this batch, not after the first exit.
+        let last_of_slot: BTreeMap<u32, usize> =
+            raw.iter().enumerate().map(|(i, ev)| (ev.slot, i)).collect();
+        for (i, ev) in raw.iter().enumerate() {
             let kind = match ev.kind {
                 EVENT_FORK => EventKind::Fork,
                 EVENT_EXEC => EventKind::Exec,
@@ -177,16 +184,25 @@ impl Watcher {
                 EVENT_OOM => EventKind::Oom,
                 _ => continue,
             };
-            self.busy.insert(ev.slot, true);
-            out.push(self.make(kind, &ev, 0));
+            out.push(self.make(kind, ev, 0));
             if kind == EventKind::Exit
-                && self.maps.control(ev.slot).is_ok_and(|c| c.live_tasks == 0)
-                && self.busy.insert(ev.slot, false) == Some(true)
+                && last_of_slot.get(&ev.slot) == Some(&i)
+                && let Some(now) = self.emptied_now(ev.slot)
             {
-                out.push(self.make(EventKind::SlotEmpty, &Event { slot: ev.slot, ..ev }, 0));
+                self.emptied.insert(ev.slot, now);
+                out.push(self.make(EventKind::SlotEmpty, &Event { slot: ev.slot, ..*ev }, 0));
             }
         }
         Ok(out)
+    }
+
+    /// The slot's (generation, tasks started) if it has no live task now and had one since it
+    /// was last reported empty.
+    fn emptied_now(&self, slot: u32) -> Option<(u64, u64)> {
+        let ctl = self.maps.control(slot).ok().filter(|c| c.live_tasks == 0)?;
+        let started = self.maps.counters(slot).ok()?.tasks_started;
+        let now = (ctl.generation, started);
+        (self.emptied.get(&slot) != Some(&now)).then_some(now)
     }
 
     /// An event made outside the kernel (e.g. kill done), numbered in the same sequence.

@@ -20,7 +20,7 @@ use tracker_common::{SLOT_DOOMED, TaskTag};
 
 use crate::{
     error::{Error, Result},
-    pidfd, procinfo, programs,
+    procinfo, programs,
     registry::SlotRecord,
     tracker::Tracker,
 };
@@ -110,7 +110,7 @@ impl Tracker {
         if froze && self.cgroup_is_all_tagged(rec, &tags, &mut warnings) {
             rec.cgroups.kill_all();
         }
-        self.signal_tags(&tags, rec.id);
+        self.signal_tags(&tags, rec.id, libc::SIGKILL);
         rec.cgroups.thaw();
 
         let deadline = start + opts.timeout;
@@ -123,13 +123,17 @@ impl Tracker {
             if Instant::now() >= deadline {
                 break tags;
             }
-            self.signal_tags(&tags, rec.id);
+            self.signal_tags(&tags, rec.id, libc::SIGKILL);
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         };
         drop(doom);
         if remaining.is_empty() {
             self.maps().set_flags(rec.id, 0, SLOT_DOOMED)?;
+        }
+        // The kill thawed what a suspend froze.
+        if rec.suspended {
+            crate::signal::set_suspended(self, &rec.name, false)?;
         }
         // Otherwise the slot stays doomed: a survivor that wakes up dies at its next fork or
         // exec, and a later kill starts where this one stopped.
@@ -163,27 +167,6 @@ impl Tracker {
             ));
         }
         strangers.is_empty()
-    }
-
-    /// SIGKILL each tagged process once, through a pidfd verified against its tag.
-    fn signal_tags(&self, tags: &[(u32, TaskTag)], slot: u32) {
-        let mut done = BTreeSet::new();
-        for (tid, tag) in tags {
-            if done.contains(&tag.tgid) {
-                continue;
-            }
-            let Ok(fd) = pidfd::open_task(*tid, tag.tgid) else {
-                continue;
-            };
-            // The tag is removed at exit, before the pid can be reused: if it is still there
-            // now, after the pidfd was opened, the pidfd is on the tagged task.
-            let same = self.maps().tag(*tid).ok().flatten();
-            if same.is_some_and(|t| t.slot == slot && t.start_ns == tag.start_ns)
-                && pidfd::send_signal(&fd, libc::SIGKILL).is_ok()
-            {
-                done.insert(tag.tgid);
-            }
-        }
     }
 }
 

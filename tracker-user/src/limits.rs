@@ -45,6 +45,34 @@ pub struct DeviceRule {
     pub minor: Option<u32>,
 }
 
+/// As `parse_allow_list` reads it: `10.0.0.0/8:443`, `127.0.0.1`, `[2001:db8::/32]:22`.
+impl std::fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let full = if self.addr.is_ipv4() { 32 } else { 128 };
+        let net = if self.prefix == full {
+            self.addr.to_string()
+        } else {
+            format!("{}/{}", self.addr, self.prefix)
+        };
+        match (self.addr.is_ipv4(), self.port) {
+            (true, 0) => f.write_str(&net),
+            (true, port) => write!(f, "{net}:{port}"),
+            (false, 0) => write!(f, "[{net}]"),
+            (false, port) => write!(f, "[{net}]:{port}"),
+        }
+    }
+}
+
+/// As `parse_devices` reads it: `195:*`, `1:5`.
+impl std::fmt::Display for DeviceRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.minor {
+            Some(minor) => write!(f, "{}:{minor}", self.major),
+            None => write!(f, "{}:*", self.major),
+        }
+    }
+}
+
 /// `CIDR[:PORT],...`: `10.0.0.0/8:443`, `127.0.0.1`, `[2001:db8::/32]:22`, `[::1]`.
 pub fn parse_allow_list(s: &str) -> Result<Vec<AllowRule>> {
     s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(parse_allow_rule).collect()
@@ -200,6 +228,17 @@ mod tests {
         for bad in ["10.0.0.0/33", "300.0.0.1", "10.0.0.1:0", "10.0.0.1:x", "[::1", "host:80"] {
             assert!(parse_allow_list(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn rules_print_as_they_parse() {
+        let text = "10.0.0.0/8:443,127.0.0.1,[2001:db8::/32]:22,[::1]";
+        let rules = parse_allow_list(text).unwrap();
+        let shown: Vec<String> = rules.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.join(","), text);
+        let devices = parse_devices("195:*,1:5").unwrap();
+        let shown: Vec<String> = devices.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.join(","), "195:*,1:5");
     }
 
     #[test]

@@ -151,6 +151,16 @@ impl Paths {
         self.state_dir().join("lock")
     }
 
+    /// The daemon's gRPC socket (`/run/tracker/tracker.sock` for the default instance).
+    pub fn socket_file(&self) -> PathBuf {
+        self.state_dir().join("tracker.sock")
+    }
+
+    /// Held by the instance's one daemon.
+    pub fn daemon_lock_file(&self) -> PathBuf {
+        self.state_dir().join("daemon.lock")
+    }
+
     /// Held by the one process that reads the kernel's event stream.
     pub fn events_lock_file(&self) -> PathBuf {
         self.state_dir().join("events.lock")

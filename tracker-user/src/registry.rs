@@ -37,6 +37,9 @@ pub struct SlotRecord {
     pub cgroups: SlotCgroups,
     #[serde(default)]
     pub limits: Limits,
+    /// Suspended (`Tracker::suspend`) and not resumed since.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -82,6 +85,21 @@ impl StateLock {
     /// The lock adoptions take (not the registry's: an adoption reads the registry).
     pub fn adoption(paths: &Paths) -> Result<Self> {
         Self::take_file(paths, &paths.adopt_lock_file(), libc::LOCK_EX)
+    }
+
+    /// Held by the one daemon of the instance, for as long as it runs.
+    pub fn daemon(paths: &Paths) -> Result<Self> {
+        Self::take_file(paths, &paths.daemon_lock_file(), libc::LOCK_EX | libc::LOCK_NB).map_err(
+            |e| match e {
+                Error::Io { cause, .. } if cause.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    Error::Daemon(format!(
+                        "another daemon runs for instance {}: stop it first",
+                        paths.instance()
+                    ))
+                }
+                e => e,
+            },
+        )
     }
 
     fn take(paths: &Paths, how: libc::c_int) -> Result<Self> {

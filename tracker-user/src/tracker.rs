@@ -55,6 +55,8 @@ pub struct SlotStatus {
     pub doom_kills: u64,
     pub tag_failures: u64,
     pub doomed: bool,
+    /// Suspended and not resumed since.
+    pub suspended: bool,
     pub cpu_seconds: f64,
     pub memory_current_bytes: u64,
     pub memory_peak_bytes: u64,
@@ -88,6 +90,7 @@ impl Tracker {
     /// Create a slot. Returns its record and any warnings (a cgroup that could not be made).
     pub fn create_slot(&self, spec: &SlotSpec) -> Result<(SlotRecord, Vec<String>)> {
         validate_slot_name(&spec.name)?;
+        spec.limits.validate()?;
         registry::update(&self.paths, |reg| {
             if reg.find(&spec.name).is_some() {
                 return Err(Error::SlotExists(spec.name.clone()));
@@ -123,6 +126,7 @@ impl Tracker {
                 created_unix_ms: now_ms(),
                 cgroups,
                 limits: spec.limits.clone(),
+                suspended: false,
             };
             reg.slots.push(record.clone());
             Ok((record, warnings))
@@ -158,6 +162,7 @@ impl Tracker {
             doom_kills: c.doom_kills,
             tag_failures: c.tag_failures,
             doomed: ctl.flags & tracker_common::SLOT_DOOMED != 0,
+            suspended: rec.suspended,
             cpu_seconds: usage.cpu_seconds(),
             memory_current_bytes: usage.memory_current_bytes,
             memory_peak_bytes: usage.memory_peak_bytes,

@@ -40,6 +40,26 @@ pub fn resolve(spec: &str) -> Result<UserIds> {
     Ok(UserIds { groups: groups_of(&name, gid)?, name, uid, gid, home, shell })
 }
 
+/// A group name, or a gid (which need not have a group entry).
+pub fn resolve_group(spec: &str) -> Result<u32> {
+    if let Ok(gid) = spec.parse::<u32>() {
+        return Ok(gid);
+    }
+    let unknown = || Error::UnknownGroup(spec.to_owned());
+    let name = CString::new(spec).map_err(|_| unknown())?;
+    // SAFETY: `group` is plain data (integers and pointers), for which zero is valid.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    // SAFETY: the buffers outlive the call; `out` is set to `&gr` or NULL.
+    let rc =
+        unsafe { libc::getgrnam_r(name.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return Err(unknown());
+    }
+    Ok(gr.gr_gid)
+}
+
 fn groups_of(name: &str, gid: u32) -> Result<Vec<u32>> {
     let cname = CString::new(name).map_err(|_| Error::UnknownUser(name.to_owned()))?;
     let mut groups = vec![0 as libc::gid_t; 64];
@@ -74,5 +94,12 @@ mod tests {
         assert!(root.groups.contains(&0));
         assert_eq!(resolve("0").unwrap().name, "root");
         assert!(matches!(resolve("no-such-user-xyz"), Err(Error::UnknownUser(_))));
+    }
+
+    #[test]
+    fn groups_resolve() {
+        assert_eq!(resolve_group("root").unwrap(), 0);
+        assert_eq!(resolve_group("4242").unwrap(), 4242);
+        assert!(matches!(resolve_group("no-such-group-xyz"), Err(Error::UnknownGroup(_))));
     }
 }

@@ -4,6 +4,7 @@
 //! - `bench`: overhead and kill-time benchmarks against a no-tracker baseline.
 mod bench;
 mod prereqs;
+mod python;
 mod run;
 mod slurm;
 mod test;

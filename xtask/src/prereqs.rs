@@ -38,17 +38,10 @@ fn ensure_llvm() -> Result<()> {
         return Ok(());
     }
     say(&format!("LLVM {LLVM_MAJOR}: installing {} with apt-get", LLVM_PACKAGES.join(" ")));
-    let apt = |args: &[&str]| {
-        let mut c = Command::new("apt-get");
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        quiet(&mut c).map(|_| ())
-    };
-    apt(&["update", "-qq"])
-        .and_then(|()| apt(&[&["install", "-y", "-qq"][..], LLVM_PACKAGES].concat()))
-        .context(format!(
-            "cannot install LLVM {LLVM_MAJOR}: install {} by hand (Debian/Ubuntu apt repositories)",
-            LLVM_PACKAGES.join(" ")
-        ))
+    crate::run::apt_install(LLVM_PACKAGES).context(format!(
+        "cannot install LLVM {LLVM_MAJOR}: install {} by hand (Debian/Ubuntu apt repositories)",
+        LLVM_PACKAGES.join(" ")
+    ))
 }
 
 /// bpf-linker reads the LLVM bitcode rustc writes, so nightly's LLVM must be the one

@@ -25,6 +25,17 @@ pub fn quiet(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// `apt-get update` then `apt-get install` of Debian packages, quietly.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        quiet(&mut c).map(|_| ())
+    };
+    apt(&["update", "-qq"])?;
+    apt(&[&["install", "-y", "-qq"][..], packages].concat())
+}
+
 /// Run `cmd` with its output shown as it comes.
 pub fn status(cmd: &mut Command) -> Result<()> {
     let st = cmd.status().with_context(|| format!("cannot start {}", show(cmd)))?;

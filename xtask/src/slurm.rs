@@ -1,11 +1,9 @@
 //! What the Slurm integration test (tests/tests/slurm.rs) needs: Debian's Slurm daemons and
 //! client, munge, and the SPANK header the plugin is built against. Installed with apt-get
 //! where missing; one line says what was found or done.
-use std::{path::Path, process::Command};
+use std::path::Path;
 
-use anyhow::Result;
-
-use crate::run::quiet;
+use crate::run::apt_install;
 
 /// Each package, and a file it installs that tells whether it is there.
 const PACKAGES: &[(&str, &str)] = &[
@@ -36,14 +34,4 @@ pub fn ensure_packages() {
             e.to_string().lines().next().unwrap_or_default()
         ),
     }
-}
-
-fn apt_install(packages: &[&str]) -> Result<()> {
-    let apt = |args: &[&str]| {
-        let mut c = Command::new("apt-get");
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        quiet(&mut c).map(|_| ())
-    };
-    apt(&["update", "-qq"])?;
-    apt(&[&["install", "-y", "-qq"][..], packages].concat())
 }

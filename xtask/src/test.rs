@@ -27,6 +27,9 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     crate::slurm::ensure_packages();
     let mut test = cargo();
     test.args(["test", "--no-fail-fast"]).env("TRACKER_BIN", &bin);
+    if let Some(python) = crate::python::ensure_venv() {
+        test.env("TRACKER_TEST_PYTHON", python);
+    }
     if strict {
         test.env("TRACKER_TEST_STRICT", "1");
         println!("xtask: CI: kernel tests may not skip");

@@ -116,6 +116,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a signal to every process of a slot
+    Signal {
+        slot: String,
+        /// A name (TERM, SIGUSR1) or a number (15)
+        #[arg(value_parser = parse_signal)]
+        signal: i32,
+    },
+    /// Stop every process of a slot where it is (freeze its cgroup, SIGSTOP what left it)
+    Freeze { slot: String },
+    /// Let a frozen slot run again
+    Thaw { slot: String },
     /// Forget an empty slot
     Release { slot: String },
     /// Change the limits of a running slot (only those given)
@@ -123,6 +134,12 @@ pub enum Command {
         slot: String,
         #[command(flatten)]
         limits: LimitArgs,
+    },
+    /// Serve the gRPC API (Unix socket) and Prometheus metrics, until SIGTERM
+    Daemon {
+        /// The site configuration [default: $TRACKER_CONFIG, else /etc/tracker/tracker.toml]
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
     },
     /// Print the events of tagged tasks as they happen (fork, exec, exit, slot empty, ...)
     Watch {
@@ -206,6 +223,10 @@ fn parse_allow(s: &str) -> Result<AllowList, String> {
 
 fn parse_devices(s: &str) -> Result<DeviceList, String> {
     tracker::limits::parse_devices(s).map(DeviceList).map_err(|e| e.to_string())
+}
+
+fn parse_signal(s: &str) -> Result<i32, String> {
+    tracker::signal::parse_signal(s).map_err(|e| e.to_string())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -120,6 +120,15 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::kill(&r, json)?;
             Ok(if r.is_complete() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
+        Command::Daemon { config } => {
+            // A file named explicitly must exist; the default one may be absent (defaults).
+            let required =
+                config.is_some() || std::env::var_os(tracker::paths::CONFIG_ENV).is_some();
+            let file = config.unwrap_or_else(Paths::config_file);
+            let cfg = tracker::daemon::DaemonConfig::load(&paths, &file, required)?;
+            tracker::daemon::run(paths, cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Watch { json } => {
             let mut w = tracker::events::Watcher::open(&paths)?;
             loop {
@@ -131,6 +140,21 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Set { slot, limits } => {
             let now = Tracker::open(paths)?.set_limits(&slot, &limits.to_limits())?;
             println!("{}", serde_json::to_string(&now)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Signal { slot, signal } => {
+            let n = Tracker::open(paths)?.signal(&slot, signal)?;
+            println!("slot {slot}: signal {signal} sent to {n} process(es)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Freeze { slot } => {
+            let r = Tracker::open(paths)?.suspend(&slot)?;
+            output::suspend(&slot, &r, true);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Thaw { slot } => {
+            let r = Tracker::open(paths)?.resume(&slot)?;
+            output::suspend(&slot, &r, false);
             Ok(ExitCode::SUCCESS)
         }
         Command::Release { slot } => {

@@ -23,7 +23,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.verbose);
+    // The daemon says what it does (info); a command only what went wrong (warn).
+    let daemon = matches!(cli.command, cli::Command::Daemon { .. });
+    init_logging(cli.verbose + u8::from(daemon));
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -58,5 +60,9 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRACKER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

@@ -4,8 +4,8 @@ use std::io::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 use tracker::{
-    KillReport, LoadReport, Paths, ProcessInfo, RunOutcome, SlotStatus, UnloadReport, Usage,
-    loader::LoadAction, status::Status,
+    KillReport, LoadReport, Paths, ProcessInfo, RunOutcome, SlotStatus, SuspendReport,
+    UnloadReport, Usage, loader::LoadAction, status::Status,
 };
 
 pub fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
@@ -147,7 +147,14 @@ pub fn slots(slots: &[SlotStatus], json: bool) -> Result<()> {
                 bytes(s.memory_current_bytes),
                 bytes(s.memory_peak_bytes),
                 s.owner_uid.to_string(),
-                if s.doomed { "doomed" } else { "" }.into(),
+                if s.doomed {
+                    "doomed"
+                } else if s.suspended {
+                    "frozen"
+                } else {
+                    ""
+                }
+                .into(),
             ]
         })
         .collect();
@@ -226,6 +233,12 @@ fn survivors(r: &KillReport) {
             println!("    {frame}");
         }
     }
+}
+
+pub fn suspend(slot: &str, r: &SuspendReport, freeze: bool) {
+    let (cg, sig) = if freeze { ("frozen", "SIGSTOP") } else { ("thawed", "SIGCONT") };
+    let how = if r.cgroup { format!("cgroup {cg}") } else { "no freezer".to_owned() };
+    println!("slot {slot}: {how}; {sig} to {} process(es) outside the cgroup", r.processes);
 }
 
 pub fn run_outcome(o: &RunOutcome) {

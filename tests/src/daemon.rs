@@ -1,0 +1,157 @@
+//! A `tracker daemon` for a test instance, in a directory of its own (socket, config, logs),
+//! stopped when dropped; and a gRPC client on its socket.
+use std::{
+    fs,
+    net::TcpListener,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+use tracker::daemon::proto::tracker_client::TrackerClient;
+
+use crate::{Instance, wait_for};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A gid for the daemon's group that no user of the machine has.
+pub const TEST_GROUP: u32 = 4242;
+
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub metrics: String,
+    pub config: PathBuf,
+    child: Option<Child>,
+    instance: String,
+}
+
+impl Daemon {
+    /// Start a daemon for `inst` with `extra` appended to its `[daemon]` table; wait until
+    /// its socket answers.
+    pub fn start(inst: &Instance, extra: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tracker-daemon-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // Other users (the client tests' unprivileged runs) must reach the socket's directory.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.join("tracker.sock");
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.join("tracker.toml");
+        fs::write(
+            &config,
+            format!(
+                "[daemon]\nsocket = \"{}\"\ngroup = \"{TEST_GROUP}\"\nmetrics_listen = \"127.0.0.1:{port}\"\n{extra}\n",
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let mut d = Self {
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+            dir,
+            socket,
+            config,
+            child: None,
+            instance: inst.name.clone(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = std::process::Command::new(crate::tracker_bin())
+            .args(["--instance", &self.instance, "daemon", "--config"])
+            .arg(&self.config)
+            .env_remove("TRACKER_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let up = wait_for(Duration::from_secs(30), || {
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        });
+        assert!(up, "the daemon did not start: {}", self.log());
+    }
+
+    /// Start it again after `stop`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the daemon is running");
+        self.spawn();
+    }
+
+    /// SIGTERM, and wait (at most 30 s) for it to exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the daemon is running");
+        // SAFETY: kill has no memory effects; the pid is our unreaped child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut status = None;
+        let done = wait_for(Duration::from_secs(30), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        if !done {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon ignored SIGTERM: {}", self.log());
+        }
+        status.unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A client on the socket, and the runtime it runs on.
+    pub fn client(&self) -> (tokio::runtime::Runtime, TrackerClient<Channel>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let channel = rt.block_on(connect(&self.socket));
+        (rt, TrackerClient::new(channel))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("daemon log ({}):\n{}", self.dir.display(), self.log());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A gRPC channel over the Unix socket at `path`.
+pub async fn connect(path: &Path) -> Channel {
+    let path = path.to_owned();
+    // The URI is not used for the connection, only as :authority ("localhost").
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap()
+}

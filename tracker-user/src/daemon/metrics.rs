@@ -1,0 +1,353 @@
+//! Prometheus metrics (OpenMetrics text), in base units: per slot what `tracker stat` reads,
+//! labelled by slot name and owner uid, read from the kernel at each scrape (one pass over the
+//! tasks for every slot); and the tracker's own health: programs attached, events lost, kills
+//! and how long they took.
+use std::{net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::watch};
+
+use super::hub::Hub;
+use crate::{kill::KillReport, status, tracker::Tracker};
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    kill_seconds: Histogram,
+    kills: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(tracker: Arc<Tracker>, hub: Arc<Hub>) -> Self {
+        let mut registry = Registry::default();
+        // 1 ms to about 16 s.
+        let kill_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+        );
+        registry.register(
+            "tracker_kill_duration_seconds",
+            "How long kills took, from doom to an empty slot (or the timeout)",
+            kill_seconds.clone(),
+        );
+        let kills = Family::<Labels, Counter>::default();
+        registry.register(
+            "tracker_kills",
+            "Kills done by the daemon, by result (complete: the slot was emptied)",
+            kills.clone(),
+        );
+        registry.register_collector(Box::new(KernelCollector { tracker, hub }));
+        Self { registry, kill_seconds, kills }
+    }
+
+    pub fn observe_kill(&self, r: &KillReport) {
+        self.kill_seconds.observe(r.elapsed_ms / 1e3);
+        let result = if r.is_complete() { "complete" } else { "survivors" };
+        self.kills.get_or_create(&vec![("result", result.to_owned())]).inc();
+    }
+
+    /// The exposition, read now.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// What the kernel maps say now.
+#[derive(Debug)]
+struct KernelCollector {
+    tracker: Arc<Tracker>,
+    hub: Arc<Hub>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker").field("instance", &self.paths().instance()).finish()
+    }
+}
+
+/// One metric without labels.
+fn single<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: M,
+) -> Result<(), std::fmt::Error> {
+    value.encode(enc.encode_descriptor(name, help, None, value.metric_type())?)
+}
+
+/// One metric family: a name, its help, its type, and a value per label set.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        value.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.tracker;
+        // A failed read is an absent family (and a logged error), not a failed scrape.
+        let usage =
+            t.usage_all().map_err(|e| tracing::error!("metrics: usage: {e}")).unwrap_or_default();
+        let owners: std::collections::BTreeMap<String, u32> = crate::registry::read(t.paths())
+            .map(|r| r.slots.into_iter().map(|s| (s.name, s.owner_uid)).collect())
+            .unwrap_or_default();
+        let labels = |slot: &str| -> Labels {
+            vec![
+                ("slot", slot.to_owned()),
+                ("owner_uid", owners.get(slot).copied().unwrap_or_default().to_string()),
+            ]
+        };
+        let with_mode = |slot: &str, mode: &str| -> Labels {
+            let mut l = labels(slot);
+            l.push(("mode", mode.to_owned()));
+            l
+        };
+        let counter =
+            |enc: &mut DescriptorEncoder, name: &str, help: &str, f: fn(&crate::Usage) -> u64| {
+                family(
+                    enc,
+                    name,
+                    help,
+                    MetricType::Counter,
+                    usage.iter().map(|u| (labels(&u.slot), ConstCounter::new(f(u)))),
+                )
+            };
+        let gauge =
+            |enc: &mut DescriptorEncoder, name: &str, help: &str, f: fn(&crate::Usage) -> u64| {
+                family(
+                    enc,
+                    name,
+                    help,
+                    MetricType::Gauge,
+                    usage.iter().map(|u| (labels(&u.slot), ConstGauge::new(f(u) as i64))),
+                )
+            };
+        family(
+            &mut enc,
+            "tracker_slot_cpu_seconds",
+            "CPU time of the slot's tasks, exited and live, by mode",
+            MetricType::Counter,
+            usage.iter().flat_map(|u| {
+                [
+                    (with_mode(&u.slot, "user"), ConstCounter::new(u.cpu_user_seconds)),
+                    (with_mode(&u.slot, "system"), ConstCounter::new(u.cpu_system_seconds)),
+                ]
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "tracker_slot_memory_bytes",
+            "Resident memory of the slot's processes",
+            |u| u.memory_current_bytes,
+        )?;
+        gauge(
+            &mut enc,
+            "tracker_slot_memory_peak_bytes",
+            "High-water mark of the slot's resident memory, kept in the kernel at every change",
+            |u| u.memory_peak_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "tracker_slot_io_read_bytes",
+            "Bytes the slot made the block layer read",
+            |u| u.read_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "tracker_slot_io_write_bytes",
+            "Bytes the slot made the block layer write",
+            |u| u.write_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "tracker_slot_io_rchar_bytes",
+            "Bytes through the slot's read system calls, any filesystem (NFS, Lustre) and sockets",
+            |u| u.rchar_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "tracker_slot_io_wchar_bytes",
+            "Bytes through the slot's write system calls, any filesystem and sockets",
+            |u| u.wchar_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "tracker_slot_network_receive_bytes",
+            "Bytes the slot's sockets received",
+            |u| u.net_rx_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "tracker_slot_network_transmit_bytes",
+            "Bytes the slot's sockets sent",
+            |u| u.net_tx_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "tracker_slot_network_receive_packets",
+            "Packets the slot's sockets received",
+            |u| u.net_rx_packets,
+        )?;
+        counter(
+            &mut enc,
+            "tracker_slot_network_transmit_packets",
+            "Packets the slot's sockets sent",
+            |u| u.net_tx_packets,
+        )?;
+        gauge(&mut enc, "tracker_slot_tasks", "Live tasks of the slot, threads included", |u| {
+            u.tasks_live
+        })?;
+        counter(&mut enc, "tracker_slot_tasks_started", "Tasks the slot ever had", |u| {
+            u.tasks_started
+        })?;
+        counter(&mut enc, "tracker_slot_execs", "execve calls in the slot", |u| u.execs)?;
+        counter(
+            &mut enc,
+            "tracker_slot_oom_kills",
+            "Processes of the slot the OOM killer killed",
+            |u| u.oom_kills,
+        )?;
+
+        single(
+            &mut enc,
+            "tracker_slots",
+            "Slots the tracker holds",
+            ConstGauge::new(owners.len() as i64),
+        )?;
+        match status::status(t.paths()) {
+            Ok(st) => {
+                let attached = st.programs.iter().filter(|p| p.ready).count();
+                single(
+                    &mut enc,
+                    "tracker_programs_attached",
+                    "Kernel programs attached (or, for those attached only during kills, ready)",
+                    ConstGauge::new(attached as i64),
+                )?;
+                single(
+                    &mut enc,
+                    "tracker_programs",
+                    "Kernel programs the tracker has",
+                    ConstGauge::new(st.programs.len() as i64),
+                )?;
+                single(
+                    &mut enc,
+                    "tracker_tag_failures",
+                    "Forks whose child could not be tagged (should stay 0)",
+                    ConstCounter::new(st.tag_failures),
+                )?;
+            }
+            Err(e) => tracing::error!("metrics: status: {e}"),
+        }
+        let kernel_lost = t.maps().global().map(|g| g.events_lost).unwrap_or_default();
+        family(
+            &mut enc,
+            "tracker_events_lost",
+            "Events lost: the kernel's buffer was full, or a Watch client read too slowly",
+            MetricType::Counter,
+            [
+                (vec![("reason", "kernel_buffer_full".to_owned())], ConstCounter::new(kernel_lost)),
+                (
+                    vec![("reason", "client_too_slow".to_owned())],
+                    ConstCounter::new(self.hub.client_lost()),
+                ),
+            ],
+        )?;
+        single(
+            &mut enc,
+            "tracker_event_stream_held",
+            "1 while the daemon reads the kernel's event stream (Watch works)",
+            ConstGauge::new(i64::from(self.hub.is_streaming())),
+        )?;
+        Ok(())
+    }
+}
+
+/// Serve `GET /metrics` on `addr` until `stopping` becomes true.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("metrics: accept: {e}");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| respond(req, metrics.clone()));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!("metrics: connection: {e}");
+            }
+        });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> crate::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| crate::Error::Daemon(format!("metrics on {addr}: {e} (set metrics_listen)")))
+}
+
+async fn respond(
+    req: Request<hyper::body::Incoming>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let reply = |code: StatusCode, ctype: &str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = code;
+        if let Ok(v) = ctype.parse() {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        Ok(r)
+    };
+    if req.method() != Method::GET || req.uri().path() != "/metrics" {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics is served\n".into());
+    }
+    // The scrape reads the kernel's maps and runs a task iterator: off the async threads.
+    match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(Ok(text)) => reply(StatusCode::OK, CONTENT_TYPE, text),
+        _ => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding failed\n".into()),
+    }
+}

@@ -1,0 +1,278 @@
+//! The generated `tracker.v1` code, and the conversions between it and the library's types.
+//! Every conversion from a request is checked: a bad value is an `Error` (INVALID_ARGUMENT),
+//! never a silent default.
+#![allow(clippy::all, clippy::pedantic)]
+
+tonic::include_proto!("tracker.v1");
+
+/// The encoded `FileDescriptorSet` of the .proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tracker_v1_descriptor");
+
+use crate::{
+    error::{Error, Result},
+    events::{EventKind as Kind, WatchEvent},
+    kill, limits, procinfo, registry, tracker, usage,
+};
+
+impl TryFrom<Limits> for limits::Limits {
+    type Error = Error;
+
+    fn try_from(l: Limits) -> Result<Self> {
+        if l.deny_network && !l.allow_connect.is_empty() {
+            return Err(Error::InvalidLimit(
+                "deny_network and allow_connect exclude each other".into(),
+            ));
+        }
+        let network = if l.deny_network {
+            Some(vec![])
+        } else if l.allow_connect.is_empty() {
+            None
+        } else {
+            Some(limits::parse_allow_list(&l.allow_connect.join(","))?)
+        };
+        let out = Self {
+            tasks_max: l.tasks_max,
+            memory_max: l.memory_max_bytes,
+            cpu_weight: l.cpu_weight,
+            cpu_quota_percent: l.cpu_quota_percent,
+            network,
+            deny_devices: limits::parse_devices(&l.deny_devices.join(","))?,
+        };
+        out.validate()?;
+        Ok(out)
+    }
+}
+
+impl From<&limits::Limits> for Limits {
+    fn from(l: &limits::Limits) -> Self {
+        let network = l.network.as_deref();
+        Self {
+            memory_max_bytes: l.memory_max,
+            tasks_max: l.tasks_max,
+            cpu_weight: l.cpu_weight,
+            cpu_quota_percent: l.cpu_quota_percent,
+            deny_network: network.is_some_and(<[_]>::is_empty),
+            allow_connect: network.unwrap_or_default().iter().map(ToString::to_string).collect(),
+            deny_devices: l.deny_devices.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl From<&registry::SlotRecord> for Slot {
+    fn from(r: &registry::SlotRecord) -> Self {
+        Self {
+            name: r.name.clone(),
+            id: r.id,
+            owner_uid: r.owner_uid,
+            created_unix_ms: r.created_unix_ms,
+            cgroups: Some(Cgroups {
+                unified: r
+                    .cgroups
+                    .unified
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                v1: r
+                    .cgroups
+                    .v1
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.display().to_string()))
+                    .collect(),
+            }),
+            limits: Some((&r.limits).into()),
+        }
+    }
+}
+
+impl SlotStatus {
+    pub fn new(rec: &registry::SlotRecord, s: &tracker::SlotStatus) -> Self {
+        Self {
+            slot: Some(rec.into()),
+            tasks_live: s.tasks_live,
+            tasks_peak: s.tasks_peak,
+            tasks_started: s.tasks_started,
+            processes_started: s.procs_started,
+            processes_exited: s.procs_exited,
+            execs: s.execs,
+            exits_by_signal: s.exits_by_signal,
+            doom_kills: s.doom_kills,
+            tag_failures: s.tag_failures,
+            doomed: s.doomed,
+            cpu_seconds: s.cpu_seconds,
+            memory_current_bytes: s.memory_current_bytes,
+            memory_peak_bytes: s.memory_peak_bytes,
+            suspended: s.suspended,
+        }
+    }
+}
+
+impl From<&usage::Usage> for Usage {
+    fn from(u: &usage::Usage) -> Self {
+        Self {
+            slot: u.slot.clone(),
+            cpu_user_seconds: u.cpu_user_seconds,
+            cpu_system_seconds: u.cpu_system_seconds,
+            memory_current_bytes: u.memory_current_bytes,
+            memory_peak_bytes: u.memory_peak_bytes,
+            max_process_rss_bytes: u.max_process_rss_bytes,
+            read_bytes: u.read_bytes,
+            write_bytes: u.write_bytes,
+            rchar_bytes: u.rchar_bytes,
+            wchar_bytes: u.wchar_bytes,
+            read_syscalls: u.read_syscalls,
+            write_syscalls: u.write_syscalls,
+            cancelled_write_bytes: u.cancelled_write_bytes,
+            minor_faults: u.minor_faults,
+            major_faults: u.major_faults,
+            net_rx_bytes: u.net_rx_bytes,
+            net_tx_bytes: u.net_tx_bytes,
+            net_rx_packets: u.net_rx_packets,
+            net_tx_packets: u.net_tx_packets,
+            tasks_live: u.tasks_live,
+            tasks_started: u.tasks_started,
+            tasks_peak: u.tasks_peak,
+            processes_live: u.processes_live,
+            processes_started: u.processes_started,
+            execs: u.execs,
+            exits_by_signal: u.exits_by_signal,
+            forks_refused: u.forks_refused,
+            oom_kills: u.oom_kills,
+        }
+    }
+}
+
+impl From<procinfo::ProcessInfo> for Process {
+    fn from(p: procinfo::ProcessInfo) -> Self {
+        Self {
+            pid: p.pid,
+            ppid: p.ppid,
+            start_time_ns: p.start_time_ns,
+            state: p.state,
+            comm: p.comm,
+            uid: p.uid,
+            threads: p.threads,
+            cmdline: p.cmdline,
+        }
+    }
+}
+
+impl From<&kill::KillReport> for KillReport {
+    fn from(r: &kill::KillReport) -> Self {
+        Self {
+            slot: r.slot.clone(),
+            killed: r.killed,
+            tasks_killed: r.tasks_killed,
+            elapsed_ms: r.elapsed_ms,
+            froze: r.froze,
+            doom_kills: r.doom_kills,
+            survivors: r
+                .survivors
+                .iter()
+                .map(|s| Survivor {
+                    pid: s.pid,
+                    tgid: s.tgid,
+                    state: s.state.clone(),
+                    comm: s.comm.clone(),
+                    wchan: s.wchan.clone(),
+                    stack: s.stack.clone(),
+                })
+                .collect(),
+            warnings: r.warnings.clone(),
+            complete: r.is_complete(),
+        }
+    }
+}
+
+impl From<&WatchEvent> for Event {
+    fn from(e: &WatchEvent) -> Self {
+        let kind = match e.kind {
+            Kind::Fork => EventKind::Fork,
+            Kind::Exec => EventKind::Exec,
+            Kind::Exit => EventKind::Exit,
+            Kind::LeftCgroup => EventKind::LeftCgroup,
+            Kind::Oom => EventKind::Oom,
+            Kind::SlotEmpty => EventKind::SlotEmpty,
+            Kind::Lost => EventKind::Lost,
+            Kind::KillDone => EventKind::KillDone,
+        };
+        Self {
+            seq: e.seq,
+            kind: kind.into(),
+            slot: e.slot.clone(),
+            pid: e.pid,
+            tgid: e.tgid,
+            parent: e.parent,
+            exit_code: e.exit_code,
+            time_ns: e.time_ns,
+            comm: e.comm.clone(),
+            cgroup_id: e.cgroup_id,
+            lost: e.lost,
+            lost_reason: if e.kind == Kind::Lost {
+                LostReason::KernelBufferFull.into()
+            } else {
+                LostReason::Unspecified.into()
+            },
+        }
+    }
+}
+
+impl Event {
+    /// What a Watch client gets when it fell `n` events behind and they were dropped for it.
+    pub fn client_lost(n: u64) -> Self {
+        Self {
+            kind: EventKind::Lost.into(),
+            lost: n,
+            lost_reason: LostReason::ClientTooSlow.into(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_round_trip() {
+        let wire = Limits {
+            memory_max_bytes: Some(100 << 20),
+            tasks_max: Some(50),
+            cpu_weight: Some(200),
+            cpu_quota_percent: Some(150.0),
+            deny_network: false,
+            allow_connect: vec!["10.0.0.0/8:443".into(), "[::1]:22".into()],
+            deny_devices: vec!["195:*".into(), "1:5".into()],
+        };
+        let domain = limits::Limits::try_from(wire.clone()).unwrap();
+        assert_eq!(domain.memory_max, Some(100 << 20));
+        assert_eq!(domain.network.as_ref().map(Vec::len), Some(2));
+        assert_eq!(Limits::from(&domain), wire);
+    }
+
+    #[test]
+    fn deny_network_is_an_empty_allow_list() {
+        let l = Limits { deny_network: true, ..Default::default() };
+        let domain = limits::Limits::try_from(l.clone()).unwrap();
+        assert_eq!(domain.network, Some(vec![]));
+        assert_eq!(Limits::from(&domain), l);
+        assert_eq!(limits::Limits::try_from(Limits::default()).unwrap(), limits::Limits::default());
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        for bad in [
+            Limits { cpu_weight: Some(0), ..Default::default() },
+            Limits { cpu_quota_percent: Some(f64::NAN), ..Default::default() },
+            Limits { memory_max_bytes: Some(0), ..Default::default() },
+            Limits { allow_connect: vec!["10.0.0.0/33".into()], ..Default::default() },
+            Limits { deny_devices: vec!["x:1".into()], ..Default::default() },
+            Limits {
+                deny_network: true,
+                allow_connect: vec!["1.2.3.4".into()],
+                ..Default::default()
+            },
+        ] {
+            assert!(limits::Limits::try_from(bad.clone()).is_err(), "{bad:?} accepted");
+        }
+    }
+}
