@@ -35,6 +35,11 @@ impl Daemon {
     /// Start a daemon for `inst` with `extra` appended to its `[daemon]` table; wait until
     /// its socket answers.
     pub fn start(inst: &Instance, extra: &str) -> Self {
+        Self::for_instance(&inst.name, extra)
+    }
+
+    /// The same, for the tracker instance named `instance`.
+    pub fn for_instance(instance: &str, extra: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "tracker-daemon-{}-{}",
             std::process::id(),
@@ -61,7 +66,7 @@ impl Daemon {
             socket,
             config,
             child: None,
-            instance: inst.name.clone(),
+            instance: instance.to_owned(),
         };
         d.spawn();
         d

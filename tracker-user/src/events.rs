@@ -73,6 +73,9 @@ pub struct Watcher {
     config: Array<MapData, Config>,
     maps: Maps,
     names: BTreeMap<u32, String>,
+    /// The registry file `names` was read from (inode, mtime): slot ids are reused after a
+    /// release, so the names are read again whenever the registry changed.
+    names_from: Option<(u64, i64, i64)>,
     /// Slots that had tasks: an exit that leaves one empty makes a slot-empty event.
     /// Per slot id, its generation and tasks-started count when it was last reported empty:
     /// a slot is empty again only after a task started in it since (a fork or an adoption),
@@ -119,6 +122,7 @@ impl Watcher {
             config,
             maps,
             names: BTreeMap::new(),
+            names_from: None,
             emptied: BTreeMap::new(),
             seq: 0,
             lost_seen,
@@ -164,6 +168,9 @@ impl Watcher {
                 // SAFETY: the kernel wrote an `Event` (Pod); the buffer may be unaligned.
                 raw.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
             }
+        }
+        if !raw.is_empty() {
+            self.refresh_names();
         }
         let mut out = vec![];
         let lost = self.maps.global()?.events_lost;
@@ -243,12 +250,31 @@ impl Watcher {
     }
 
     fn name_of(&mut self, id: u32) -> String {
-        if !self.names.contains_key(&id)
-            && let Ok(reg) = registry::read(&self.paths)
-        {
-            self.names = reg.slots.iter().map(|s| (s.id, s.name.clone())).collect();
+        if !self.names.contains_key(&id) {
+            self.read_names();
         }
         self.names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"))
+    }
+
+    /// Read the slot names again if the registry changed since they were read.
+    fn refresh_names(&mut self) {
+        if self.registry_stamp() != self.names_from {
+            self.read_names();
+        }
+    }
+
+    fn read_names(&mut self) {
+        let stamp = self.registry_stamp();
+        if let Ok(reg) = registry::read(&self.paths) {
+            self.names = reg.slots.iter().map(|s| (s.id, s.name.clone())).collect();
+            self.names_from = stamp;
+        }
+    }
+
+    fn registry_stamp(&self) -> Option<(u64, i64, i64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(self.paths.registry_file()).ok()?;
+        Some((m.ino(), m.mtime(), m.mtime_nsec()))
     }
 }
 

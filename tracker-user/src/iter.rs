@@ -22,7 +22,9 @@ pub fn run<T: aya::Pod>(paths: &Paths, name: &str) -> Result<Vec<T>> {
         FdLink::from(link).try_into().map_err(|e| Error::bpf(format!("iterator {name}"), e))?;
     let mut file =
         link.into_file().map_err(|e| Error::bpf(format!("starting iterator {name}"), e))?;
-    let mut bytes = vec![];
+    // Large reads: each read of an iterator resumes its program, and read_to_end on an empty
+    // vector starts at 32 bytes.
+    let mut bytes = Vec::with_capacity(64 << 10);
     file.read_to_end(&mut bytes).map_err(|e| Error::io(format!("running iterator {name}"), e))?;
     Ok(bytes
         .chunks_exact(size_of::<T>())

@@ -78,10 +78,6 @@ impl StateLock {
         Self::take(paths, libc::LOCK_EX)
     }
 
-    pub fn shared(paths: &Paths) -> Result<Self> {
-        Self::take(paths, libc::LOCK_SH)
-    }
-
     /// The lock adoptions take (not the registry's: an adoption reads the registry).
     pub fn adoption(paths: &Paths) -> Result<Self> {
         Self::take_file(paths, &paths.adopt_lock_file(), libc::LOCK_EX)
@@ -137,8 +133,13 @@ pub fn ensure_state_dir(paths: &Paths) -> Result<()> {
         .ctx(|| format!("creating {}", dir.display()))
 }
 
+/// The boot the records belong to; it cannot change while this process runs.
 fn boot_id() -> String {
-    fs::read_to_string(BOOT_ID).map(|s| s.trim().to_owned()).unwrap_or_default()
+    static BOOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT.get_or_init(|| {
+        fs::read_to_string(BOOT_ID).map(|s| s.trim().to_owned()).unwrap_or_default()
+    })
+    .clone()
 }
 
 fn read_unlocked(paths: &Paths) -> Result<RegistryData> {
@@ -187,9 +188,9 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all().ctx(|| format!("syncing {}", path.display()))
 }
 
-/// A consistent snapshot of the registry.
+/// A consistent snapshot of the registry. No lock is needed: writers replace the file with a
+/// rename, so a reader sees the old file or the new one, whole.
 pub fn read(paths: &Paths) -> Result<RegistryData> {
-    let _lock = StateLock::shared(paths)?;
     read_unlocked(paths)
 }
 

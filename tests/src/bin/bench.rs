@@ -7,9 +7,13 @@
 //! - the per-call cost of each program, from the kernel's BPF statistics, on the untracked and
 //!   the tagged path;
 //! - the time to kill a slot of 1,000 sleeping processes, against a plain `cgroup.kill` of the
-//!   same set.
+//!   same set;
+//! - the daemon: a gRPC usage query over its Unix socket, p50 and p99, against a
+//!   `grpc.health.v1` check over the same socket, interleaved; and the events per second Watch
+//!   delivers during a fork storm, with the count of any lost.
 //!
-//! usage: bench [ROUNDS] | bench serve CPU (a worker: reads `fork N` / `exec N` lines)
+//! usage: bench [ROUNDS] | bench serve CPU (a worker: reads `fork N` / `exec N` lines);
+//! `BENCH_SECTIONS=overhead,stat,memory,kill,daemon` runs only those.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -52,11 +56,21 @@ fn main() {
     let old_stats = fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     fs::write(STATS, "1").unwrap();
     let result = std::panic::catch_unwind(|| {
-        overhead(&paths, rounds);
-        if std::env::var_os("BENCH_OVERHEAD_ONLY").is_none() {
-            stat_latency(&paths);
-            kernel_memory(&paths);
-            kill_time(&paths);
+        // BENCH_SECTIONS=overhead,stat,memory,kill,daemon: some of them only.
+        let only = std::env::var("BENCH_SECTIONS").unwrap_or_default();
+        let want = |s: &str| only.is_empty() || only.split(',').any(|w| w == s);
+        loader::load(&paths, &LoadOptions::default()).unwrap();
+        let sections: [Section; 5] = [
+            ("overhead", &|p| overhead(p, rounds)),
+            ("stat", &stat_latency),
+            ("memory", &kernel_memory),
+            ("kill", &kill_time),
+            ("daemon", &daemon),
+        ];
+        for (name, run) in sections {
+            if want(name) {
+                run(&paths);
+            }
         }
     });
     let _ = loader::unload(&paths, true);
@@ -65,6 +79,8 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+type Section<'a> = (&'a str, &'a dyn Fn(&Paths));
 
 /// A worker: pinned to `cpu`, for each `fork N` or `exec N` line on stdin, do N fork+exit (or
 /// fork+exec of /bin/true) and print the nanoseconds per operation.
@@ -516,4 +532,111 @@ fn plain_cgroup(v2: &Path, round: usize) -> PathBuf {
     let dir = v2.join(format!("bench-plain-{}-{round}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// p-th percentile (0..=1) of sorted `v`.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn daemon(paths: &Paths) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tracker::daemon::proto::{self, tracker_client::TrackerClient};
+
+    const CALLS: usize = 2000;
+    let t = Tracker::open(paths.clone()).unwrap();
+    let d = tracker_tests::daemon::Daemon::for_instance(paths.instance(), "");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let channel = rt.block_on(tracker_tests::daemon::connect(&d.socket));
+    let mut client = TrackerClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+
+    let mut child = sleepers(&t, "grpc", 10);
+    let (mut usage, mut check) = (vec![], vec![]);
+    rt.block_on(async {
+        for i in 0..CALLS + 100 {
+            let t0 = Instant::now();
+            let u = client.get_usage(proto::GetUsageRequest { slot: "grpc".into() }).await.unwrap();
+            let t1 = Instant::now();
+            health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+            let t2 = Instant::now();
+            assert!(u.into_inner().usage.unwrap().tasks_live >= 10);
+            // The first hundred warm the connection and the daemon's threads up.
+            if i >= 100 {
+                usage.push((t1 - t0).as_secs_f64() * 1e6);
+                check.push((t2 - t1).as_secs_f64() * 1e6);
+            }
+        }
+    });
+    assert!(t.kill("grpc", &KillOptions::default()).unwrap().is_complete());
+    let _ = child.wait();
+    t.release("grpc").unwrap();
+    usage.sort_by(f64::total_cmp);
+    check.sort_by(f64::total_cmp);
+    let (u50, u99, h50, h99) = (
+        percentile(&usage, 0.5),
+        percentile(&usage, 0.99),
+        percentile(&check, 0.5),
+        percentile(&check, 0.99),
+    );
+    println!(
+        "\ngRPC over the Unix socket, {CALLS} calls each, interleaved: GetUsage of a slot of 10 \
+         processes p50 {u50:.0} µs, p99 {u99:.0} µs; grpc.health.v1 Check p50 {h50:.0} µs, p99 \
+         {h99:.0} µs; ratio p50 {:.2}, p99 {:.2}",
+        u50 / h50,
+        u99 / h99
+    );
+
+    // Watch during a fork storm: every event of the storm, numbered; any loss counted.
+    const STORM: u32 = 20_000;
+    t.create_slot(&SlotSpec { name: "storm".into(), ..Default::default() }).unwrap();
+    let mut worker = Worker::tagged(&t, "storm");
+    let mut stream = rt
+        .block_on(client.watch(proto::WatchRequest { slot: "storm".into() }))
+        .unwrap()
+        .into_inner();
+    let storm = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        worker.run("fork", STORM);
+        (t0, t0.elapsed())
+    });
+    let (mut forks, mut exits, mut lost, mut last_seq, mut gaps) = (0u32, 0u32, 0u64, 0u64, 0u64);
+    let mut last = Instant::now();
+    rt.block_on(async {
+        while forks < STORM || exits < STORM {
+            let r = match tokio::time::timeout(Duration::from_secs(30), stream.message()).await {
+                Ok(Ok(Some(r))) => r,
+                other => {
+                    println!("Watch ended early: {other:?}");
+                    break;
+                }
+            };
+            let e = r.event.unwrap();
+            match e.kind() {
+                proto::EventKind::Fork => forks += 1,
+                proto::EventKind::Exit => exits += 1,
+                proto::EventKind::Lost => lost += e.lost,
+                _ => {}
+            }
+            if e.seq != 0 {
+                if last_seq != 0 {
+                    gaps += e.seq - last_seq - 1;
+                }
+                last_seq = e.seq;
+            }
+            last = Instant::now();
+        }
+    });
+    let (t0, storm_took) = storm.join().unwrap();
+    let took = (last - t0).as_secs_f64();
+    let events = u64::from(forks + exits);
+    println!(
+        "Watch during a fork storm of {STORM} fork+exit ({:.0} forks/s): {events} events delivered \
+         in {took:.2} s, {:.0} events/s; lost {lost} (announced), {gaps} missing from the numbering",
+        f64::from(STORM) / storm_took.as_secs_f64(),
+        events as f64 / took
+    );
+    let _ = t.kill("storm", &KillOptions::default());
+    let _ = t.release("storm");
 }
