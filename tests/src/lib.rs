@@ -17,6 +17,7 @@ use std::{
 
 use tracker::{KillOptions, LoadOptions, Paths, Tracker, loader};
 
+pub mod calibrate;
 pub mod daemon;
 
 /// The C helper with one escape trick per mode (tests/helpers/escape.c).

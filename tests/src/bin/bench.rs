@@ -26,11 +26,14 @@ use std::{
 };
 
 use tracker::{KillOptions, LoadOptions, Paths, SlotSpec, Tracker, loader, programs, status};
+use tracker_tests::calibrate::EmptyProgram;
 
 const CPU: usize = 1;
 const FORKS: u32 = 3000;
 const EXECS: u32 = 600;
 const KILL_SET: usize = 1000;
+/// Short batches of each operation, each worker, for the per-call costs.
+const STAT_BATCHES: usize = 40;
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 fn main() {
@@ -206,26 +209,46 @@ fn set_state(paths: &Paths, state: State) {
     }
 }
 
-/// Per-program (run count, run time ns) from the kernel's BPF statistics.
+/// The tracker's programs that run on every fork, exec, exit, switch and memory change, each
+/// with its tracepoint and the name of the empty program the bench puts beside it.
+const HOOKS: [(&str, &str, &str); 5] = [
+    (programs::FORK, "sched_process_fork", "empty_fork"),
+    (programs::EXEC, "sched_process_exec", "empty_exec"),
+    (programs::EXIT, "sched_process_exit", "empty_exit"),
+    (programs::SWITCH, "sched_switch", "empty_switch"),
+    (programs::RSS, "rss_stat", "empty_rss"),
+];
+
+/// Per-program (run count, run time ns) from the kernel's BPF statistics: the tracker's, and
+/// the bench's empty ones.
 fn prog_stats(paths: &Paths) -> BTreeMap<&'static str, (u64, u64)> {
-    status::status(paths)
+    let mut out: BTreeMap<&'static str, (u64, u64)> = status::status(paths)
         .unwrap()
         .programs
         .iter()
         .map(|p| (p.name, (p.run_count, p.run_time_ns)))
-        .collect()
+        .collect();
+    for info in aya::programs::loaded_programs().flatten() {
+        let Some(name) = info.name_as_str() else { continue };
+        if let Some((_, _, empty)) = HOOKS.iter().find(|h| h.2 == name) {
+            out.insert(empty, (info.run_count(), info.run_time().as_nanos() as u64));
+        }
+    }
+    out
 }
 
+/// The mean nanoseconds per call of each program that ran between `before` and `after`.
 fn per_call(
     before: &BTreeMap<&'static str, (u64, u64)>,
     after: &BTreeMap<&'static str, (u64, u64)>,
-    acc: &mut BTreeMap<&'static str, (u64, u64)>,
+    acc: &mut BTreeMap<&'static str, Vec<f64>>,
 ) {
     for (name, (c1, t1)) in after {
         let (c0, t0) = before.get(name).copied().unwrap_or_default();
-        let e = acc.entry(name).or_default();
-        e.0 += c1.saturating_sub(c0);
-        e.1 += t1.saturating_sub(t0);
+        let calls = c1.saturating_sub(c0);
+        if calls > 0 {
+            acc.entry(name).or_default().push(t1.saturating_sub(t0) as f64 / calls as f64);
+        }
     }
 }
 
@@ -316,13 +339,22 @@ fn overhead(paths: &Paths, rounds: usize) {
     );
     println!(" precise measure of what the programs add)");
 
-    // Per-call cost, with the kernel's statistics on.
+    // Per-call cost, with the kernel's statistics on, over many short batches: this VM's
+    // vCPUs are preempted by the host at times (steal time), which the kernel's clock counts
+    // into whatever program was running; a batch without steal shows the program's own cost.
+    // The empty programs first: the first program a tracepoint calls pays for warming the
+    // call path, which would otherwise count against the tracker's.
+    set_state(paths, State::Off);
+    let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").unwrap();
+    let empties: Vec<EmptyProgram> =
+        HOOKS.iter().map(|(_, tp, empty)| EmptyProgram::attach(&btf, tp, empty).unwrap()).collect();
+    set_state(paths, State::Accounting);
     set_stats(true);
-    let mut untagged = BTreeMap::new();
-    let mut tagged_calls = BTreeMap::new();
-    for _ in 0..3 {
+    let mut untagged: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    let mut tagged_calls: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..STAT_BATCHES {
         for what in ["fork", "exec"] {
-            let n = op_n(what);
+            let n = op_n(what) / 10;
             let s0 = prog_stats(paths);
             plain.run(what, n);
             let s1 = prog_stats(paths);
@@ -332,25 +364,64 @@ fn overhead(paths: &Paths, rounds: usize) {
             per_call(&s1, &s2, &mut tagged_calls);
         }
     }
+    drop(empties);
     drop(tagged);
     let _ = t.kill("bench", &KillOptions::default());
-    let ns = |m: &BTreeMap<&str, (u64, u64)>, name: &str| {
-        m.get(name).filter(|(c, _)| *c > 0).map(|(c, t)| *t as f64 / *c as f64)
+    let ns = |m: &mut BTreeMap<&str, Vec<f64>>, name: &str| -> Option<(f64, f64)> {
+        let v = m.get_mut(name).filter(|v| !v.is_empty())?;
+        let med = median(v);
+        Some((med, v[0]))
     };
-    println!("\nper program call (kernel BPF statistics; the machine's other calls are mixed in):");
-    println!("{:<10} {:>14} {:>14}", "program", "untagged path", "tagged path");
-    for name in
-        untagged.keys().chain(tagged_calls.keys()).collect::<std::collections::BTreeSet<_>>()
-    {
-        let show = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0} ns"));
+    println!(
+        "\nper program call (kernel BPF statistics, {} batches; the machine's other calls are \
+         mixed in): median, and in brackets the fastest batch; `empty@hook` is a program that \
+         returns at once, on the same hook at the same time: the cost of any program there",
+        STAT_BATCHES * 2
+    );
+    println!("{:<24} {:>18} {:>18}", "program", "untagged path", "tagged path");
+    let names: Vec<&str> = untagged
+        .keys()
+        .chain(tagged_calls.keys())
+        .copied()
+        .collect::<std::collections::BTreeSet<&str>>()
+        .into_iter()
+        .filter(|n| !n.starts_with("empty"))
+        .flat_map(|n| [n].into_iter().chain(HOOKS.iter().filter(move |h| h.0 == n).map(|h| h.2)))
+        .collect();
+    // Per program: (median, fastest batch) on the untagged path and on the tagged one.
+    type Cost = Option<(f64, f64)>;
+    let mut costs: BTreeMap<&str, (Cost, Cost)> = BTreeMap::new();
+    for name in names {
+        let (u, tg) = (ns(&mut untagged, name), ns(&mut tagged_calls, name));
+        costs.insert(name, (u, tg));
+        let show = |v: Option<(f64, f64)>| {
+            v.map_or("-".to_owned(), |(m, min)| format!("{m:.0} ns ({min:.0})"))
+        };
+        let label = HOOKS
+            .iter()
+            .find(|h| h.2 == name)
+            .map_or(name.to_owned(), |h| format!("  empty@{}", h.1));
+        println!("{label:<24} {:>18} {:>18}", show(u), show(tg));
+    }
+    for (prog, tp, empty) in HOOKS {
+        let (Some((Some(u), Some(tg))), Some((Some(eu), Some(et)))) =
+            (costs.get(prog), costs.get(empty))
+        else {
+            continue;
+        };
         println!(
-            "{name:<10} {:>14} {:>14}",
-            show(ns(&untagged, name)),
-            show(ns(&tagged_calls, name))
+            "{prog} over an empty program on {tp}: untagged path {:+.0} ns, tagged path {:+.0} ns",
+            u.0 - eu.0,
+            tg.0 - et.0
         );
     }
-    let cost = |m: &BTreeMap<&str, (u64, u64)>, names: &[&str]| -> f64 {
-        names.iter().filter_map(|n| ns(m, n)).sum()
+    let cost = |tagged: bool, names: &[&str]| -> f64 {
+        names
+            .iter()
+            .filter_map(|n| costs.get(n))
+            .filter_map(|(u, t)| if tagged { *t } else { *u })
+            .map(|(median, _)| median)
+            .sum()
     };
     for (what, names) in [
         ("fork", &["trk_fork", "trk_exit", "trk_switch"][..]),
@@ -360,11 +431,11 @@ fn overhead(paths: &Paths, rounds: usize) {
         let label = if what == "fork" { "fork+exit" } else { "fork+exec" };
         println!(
             "BPF time per {label}: untracked {:.0} ns ({:.3}% of {:.1} µs), tagged {:.0} ns ({:.3}%)",
-            cost(&untagged, names),
-            100.0 * cost(&untagged, names) / base,
+            cost(false, names),
+            100.0 * cost(false, names) / base,
             base / 1e3,
-            cost(&tagged_calls, names),
-            100.0 * cost(&tagged_calls, names) / base
+            cost(true, names),
+            100.0 * cost(true, names) / base
         );
     }
 }
