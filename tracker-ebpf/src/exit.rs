@@ -21,13 +21,21 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
     if !is_active() {
         return 0;
     }
-    slot::mark_exited(tid, tag.slot);
     let off = offsets();
     let task = Task::of(current_task());
-    let io = task.io(&off);
-    let faults = task.faults(&off);
     let group_dead: u64 = ctx.arg(1);
     let group_dead = group_dead & 0xff != 0;
+    // The event before the live count drops: a reader that sees the slot's count at 0 has
+    // every exit event of it in the ring (see the user side's `Watcher::drain`).
+    events::emit(EVENT_EXIT, tag.slot, |e| {
+        e.pid = tid;
+        e.tgid = tag.tgid;
+        e.parent = u32::from(group_dead);
+        e.code = task.exit_code(&off).unwrap_or(0);
+    });
+    slot::mark_exited(tid, tag.slot);
+    let io = task.io(&off);
+    let faults = task.faults(&off);
     // exit_code holds the signal number in its low 7 bits when a signal ended the group.
     let by_signal = group_dead && task.exit_code(&off).is_some_and(|code| code & 0x7f != 0);
     let maxrss =
@@ -53,11 +61,5 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
     if group_dead {
         rss::process_gone(tag.tgid);
     }
-    events::emit(EVENT_EXIT, tag.slot, |e| {
-        e.pid = tid;
-        e.tgid = tag.tgid;
-        e.parent = u32::from(group_dead);
-        e.code = task.exit_code(&off).unwrap_or(0);
-    });
     0
 }

@@ -161,12 +161,26 @@ impl Watcher {
     }
 
     /// Every event queued now, without waiting.
+    ///
+    /// A slot is empty after the last of its exit events: the exit program queues its event
+    /// before it takes the task out of the slot's live count, so once the count reads 0 every
+    /// exit event of the slot is in the ring. The count is read, then the ring once more, until
+    /// that finds nothing new: what the ring held before the count was read is all here.
     pub fn drain(&mut self) -> Result<Vec<WatchEvent>> {
-        let mut raw = vec![];
-        while let Some(item) = self.ring.next() {
-            if item.len() >= size_of::<Event>() {
-                // SAFETY: the kernel wrote an `Event` (Pod); the buffer may be unaligned.
-                raw.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+        let mut raw = self.read_ring();
+        let mut empty = BTreeMap::new();
+        if raw.iter().any(|e| e.kind == EVENT_EXIT) {
+            loop {
+                empty = raw
+                    .iter()
+                    .filter(|e| e.kind == EVENT_EXIT)
+                    .filter_map(|e| self.emptied_now(e.slot).map(|now| (e.slot, now)))
+                    .collect();
+                let more = self.read_ring();
+                if more.is_empty() {
+                    break;
+                }
+                raw.extend(more);
             }
         }
         if !raw.is_empty() {
@@ -178,8 +192,6 @@ impl Watcher {
             out.push(self.make(EventKind::Lost, &Event::default(), lost - self.lost_seen));
             self.lost_seen = lost;
         }
-        // The live count is read now, not when each exit happened: a slot whose count is 0
-        // is empty after the last of its events in this batch, not after the first exit.
         let last_of_slot: BTreeMap<u32, usize> =
             raw.iter().enumerate().map(|(i, ev)| (ev.slot, i)).collect();
         for (i, ev) in raw.iter().enumerate() {
@@ -192,15 +204,25 @@ impl Watcher {
                 _ => continue,
             };
             out.push(self.make(kind, ev, 0));
-            if kind == EventKind::Exit
-                && last_of_slot.get(&ev.slot) == Some(&i)
-                && let Some(now) = self.emptied_now(ev.slot)
+            if last_of_slot.get(&ev.slot) == Some(&i)
+                && let Some(now) = empty.remove(&ev.slot)
             {
                 self.emptied.insert(ev.slot, now);
                 out.push(self.make(EventKind::SlotEmpty, &Event { slot: ev.slot, ..*ev }, 0));
             }
         }
         Ok(out)
+    }
+
+    fn read_ring(&mut self) -> Vec<Event> {
+        let mut raw = vec![];
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the kernel wrote an `Event` (Pod); the buffer may be unaligned.
+                raw.push(unsafe { item.as_ptr().cast::<Event>().read_unaligned() });
+            }
+        }
+        raw
     }
 
     /// The slot's (generation, tasks started) if it has no live task now and had one since it
