@@ -284,7 +284,7 @@ pub struct AdoptRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    /// `task_struct.pid`; `tgid` must directly follow it (checked by user space).
+    /// `task_struct.pid`.
     pub task_pid: u32,
     pub task_tgid: u32,
     pub task_flags: u32,

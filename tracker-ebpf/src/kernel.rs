@@ -1,5 +1,10 @@
 //! Reading kernel structures at offsets resolved from the running kernel's BTF, and the
 //! generation gate that makes program upgrades count every event exactly once.
+//!
+//! Fields are read with plain loads, not `bpf_probe_read_kernel`: the pointers are typed
+//! (BTF) and the offsets constants of the frozen `.rodata`, so the verifier checks each
+//! access against the kernel's own type and the JIT makes it a load that reads 0 where it
+//! would fault. A helper call and its copy cost more than the rest of a program's work.
 use aya_ebpf::{
     bindings::{seq_file, task_struct},
     helpers::{
