@@ -119,3 +119,35 @@ fn kill_of_an_empty_slot_is_harmless() {
     assert!(wait_for(std::time::Duration::from_secs(5), || processes_named(&m).len() == 1));
     inst.kill_clean("again");
 }
+
+#[test]
+fn a_bad_daemon_configuration_is_one_line_and_nothing_starts() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("trk-badcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("s.sock");
+    for (text, want) in [
+        (format!("[daemon]\nsokcet = \"{}\"\n", sock.display()), "unknown field `sokcet`"),
+        (
+            format!("[daemon]\nsocket = \"{}\"\ngroup = \"no-such-group-x\"\n", sock.display()),
+            "no group",
+        ),
+        (
+            format!("[daemon]\nsocket = \"{}\"\nmetrics_listen = \"nowhere\"\n", sock.display()),
+            "not an address",
+        ),
+    ] {
+        let cfg = dir.join("t.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let out = inst.cli().args(["daemon", "--config"]).arg(&cfg).output().unwrap();
+        one_line_error(&out, want);
+        assert!(!sock.exists(), "a socket was made");
+    }
+    one_line_error(
+        &inst.cli().args(["daemon", "--config"]).arg(dir.join("missing.toml")).output().unwrap(),
+        "missing.toml",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

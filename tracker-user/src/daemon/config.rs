@@ -80,6 +80,8 @@ struct SiteFile {
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     pub socket: PathBuf,
+    /// The group as configured (a name or a number), for messages.
+    pub group: String,
     pub group_gid: u32,
     pub metrics_listen: Option<SocketAddr>,
     pub tcp_listen: Option<SocketAddr>,
@@ -147,6 +149,7 @@ impl DaemonConfig {
         }
         Ok(Self {
             socket: s.socket.unwrap_or_else(|| paths.socket_file()),
+            group: s.group,
             group_gid,
             metrics_listen: addr("metrics_listen", &s.metrics_listen)?,
             tcp_listen,

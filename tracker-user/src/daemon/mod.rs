@@ -107,8 +107,9 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
         "serving"
     );
     eprintln!(
-        "tracker daemon: serving {} (mode 0660, group {}); metrics {}{}",
+        "tracker daemon: serving {} (mode 0660, group {} = gid {}); metrics {}{}",
         config.socket.display(),
+        config.group,
         config.group_gid,
         config
             .metrics_listen
