@@ -139,7 +139,9 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         name: RSS,
         kind: Kind::BtfTracePoint("rss_stat"),
         attach: Attach::Pinned,
-        required: false,
+        // Without it every slot's memory would read 0: a kernel that refuses it refuses the
+        // load, rather than the numbers being silently wrong.
+        required: true,
         needs: &[Need::TpBtf],
         purpose: "keeps each slot's resident memory and its peak, at every change",
     },
