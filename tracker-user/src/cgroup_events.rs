@@ -17,16 +17,21 @@ use crate::{
 impl SlotCgroups {
     /// Processes the OOM killer killed in the slot's memory cgroup.
     pub fn oom_kills(&self) -> u64 {
-        let v2 = self.unified.as_ref().map(|d| d.join("memory.events")).filter(|p| p.exists());
-        let file = v2.or_else(|| self.v1.get("memory").map(|d| d.join("memory.oom_control")));
-        file.map_or(0, |f| keyed(&f, "oom_kill"))
+        self.count("memory.events", "memory", "memory.oom_control", "oom_kill")
     }
 
     /// Forks refused because the slot was at its `tasks-max`.
     pub fn forks_refused(&self) -> u64 {
-        let v2 = self.unified.as_ref().map(|d| d.join("pids.events")).filter(|p| p.exists());
-        let file = v2.or_else(|| self.v1.get("pids").map(|d| d.join("pids.events")));
-        file.map_or(0, |f| keyed(&f, "max"))
+        self.count("pids.events", "pids", "pids.events", "max")
+    }
+
+    /// `key` of the v2 file where the slot's v2 directory has it, else of the v1 file of
+    /// `controller`; 0 where neither is.
+    fn count(&self, v2: &str, controller: &str, v1: &str, key: &str) -> u64 {
+        let from_v2 = self.unified.as_ref().and_then(|d| keyed(&d.join(v2), key));
+        from_v2
+            .or_else(|| self.v1.get(controller).and_then(|d| keyed(&d.join(v1), key)))
+            .unwrap_or(0)
     }
 
     /// Whether the kernel kills the whole slot on OOM by itself (cgroup v2 `memory.oom.group`).
@@ -37,17 +42,18 @@ impl SlotCgroups {
     }
 }
 
-/// `key N` from a flat-keyed cgroup file; 0 when absent.
-fn keyed(file: &std::path::Path, key: &str) -> u64 {
-    fs::read_to_string(file)
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
+/// `key N` from a flat-keyed cgroup file; None if the file cannot be read (the slot's
+/// directory in that hierarchy lacks the controller), 0 if it lacks the key.
+fn keyed(file: &std::path::Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(file).ok()?;
+    Some(
+        text.lines()
+            .find_map(|l| {
                 let (k, v) = l.split_once(' ')?;
                 (k == key).then(|| v.trim().parse().ok()).flatten()
             })
-        })
-        .unwrap_or(0)
+            .unwrap_or(0),
+    )
 }
 
 /// A registered v1 OOM notification for one slot: readable once the slot's memory cgroup has

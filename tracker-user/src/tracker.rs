@@ -64,6 +64,12 @@ pub struct SlotStatus {
     pub limits: Limits,
 }
 
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker").field("instance", &self.paths.instance()).finish()
+    }
+}
+
 impl Tracker {
     /// Open the pinned maps of a loaded instance.
     pub fn open(paths: Paths) -> Result<Self> {

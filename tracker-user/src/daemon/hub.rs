@@ -34,6 +34,12 @@ pub struct Hub {
     stop: AtomicBool,
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
 impl Hub {
     /// Start the pump thread; it runs until `stop`.
     pub fn start(paths: Paths, capacity: usize) -> Arc<Self> {

@@ -77,18 +77,6 @@ struct KernelCollector {
     hub: Arc<Hub>,
 }
 
-impl std::fmt::Debug for Hub {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").finish_non_exhaustive()
-    }
-}
-
-impl std::fmt::Debug for Tracker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracker").field("instance", &self.paths().instance()).finish()
-    }
-}
-
 /// One metric without labels.
 fn single<M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
