@@ -131,12 +131,15 @@ impl Tracker {
         if remaining.is_empty() {
             self.maps().set_flags(rec.id, 0, SLOT_DOOMED)?;
         }
-        // The kill thawed what a suspend froze.
-        if rec.suspended {
-            crate::signal::set_suspended(self, &rec.name, false)?;
-        }
         // Otherwise the slot stays doomed: a survivor that wakes up dies at its next fork or
         // exec, and a later kill starts where this one stopped.
+
+        // The kill thawed what a suspend froze.
+        if rec.suspended
+            && let Err(e) = crate::signal::set_suspended(self, &rec.name, false)
+        {
+            warnings.push(format!("the slot still reads as suspended: {e}"));
+        }
         let after = self.maps().counters(rec.id)?;
         Ok(KillReport {
             slot: rec.name.clone(),
