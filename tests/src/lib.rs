@@ -86,6 +86,17 @@ impl Instance {
         self.cli().args(args).stdin(Stdio::null()).output().unwrap()
     }
 
+    /// Run a shell command line with this instance selected (for pipelines).
+    pub fn cli_sh(&self, script: &str) -> Output {
+        Command::new("sh")
+            .args(["-c", script])
+            .env("TRACKER_INSTANCE", &self.name)
+            .env_remove("TRACKER_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// Run the CLI, assert success, return stdout.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli_output(args);

@@ -151,3 +151,15 @@ fn a_bad_daemon_configuration_is_one_line_and_nothing_starts() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    // `status` prints dozens of lines; `head -1` closes the pipe after the first.
+    let script = format!("'{}' status | head -1 >/dev/null", tracker_bin().display());
+    let out = inst.cli_sh(&script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}

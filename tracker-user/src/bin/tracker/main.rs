@@ -25,6 +25,13 @@ fn main() -> ExitCode {
     };
     // The daemon says what it does (info); a command only what went wrong (warn).
     let daemon = matches!(cli.command, cli::Command::Daemon { .. });
+    if !daemon {
+        // `tracker ps X | head` ends quietly when head does, as Unix tools do, rather than
+        // panicking on the write to a closed pipe. The daemon keeps the write errors: a
+        // client that goes away must not take it down.
+        // SAFETY: restoring a signal's default disposition, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_logging(cli.verbose + u8::from(daemon));
     match commands::dispatch(cli) {
         Ok(code) => code,
