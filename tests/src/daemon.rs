@@ -3,10 +3,8 @@
 use std::{
     fs,
     net::TcpListener,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, ExitStatus, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -15,9 +13,7 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 use tracker::daemon::proto::tracker_client::TrackerClient;
 
-use crate::{Instance, wait_for};
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
+use crate::{Instance, test_dir, wait_exit, wait_for};
 
 /// A gid for the daemon's group that no user of the machine has.
 pub const TEST_GROUP: u32 = 4242;
@@ -40,15 +36,8 @@ impl Daemon {
 
     /// The same, for the tracker instance named `instance`.
     pub fn for_instance(instance: &str, extra: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "tracker-daemon-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        // Other users (the client tests' unprivileged runs) must reach the socket's directory.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        // Other users (the client tests' unprivileged runs) reach the socket through it.
+        let dir = test_dir("daemon");
         let socket = dir.join("tracker.sock");
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = dir.join("tracker.toml");
@@ -105,17 +94,8 @@ impl Daemon {
         let mut child = self.child.take().expect("the daemon is running");
         // SAFETY: kill has no memory effects; the pid is our unreaped child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let mut status = None;
-        let done = wait_for(Duration::from_secs(30), || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        if !done {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the daemon ignored SIGTERM: {}", self.log());
-        }
-        status.unwrap()
+        wait_exit(&mut child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("the daemon ignored SIGTERM: {}", self.log()))
     }
 
     pub fn pid(&self) -> u32 {

@@ -9,7 +9,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -192,6 +192,33 @@ pub fn tracker_bin() -> PathBuf {
     std::env::var_os("TRACKER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tracker"))
+}
+
+/// A fresh, empty directory of this test process, `tracker-<tag>-<pid>-<n>` under the temp
+/// directory, that every user may traverse (the tests run clients and daemons as others too).
+pub fn test_dir(tag: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tracker-{tag}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Wait at most `timeout` for `child` to exit; if it does not, kill it, reap it and return
+/// None.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    if wait_for(timeout, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }) {
+        return status;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 /// Poll `cond` every 10 ms until it holds, for at most `timeout`.

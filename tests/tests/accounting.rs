@@ -151,8 +151,7 @@ fn a_short_memory_spike_of_a_grandchild_shows_in_the_peak() {
 #[test]
 fn block_writes_and_file_reads_are_counted() {
     let Some(inst) = Instance::start() else { return };
-    let dir = std::env::temp_dir().join(format!("tracker-io-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
+    let dir = tracker_tests::test_dir("io");
     let file = dir.join("data");
     let script = format!(
         "dd if=/dev/zero of={f} bs=1M count=50 conv=fsync status=none && cat {f} > /dev/null",

@@ -18,7 +18,7 @@ use tracker::daemon::proto::{self, EventKind, tracker_client::TrackerClient};
 use tracker_tests::{
     ESCAPE, Instance,
     daemon::{Daemon, TEST_GROUP},
-    marker, processes_named, skip, wait_for,
+    marker, processes_named, skip, test_dir, wait_for,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -247,8 +247,7 @@ fn a_slow_watcher_is_told_exactly_what_it_lost() {
 #[test]
 fn tcp_needs_the_token() {
     let Some(inst) = Instance::start() else { return };
-    let dir = std::env::temp_dir().join(format!("trk-token-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("token");
     let token = dir.join("token");
     fs::write(&token, "s3cret-token-for-tests").unwrap();
     fs::set_permissions(&token, fs::Permissions::from_mode(0o644)).unwrap();

@@ -125,8 +125,7 @@ fn a_bad_daemon_configuration_is_one_line_and_nothing_starts() {
     let Some(inst) = Instance::start() else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("trk-badcfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tracker_tests::test_dir("badcfg");
     let sock = dir.join("s.sock");
     for (text, want) in [
         (format!("[daemon]\nsokcet = \"{}\"\n", sock.display()), "unknown field `sokcet`"),

@@ -27,7 +27,9 @@ use std::{
     time::Duration,
 };
 
-use tracker_tests::{ESCAPE, Instance, marker, processes_named, skip, tracker_bin, wait_for};
+use tracker_tests::{
+    ESCAPE, Instance, marker, processes_named, skip, test_dir, tracker_bin, wait_exit, wait_for,
+};
 
 /// Generous: the daemons, the jobs and their epilogs each take well under ten seconds here.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -212,15 +214,8 @@ impl Slurm {
             ));
             return None;
         }
-        let dir = std::env::temp_dir().join(format!(
-            "tracker-slurm-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        // munged insists that everyone may traverse its socket's directory.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        // munged insists that everyone may traverse its socket's directory: test_dir's may.
+        let dir = test_dir("slurm");
         let mut slurm = Self { conf: dir.join("slurm.conf"), dir, daemons: vec![] };
         slurm.build_plugin();
         slurm.write_config(inst);
@@ -413,18 +408,10 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
             .stderr(fs::File::create(&err_path).unwrap())
             .spawn()
             .unwrap();
-        let mut status = None;
-        let done = wait_for(TIMEOUT, || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        if !done {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not return in {TIMEOUT:?}: {}", self.logs());
-        }
+        let status = wait_exit(&mut child, TIMEOUT)
+            .unwrap_or_else(|| panic!("{cmd:?} did not return in {TIMEOUT:?}: {}", self.logs()));
         Finished {
-            status: status.unwrap(),
+            status,
             stdout: fs::read_to_string(&out_path).unwrap(),
             stderr: fs::read_to_string(&err_path).unwrap(),
         }
@@ -516,10 +503,8 @@ impl Drop for Slurm {
         for (name, child) in self.daemons.iter_mut().rev() {
             // SAFETY: kill has no memory effects; the pid is our own child, not yet reaped.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            if !wait_for(Duration::from_secs(10), || child.try_wait().is_ok_and(|s| s.is_some())) {
-                eprintln!("warning: {name} ignored SIGTERM; killing it");
-                let _ = child.kill();
-                let _ = child.wait();
+            if wait_exit(child, Duration::from_secs(10)).is_none() {
+                eprintln!("warning: {name} ignored SIGTERM; killed it");
             }
         }
         // What the daemons leave running (slurmstepd, escaped job processes) carries this

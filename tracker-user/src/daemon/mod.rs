@@ -121,18 +121,10 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
         UnixListener::from_std(sock.listener.try_clone().ctx(|| "duplicating the socket".into())?)
             .ctx(|| "registering the socket".into())?;
     let incoming = UnixListenerStream::new(listener).map(|s| s.map(auth::PeerStream::new));
-    let shutdown = {
-        let mut s = stopping.clone();
-        async move {
-            let _ = s.wait_for(|v| *v).await;
-        }
-    };
-    let unix = tokio::spawn(server().serve_with_incoming_shutdown(incoming, shutdown));
+    let unix =
+        tokio::spawn(server().serve_with_incoming_shutdown(incoming, stopped(stopping.clone())));
     let tcp = tcp.map(|incoming| {
-        let mut s = stopping.clone();
-        tokio::spawn(server().serve_with_incoming_shutdown(incoming, async move {
-            let _ = s.wait_for(|v| *v).await;
-        }))
+        tokio::spawn(server().serve_with_incoming_shutdown(incoming, stopped(stopping.clone())))
     });
     let metrics_task =
         metrics_listener.map(|l| tokio::spawn(metrics::serve(l, metrics, stopping.clone())));
@@ -232,6 +224,11 @@ fn start_oom_guard(
             hub.publish(EventKind::KillDone, slot);
         });
     })
+}
+
+/// Resolves once the daemon is stopping (or nothing can tell it to any more).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
 }
 
 async fn wait_for_signal() -> Result<&'static str> {

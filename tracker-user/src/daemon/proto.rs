@@ -9,6 +9,7 @@ tonic::include_proto!("tracker.v1");
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tracker_v1_descriptor");
 
 use crate::{
+    cgroup,
     error::{Error, Result},
     events::{EventKind as Kind, WatchEvent},
     kill, limits, procinfo, registry, tracker, usage,
@@ -58,6 +59,15 @@ impl From<&limits::Limits> for Limits {
     }
 }
 
+impl From<&cgroup::SlotCgroups> for Cgroups {
+    fn from(c: &cgroup::SlotCgroups) -> Self {
+        Self {
+            unified: c.unified.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            v1: c.v1.iter().map(|(k, v)| (k.clone(), v.display().to_string())).collect(),
+        }
+    }
+}
+
 impl From<&registry::SlotRecord> for Slot {
     fn from(r: &registry::SlotRecord) -> Self {
         Self {
@@ -65,29 +75,24 @@ impl From<&registry::SlotRecord> for Slot {
             id: r.id,
             owner_uid: r.owner_uid,
             created_unix_ms: r.created_unix_ms,
-            cgroups: Some(Cgroups {
-                unified: r
-                    .cgroups
-                    .unified
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                v1: r
-                    .cgroups
-                    .v1
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.display().to_string()))
-                    .collect(),
-            }),
+            cgroups: Some((&r.cgroups).into()),
             limits: Some((&r.limits).into()),
         }
     }
 }
 
-impl SlotStatus {
-    pub fn new(rec: &registry::SlotRecord, s: &tracker::SlotStatus) -> Self {
+impl From<&tracker::SlotStatus> for SlotStatus {
+    /// The status carries the slot's record fields too: no second registry read.
+    fn from(s: &tracker::SlotStatus) -> Self {
         Self {
-            slot: Some(rec.into()),
+            slot: Some(Slot {
+                name: s.name.clone(),
+                id: s.id,
+                owner_uid: s.owner_uid,
+                created_unix_ms: s.created_unix_ms,
+                cgroups: Some((&s.cgroups).into()),
+                limits: Some((&s.limits).into()),
+            }),
             tasks_live: s.tasks_live,
             tasks_peak: s.tasks_peak,
             tasks_started: s.tasks_started,

@@ -247,16 +247,7 @@ impl tracker_server::Tracker for Service {
         &self,
         _req: Request<proto::ListSlotsRequest>,
     ) -> Result<Response<proto::ListSlotsResponse>, Status> {
-        let slots = self
-            .blocking(|t| {
-                let reg = crate::registry::read(t.paths())?;
-                let statuses = t.slots()?;
-                Ok(statuses
-                    .iter()
-                    .filter_map(|s| reg.find(&s.name).map(|rec| proto::SlotStatus::new(rec, s)))
-                    .collect())
-            })
-            .await?;
+        let slots = self.blocking(|t| Ok(t.slots()?.iter().map(Into::into).collect())).await?;
         Ok(Response::new(proto::ListSlotsResponse { slots }))
     }
 
