@@ -112,6 +112,16 @@ impl Daemon {
         let channel = rt.block_on(connect(&self.socket));
         (rt, TrackerClient::new(channel))
     }
+
+    /// The same, with an HTTP/2 stream window of `bytes` (see [`connect_small_window`]).
+    pub fn client_small_window(
+        &self,
+        bytes: u32,
+    ) -> (tokio::runtime::Runtime, TrackerClient<Channel>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let channel = rt.block_on(connect_small_window(&self.socket, bytes));
+        (rt, TrackerClient::new(channel))
+    }
 }
 
 impl Drop for Daemon {
@@ -130,9 +140,21 @@ impl Drop for Daemon {
 
 /// A gRPC channel over the Unix socket at `path`.
 pub async fn connect(path: &Path) -> Channel {
+    connect_endpoint(path, Endpoint::from_static("http://localhost")).await
+}
+
+/// A channel that lets the daemon send at most `bytes` of a stream's data ahead of what the
+/// application has read (HTTP/2's stream window), so that a client that stops reading fills
+/// its connection after a few events rather than megabytes of them.
+pub async fn connect_small_window(path: &Path, bytes: u32) -> Channel {
+    let e = Endpoint::from_static("http://localhost").initial_stream_window_size(Some(bytes));
+    connect_endpoint(path, e).await
+}
+
+async fn connect_endpoint(path: &Path, endpoint: Endpoint) -> Channel {
     let path = path.to_owned();
     // The URI is not used for the connection, only as :authority ("localhost").
-    Endpoint::from_static("http://localhost")
+    endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }

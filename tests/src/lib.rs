@@ -155,7 +155,7 @@ impl Drop for Instance {
         // Leave nothing running and nothing loaded, even when the test failed.
         if let Ok(t) = Tracker::open(self.paths.clone()) {
             for s in t.slots().unwrap_or_default() {
-                let _ = t.kill(&s.name, &KillOptions { timeout: Duration::from_secs(5) });
+                let _ = t.kill(&s.name, &KillOptions { timeout: scaled(Duration::from_secs(5)) });
             }
         }
         if let Err(e) = loader::unload(&self.paths, true) {
@@ -221,9 +221,21 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     None
 }
 
-/// Poll `cond` every 10 ms until it holds, for at most `timeout`.
+/// `d` stretched for slow machines: times `TRACKER_TEST_TIME_SCALE` (default 1; `cargo xtask
+/// test-vm` sets it for kernels emulated in software, some 30 times slower). Tests wait for
+/// conditions, so a longer deadline costs nothing where the condition comes early.
+pub fn scaled(d: Duration) -> Duration {
+    let scale: u32 = std::env::var("TRACKER_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&s| s >= 1)
+        .unwrap_or(1);
+    d * scale
+}
+
+/// Poll `cond` every 10 ms until it holds, for at most `timeout` (scaled, see [`scaled`]).
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scaled(timeout);
     while Instant::now() < deadline {
         if cond() {
             return true;

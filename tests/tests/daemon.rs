@@ -197,39 +197,60 @@ fn the_daemon_loads_the_programs_when_they_are_absent() {
 
 /// A client that falls behind loses its oldest events, and is told exactly how many: the
 /// gaps in the sequence numbers it sees add up to the losses it is told of.
+///
+/// The loss is made certain, not likely: the client reads nothing until the daemon reports it
+/// stalled (its queue, the HTTP/2 window and the socket are full, so the daemon's forwarder
+/// for it waits), and then until the daemon has published more events than its per-client
+/// buffer holds. Whatever the transport buffers, those events cannot all reach the client.
 #[test]
 fn a_slow_watcher_is_told_exactly_what_it_lost() {
+    const BUFFER: u64 = 16;
     let Some(inst) = Instance::start() else { return };
-    let d = Daemon::start(&inst, "watch_buffer_events = 16");
-    let (rt, mut c) = d.client();
+    let d = Daemon::start(&inst, &format!("watch_buffer_events = {BUFFER}"));
+    let (rt, mut c) = d.client_small_window(1024);
     // Every slot's events: nothing is filtered out, so every gap in the numbering is a loss.
     let mut stream =
         rt.block_on(c.watch(proto::WatchRequest { slot: String::new() })).unwrap().into_inner();
-    // 400 short processes while the client reads nothing: about 1,600 events.
-    let out = inst.cli_output(&[
-        "run",
-        "--slot",
-        "storm",
-        "--",
-        "sh",
-        "-c",
-        "for i in $(seq 400); do /bin/true; done",
-    ]);
-    assert!(out.status.success());
+    let storm = |name: &str| {
+        let script = "for i in $(seq 100); do /bin/true; done";
+        let out = inst.cli_output(&["run", "--slot", name, "--", "sh", "-c", script]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Bounded: each storm is 300 events or more; the client's path holds a few thousand.
+    let mut storms = 0;
+    while metric(&metrics(&d.metrics), "tracker_watch_clients_stalled") < 1.0 {
+        assert!(storms < 200, "{storms} storms and the client never stalled");
+        storm(&format!("fill-{storms}"));
+        storms += 1;
+    }
+    // From here the forwarder waits on this client, which reads nothing: every event
+    // published now stays in the daemon's buffer of 16 or pushes one out of it.
+    let at_stall = metric(&metrics(&d.metrics), "tracker_events_published_total");
+    storm("storm");
+    let published =
+        |want: f64| metric(&metrics(&d.metrics), "tracker_events_published_total") >= want;
+    // The storm's slot-empty comes after its exits; wait for it to be published too.
+    assert!(wait_for(T, || published(at_stall + (BUFFER * 10) as f64)), "events not published");
     let mut events = vec![];
     rt.block_on(async {
-        while let Ok(Ok(Some(r))) = tokio::time::timeout(T, stream.message()).await {
+        while let Ok(Ok(Some(r))) =
+            tokio::time::timeout(tracker_tests::scaled(T), stream.message()).await
+        {
             let e = r.event.unwrap();
-            let empty = e.kind() == EventKind::SlotEmpty;
+            let last = e.kind() == EventKind::SlotEmpty && e.slot == "storm";
             events.push(e);
-            if empty {
+            if last {
                 break;
             }
         }
     });
-    assert!(events.last().is_some_and(|e| e.kind() == EventKind::SlotEmpty), "{events:?}");
+    let last = events.last();
+    assert!(
+        last.is_some_and(|e| e.kind() == EventKind::SlotEmpty && e.slot == "storm"),
+        "{last:?}"
+    );
     let lost: Vec<&proto::Event> = events.iter().filter(|e| e.kind() == EventKind::Lost).collect();
-    assert!(!lost.is_empty(), "a 16-event buffer and 1,600 events, yet nothing lost: {events:?}");
+    assert!(!lost.is_empty(), "a stalled client and {BUFFER}+ events, yet nothing lost");
     assert!(lost.iter().all(|e| e.lost_reason() == proto::LostReason::ClientTooSlow), "{lost:?}");
     let told: u64 = lost.iter().map(|e| e.lost).sum();
     // The daemon numbers from 1; this client subscribed before the first event.
@@ -241,7 +262,10 @@ fn a_slow_watcher_is_told_exactly_what_it_lost() {
     let m = metrics(&d.metrics);
     let dropped = metric(&m, "tracker_events_lost_total{reason=\"client_too_slow\"}");
     assert_eq!(dropped, told as f64, "metrics say {dropped}, the client was told {told}");
-    eprintln!("{} events received, {told} lost and announced", events.len());
+    eprintln!(
+        "{storms} storms to stall; {} events received, {told} lost and announced",
+        events.len()
+    );
 }
 
 #[test]

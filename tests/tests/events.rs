@@ -10,7 +10,7 @@ use tracker_tests::{ESCAPE, Instance, marker, processes_named, wait_for};
 /// Collect events until `done` holds for the list, or 20 s pass.
 fn collect(w: &mut Watcher, mut done: impl FnMut(&[WatchEvent]) -> bool) -> Vec<WatchEvent> {
     let mut all = vec![];
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + tracker_tests::scaled(Duration::from_secs(20));
     while !done(&all) && Instant::now() < deadline {
         all.extend(w.wait(Some(Duration::from_millis(100))).unwrap());
     }

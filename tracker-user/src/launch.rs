@@ -210,7 +210,9 @@ fn handshake(ready: RawFd, go: RawFd, detach: bool) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         let pid = (libc::getpid() as u32).to_ne_bytes();
-        if libc::write(ready, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+        if libc::send(ready, pid.as_ptr().cast(), pid.len(), libc::MSG_NOSIGNAL)
+            != pid.len() as isize
+        {
             return Err(io::Error::last_os_error());
         }
         let mut answer = 0u8;
@@ -228,11 +230,18 @@ fn handshake(ready: RawFd, go: RawFd, detach: bool) -> io::Result<()> {
     }
 }
 
+/// A one-way channel between the tracker and its child: (read end, write end). A connected
+/// socket pair rather than a pipe, so that a write to a peer that died is an EPIPE error
+/// (`send` with MSG_NOSIGNAL) and not a SIGPIPE, whose default action (the CLI restores it)
+/// would end the tracker, or the job between fork and exec, without a word.
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two new descriptors that we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(Error::io("creating a pipe", io::Error::last_os_error()));
+    // SAFETY: socketpair fills two new descriptors that we then own.
+    if unsafe {
+        libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+    } < 0
+    {
+        return Err(Error::io("creating a socket pair", io::Error::last_os_error()));
     }
     // SAFETY: fresh descriptors from pipe2.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -265,8 +274,8 @@ fn read_pid(fd: &OwnedFd) -> Result<u32> {
 }
 
 fn write_byte(fd: &OwnedFd, b: u8) -> io::Result<()> {
-    // SAFETY: writing one byte from a local to a descriptor we own.
-    if unsafe { libc::write(fd.as_raw_fd(), (&raw const b).cast(), 1) } == 1 {
+    // SAFETY: sending one byte from a local on a socket we own.
+    if unsafe { libc::send(fd.as_raw_fd(), (&raw const b).cast(), 1, libc::MSG_NOSIGNAL) } == 1 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())

@@ -36,13 +36,35 @@ const KILL_SET: usize = 1000;
 const STAT_BATCHES: usize = 40;
 const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
+const USAGE: &str = "usage: bench [ROUNDS] | bench serve CPU (run it with `cargo xtask bench`)";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("serve") {
-        serve(args[2].parse().unwrap());
-        return;
-    }
-    let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(15);
+    let rounds: usize = match args.get(1).map(String::as_str) {
+        None => 15,
+        Some("serve") => {
+            let Some(cpu) = args.get(2).and_then(|c| c.parse().ok()) else {
+                eprintln!("bench: serve needs a CPU number\n{USAGE}");
+                std::process::exit(2);
+            };
+            serve(cpu);
+            return;
+        }
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return;
+        }
+        // Test runners and IDEs run every executable cargo builds with libtest's flags to
+        // enumerate tests: this one has none, and must not start measuring.
+        Some(flag) if flag.starts_with('-') => {
+            libtest_empty(&args[1..]);
+            return;
+        }
+        Some(r) => r.parse().unwrap_or_else(|_| {
+            eprintln!("bench: {r:?} is not a number of rounds\n{USAGE}");
+            std::process::exit(2);
+        }),
+    };
     let others: Vec<String> = fs::read_dir("/sys/fs/bpf")
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
@@ -84,6 +106,18 @@ fn main() {
 }
 
 type Section<'a> = (&'a str, &'a dyn Fn(&Paths));
+
+/// Answer as a libtest harness with no tests does: `--list` lists none, anything else runs
+/// none.
+fn libtest_empty(args: &[String]) {
+    if args.iter().any(|a| a == "--list") {
+        println!("0 tests, 0 benchmarks");
+    } else {
+        println!(
+            "\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n"
+        );
+    }
+}
 
 /// A worker: pinned to `cpu`, for each `fork N` or `exec N` line on stdin, do N fork+exit (or
 /// fork+exec of /bin/true) and print the nanoseconds per operation.

@@ -31,6 +31,10 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<WatchEvent>>,
     /// Events dropped for clients too slow to take them.
     client_lost: AtomicU64,
+    /// Events sent on the channel, kernel and daemon-made alike: the sequence so far.
+    published: AtomicU64,
+    /// Watch clients whose connection is full: their forwarder waits for them to read.
+    stalled: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -48,6 +52,8 @@ impl Hub {
             watcher: Mutex::new(None),
             tx,
             client_lost: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            stalled: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let pump = hub.clone();
@@ -83,8 +89,14 @@ impl Hub {
         if let Some(w) = w.as_mut() {
             self.forward(w);
             let ev = w.synthesize(kind, slot);
-            let _ = self.tx.send(Arc::new(ev));
+            self.send(ev);
         }
+    }
+
+    fn send(&self, ev: WatchEvent) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.tx.send(Arc::new(ev));
+        self.published.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Send what the kernel has queued.
@@ -92,8 +104,7 @@ impl Hub {
         match w.drain() {
             Ok(events) => {
                 for ev in events {
-                    // No receiver is not an error: nobody is watching.
-                    let _ = self.tx.send(Arc::new(ev));
+                    self.send(ev);
                 }
             }
             Err(e) => tracing::error!("reading events: {e}"),
@@ -106,6 +117,23 @@ impl Hub {
 
     pub fn client_lost(&self) -> u64 {
         self.client_lost.load(Ordering::Relaxed)
+    }
+
+    /// Events published since the daemon started.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// A Watch client's connection is full; the client counts as stalled until the guard
+    /// drops. While it is stalled, every event published beyond the channel's capacity is one
+    /// it will be told it lost.
+    pub fn stall(&self) -> Stalled<'_> {
+        self.stalled.fetch_add(1, Ordering::Relaxed);
+        Stalled(&self.stalled)
+    }
+
+    pub fn stalled(&self) -> u64 {
+        self.stalled.load(Ordering::Relaxed)
     }
 
     /// Whether the daemon holds the kernel's event stream.
@@ -156,5 +184,14 @@ impl Hub {
         }
         // Dropping the watcher tells the kernel to stop producing events.
         *self.watcher() = None;
+    }
+}
+
+/// See [`Hub::stall`].
+pub struct Stalled<'a>(&'a AtomicU64);
+
+impl Drop for Stalled<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -274,6 +274,18 @@ impl Collector for KernelCollector {
         )?;
         single(
             &mut enc,
+            "tracker_events_published",
+            "Events the daemon published to its Watch clients (its sequence number)",
+            ConstCounter::new(self.hub.published()),
+        )?;
+        single(
+            &mut enc,
+            "tracker_watch_clients_stalled",
+            "Watch clients that read nothing while their connection is full (they will lose events)",
+            ConstGauge::new(i64::try_from(self.hub.stalled()).unwrap_or(i64::MAX)),
+        )?;
+        single(
+            &mut enc,
             "tracker_event_stream_held",
             "1 while the daemon reads the kernel's event stream (Watch works)",
             ConstGauge::new(i64::from(self.hub.is_streaming())),

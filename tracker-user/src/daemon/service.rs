@@ -285,9 +285,17 @@ impl tracker_server::Tracker for Service {
                     }
                     Err(RecvError::Closed) => break,
                 };
+                let msg = Ok(proto::WatchResponse { event: Some(event) });
+                let msg = match tx.try_send(msg) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    Err(mpsc::error::TrySendError::Full(msg)) => msg,
+                };
+                // The client's whole path (this queue, HTTP/2 windows, socket) is full.
+                let _stalled = hub.stall();
                 let sent = tokio::select! {
                     _ = stopping.wait_for(|s| *s) => break,
-                    sent = tx.send(Ok(proto::WatchResponse { event: Some(event) })) => sent,
+                    sent = tx.send(msg) => sent,
                 };
                 if sent.is_err() {
                     break;

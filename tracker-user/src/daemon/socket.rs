@@ -1,7 +1,8 @@
-//! The daemon's Unix socket: created mode 0600 (so that nobody can connect before its owner
-//! and mode are set), then given to root and the configured group, mode 0660. Never
-//! world-writable. A socket left by a daemon that died is replaced; one that answers belongs to
-//! a running daemon and is left alone.
+//! The daemon's Unix socket: bound under a temporary name, mode 0600, given to root and the
+//! configured group, mode 0660, and only then renamed into place, so that a client that can
+//! connect to the path finds it ready (owner and mode set). Never world-writable. A socket
+//! left by a daemon that died is replaced; one that answers belongs to a running daemon and is
+//! left alone.
 use std::{
     fs,
     io::ErrorKind,
@@ -29,27 +30,41 @@ pub fn bind(path: &Path, gid: u32) -> Result<Socket> {
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     }
     remove_stale(path)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.new", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
     let listener = {
         // SAFETY: umask only changes this process's file-creation mask; restored below.
         let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
+        let bound = UnixListener::bind(&tmp);
         // SAFETY: as above.
         unsafe { libc::umask(old) };
-        bound.ctx(|| format!("binding {}", path.display()))?
+        bound.ctx(|| format!("binding {}", tmp.display()))?
     };
+    let ready = prepare(&tmp, gid).and_then(|()| {
+        fs::rename(&tmp, path).ctx(|| format!("moving {} into place", tmp.display()))
+    });
+    if let Err(e) = ready {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let ino = fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?.ino();
+    listener.set_nonblocking(true).ctx(|| "making the socket non-blocking".into())?;
+    Ok(Socket { listener, path: path.to_owned(), ino })
+}
+
+/// Root and group `gid` own the socket at `path`, mode 0660.
+fn prepare(path: &Path, gid: u32) -> Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::Daemon(format!("{} contains a NUL byte", path.display())))?;
     // SAFETY: a valid C path; lchown does not follow a symlink put in its place.
     if unsafe { libc::lchown(c.as_ptr(), 0, gid) } != 0 {
         let e = std::io::Error::last_os_error();
-        let _ = fs::remove_file(path);
         return Err(Error::io(format!("giving {} to group {gid}", path.display()), e));
     }
     fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))
-        .ctx(|| format!("setting the mode of {}", path.display()))?;
-    let ino = fs::symlink_metadata(path).ctx(|| format!("reading {}", path.display()))?.ino();
-    listener.set_nonblocking(true).ctx(|| "making the socket non-blocking".into())?;
-    Ok(Socket { listener, path: path.to_owned(), ino })
+        .ctx(|| format!("setting the mode of {}", path.display()))
 }
 
 fn remove_stale(path: &Path) -> Result<()> {
