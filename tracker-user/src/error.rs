@@ -27,6 +27,12 @@ pub enum Error {
     #[error("kernel BTF: {0}")]
     Btf(String),
 
+    #[error(
+        "this tracker was built without its kernel programs (AYA_BUILD_EBPF=false, as `cargo \
+         xtask check` builds it): build it with `cargo xtask build-and-load`"
+    )]
+    NoKernelPrograms,
+
     #[error("the kernel refused program {program}: {detail}")]
     ProgramLoad { program: &'static str, detail: String },
 

@@ -37,7 +37,8 @@ use crate::{
     sys,
 };
 
-/// The kernel programs, built by build.rs from tracker-ebpf.
+/// The kernel programs, built by build.rs from tracker-ebpf; empty in a build made without
+/// them (`AYA_BUILD_EBPF=false`, for checks and unit tests without the BPF toolchain).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracker"));
 
 pub const DEFAULT_MAX_SLOTS: u32 = 1024;
@@ -122,6 +123,9 @@ fn load_locked(
         .map_max_entries(map_name::COUNTERS, max_slots);
     for (name, pin) in &map_pins {
         loader.map_pin_path(name, pin.as_path());
+    }
+    if EBPF_OBJECT.is_empty() {
+        return Err(Error::NoKernelPrograms);
     }
     let mut ebpf =
         loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("loading the eBPF object", e))?;

@@ -1,8 +1,10 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //! - `build-and-load`: install what is missing, build, install `tracker` on PATH, load it;
 //! - `test`: every check and test, unit and real-kernel (what CI runs);
+//! - `check`: formatting, lints and unit tests as any user, without the BPF toolchain;
 //! - `bench`: overhead and kill-time benchmarks against a no-tracker baseline.
 mod bench;
+mod check;
 mod prereqs;
 mod python;
 mod run;
@@ -36,6 +38,8 @@ enum Task {
         /// Only run tests whose name contains this
         filter: Option<String>,
     },
+    /// Formatting, lints and unit tests, as any user, without root or the BPF toolchain
+    Check,
     /// Measure the tracker's overhead and kill time against a no-tracker baseline
     Bench {
         /// Repetitions of each interleaved round
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::BuildAndLoad { bin_dir, load_args } => build_and_load(&bin_dir, &load_args),
         Task::Test { filter } => test::run(filter.as_deref()),
+        Task::Check => check::run(),
         Task::Bench { rounds } => bench::run(rounds),
     };
     match result {
