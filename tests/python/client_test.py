@@ -6,6 +6,8 @@ Run by tests/tests/daemon.rs against a daemon it started:
 
     client_test.py --socket PATH --proto DIR --metrics URL --slot NAME [--group GID]
 
+URL is http://HOST:PORT/metrics, or unix:PATH for the daemon's metrics socket.
+
 As root it runs the whole slot lifecycle, then itself again as other users:
   - uid 65534 without the daemon's group: cannot even connect (the socket is 0660);
   - uid 65534 in the daemon's group (supplementary): may call, owns what it creates;
@@ -32,7 +34,7 @@ def parse_args():
     p = argparse.ArgumentParser()
     p.add_argument("--socket", required=True)
     p.add_argument("--proto", required=True, help="the proto/ directory")
-    p.add_argument("--metrics", required=True, help="http://HOST:PORT/metrics")
+    p.add_argument("--metrics", required=True, help="http://HOST:PORT/metrics or unix:PATH")
     p.add_argument("--slot", required=True, help="a slot name this run may use")
     p.add_argument("--group", type=int, required=True, help="the daemon's group")
     p.add_argument("--stubs", help="where generated stubs are (made when absent)")
@@ -105,12 +107,34 @@ class Client:
 def metrics_of(url):
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    if url.startswith("unix:"):
+        text = get_over_unix(url.removeprefix("unix:"), "/metrics")
+    else:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
     samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             samples.setdefault(s.name, []).append((s.labels, s.value))
     return samples
+
+
+def get_over_unix(path, target):
+    """GET target over the HTTP server on the Unix socket at path (as curl --unix-socket)."""
+    import http.client
+    import socket
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(path)
+
+    conn = UnixConnection("localhost")
+    conn.request("GET", target)
+    r = conn.getresponse()
+    body = r.read().decode()
+    assert r.status == 200, f"GET {target} on {path}: {r.status} {body}"
+    return body
 
 
 def sample(samples, name, **labels):

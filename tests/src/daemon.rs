@@ -2,7 +2,6 @@
 //! stopped when dropped; and a gRPC client on its socket.
 use std::{
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, ExitStatus, Stdio},
     time::Duration,
@@ -21,10 +20,12 @@ pub const TEST_GROUP: u32 = 4242;
 pub struct Daemon {
     pub dir: PathBuf,
     pub socket: PathBuf,
-    pub metrics: String,
+    /// The metrics socket (same access rules as the API's).
+    pub metrics: PathBuf,
     pub config: PathBuf,
     child: Option<Child>,
     instance: String,
+    nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -34,28 +35,39 @@ impl Daemon {
         Self::for_instance(&inst.name, extra)
     }
 
+    /// `start`, with the daemon's descriptor limit (soft and hard) set to `nofile`.
+    pub fn start_limited(inst: &Instance, extra: &str, nofile: u64) -> Self {
+        Self::spawned(&inst.name, extra, Some(nofile))
+    }
+
     /// The same, for the tracker instance named `instance`.
     pub fn for_instance(instance: &str, extra: &str) -> Self {
+        Self::spawned(instance, extra, None)
+    }
+
+    fn spawned(instance: &str, extra: &str, nofile: Option<u64>) -> Self {
         // Other users (the client tests' unprivileged runs) reach the socket through it.
         let dir = test_dir("daemon");
         let socket = dir.join("tracker.sock");
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let metrics = dir.join("metrics.sock");
         let config = dir.join("tracker.toml");
         fs::write(
             &config,
             format!(
-                "[daemon]\nsocket = \"{}\"\ngroup = \"{TEST_GROUP}\"\nmetrics_listen = \"127.0.0.1:{port}\"\n{extra}\n",
-                socket.display()
+                "[daemon]\nsocket = \"{}\"\ngroup = \"{TEST_GROUP}\"\nmetrics_socket = \"{}\"\n{extra}\n",
+                socket.display(),
+                metrics.display()
             ),
         )
         .unwrap();
         let mut d = Self {
-            metrics: format!("http://127.0.0.1:{port}/metrics"),
+            metrics,
             dir,
             socket,
             config,
             child: None,
             instance: instance.to_owned(),
+            nofile,
         };
         d.spawn();
         d
@@ -67,15 +79,28 @@ impl Daemon {
             .append(true)
             .open(self.dir.join("daemon.log"))
             .unwrap();
-        let child = std::process::Command::new(crate::tracker_bin())
-            .args(["--instance", &self.instance, "daemon", "--config"])
+        let mut cmd = std::process::Command::new(crate::tracker_bin());
+        cmd.args(["--instance", &self.instance, "daemon", "--config"])
             .arg(&self.config)
             .env_remove("TRACKER_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt as _;
+            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            // SAFETY: setrlimit between fork and exec, on a local.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                })
+            };
+        }
+        let child = cmd.spawn().unwrap();
         self.child = Some(child);
         let up = wait_for(Duration::from_secs(30), || {
             std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
@@ -104,6 +129,13 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `GET /metrics` on the metrics socket: the body (panics unless 200).
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_get_unix(&self.metrics, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// A client on the socket, and the runtime it runs on.
@@ -161,4 +193,26 @@ async fn connect_endpoint(path: &Path, endpoint: Endpoint) -> Channel {
         }))
         .await
         .unwrap()
+}
+
+/// `GET target` over HTTP/1.0 on the Unix socket at `path`: (status code, body).
+pub fn http_get_unix(path: &Path, target: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", path.display()));
+    http_get(&mut s, target, None)
+}
+
+/// `GET target` over HTTP/1.0 on `s`, with `authorization: Bearer TOKEN` if given.
+pub fn http_get(
+    s: &mut (impl std::io::Read + std::io::Write),
+    target: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {target} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
 }

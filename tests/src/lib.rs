@@ -23,6 +23,18 @@ pub mod daemon;
 /// The C helper with one escape trick per mode (tests/helpers/escape.c).
 pub const ESCAPE: &str = env!("ESCAPE_HELPER");
 
+/// The C helper with the probes of an unprivileged user or a root job (tests/helpers/attacker.c).
+pub const ATTACKER: &str = env!("ATTACKER_HELPER");
+
+/// A copy of the attacker that every user can run (the build directory may be root's only).
+pub fn attacker_for_anyone() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let to = test_dir("attacker").join("attacker");
+    fs::copy(ATTACKER, &to).unwrap();
+    fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).unwrap();
+    to
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Whether a skipped core test must fail instead (CI sets this through `cargo xtask test`).

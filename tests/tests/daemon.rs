@@ -40,7 +40,9 @@ fn a_python_client_drives_the_whole_api() {
         .arg(&d.socket)
         .arg("--proto")
         .arg(workspace().join("proto"))
-        .args(["--metrics", &d.metrics, "--slot", &format!("py{}", std::process::id())])
+        .arg("--metrics")
+        .arg(format!("unix:{}", d.metrics.display()))
+        .args(["--slot", &format!("py{}", std::process::id())])
         .args(["--group", &TEST_GROUP.to_string()])
         .output()
         .unwrap();
@@ -259,7 +261,7 @@ fn a_slow_watcher_is_told_exactly_what_it_lost() {
     assert!(numbered.windows(2).all(|w| w[0] < w[1]), "out of order: {numbered:?}");
     let gaps: u64 = numbered.windows(2).map(|w| w[1] - w[0] - 1).sum();
     assert_eq!(gaps, told, "the numbering skips {gaps} events, the client was told of {told}");
-    let m = metrics(&d.metrics);
+    let m = d.scrape();
     let dropped = metric(&m, "tracker_events_lost_total{reason=\"client_too_slow\"}");
     assert_eq!(dropped, told as f64, "metrics say {dropped}, the client was told {told}");
     eprintln!(
@@ -326,17 +328,6 @@ fn bearer(token: &'static str) -> impl tonic::service::Interceptor + Clone {
 
 fn workspace() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-/// `GET url` with a plain HTTP/1.0 request.
-fn metrics(url: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let addr = url.trim_start_matches("http://").trim_end_matches("/metrics");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
 }
 
 fn metric(text: &str, series: &str) -> f64 {

@@ -26,6 +26,8 @@ pub mod policy;
 pub mod procinfo;
 pub mod programs;
 pub mod registry;
+pub mod safe_open;
+mod seccomp;
 pub mod signal;
 pub mod status;
 pub mod sys;

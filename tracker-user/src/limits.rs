@@ -38,6 +38,11 @@ pub struct AllowRule {
     pub port: u16,
 }
 
+/// The kernel's device numbers: a 12-bit major and a 20-bit minor (`MINORBITS`). A larger
+/// number names no device, and `u32::MAX` as a minor is the maps' "any minor" marker.
+pub const MAX_DEVICE_MAJOR: u32 = (1 << 12) - 1;
+pub const MAX_DEVICE_MINOR: u32 = (1 << 20) - 1;
+
 /// A device a slot may not open; no minor: every minor of the major.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DeviceRule {
@@ -137,9 +142,25 @@ pub fn parse_devices(s: &str) -> Result<Vec<DeviceRule>> {
             let (maj, min) = d.split_once(':').ok_or_else(bad)?;
             let major = maj.parse().map_err(|_| bad())?;
             let minor = if min == "*" { None } else { Some(min.parse().map_err(|_| bad())?) };
-            Ok(DeviceRule { major, minor })
+            let rule = DeviceRule { major, minor };
+            rule.check()?;
+            Ok(rule)
         })
         .collect()
+}
+
+impl DeviceRule {
+    /// A number the kernel cannot hold would alias another rule (a minor of `u32::MAX` is
+    /// "every minor"), so it is refused rather than stored.
+    pub fn check(&self) -> Result<()> {
+        if self.major > MAX_DEVICE_MAJOR || self.minor.is_some_and(|m| m > MAX_DEVICE_MINOR) {
+            return Err(Error::InvalidLimit(format!(
+                "device {self}: majors go up to {MAX_DEVICE_MAJOR} and minors up to \
+                 {MAX_DEVICE_MINOR} (use MAJOR:* for every minor)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Limits {
@@ -176,7 +197,7 @@ impl Limits {
         if self.memory_max == Some(0) || self.tasks_max == Some(0) {
             return Err(Error::InvalidLimit("a limit of 0 would let nothing run".into()));
         }
-        Ok(())
+        self.deny_devices.iter().try_for_each(DeviceRule::check)
     }
 }
 
@@ -249,6 +270,22 @@ mod tests {
             vec![DeviceRule { major: 195, minor: None }, DeviceRule { major: 1, minor: Some(5) }]
         );
         assert!(parse_devices("1").is_err() && parse_devices("a:b").is_err());
+    }
+
+    #[test]
+    fn device_numbers_the_kernel_cannot_hold_are_refused() {
+        // 1:4294967295 used to be stored as 1:* (the any-minor marker).
+        for bad in ["1:4294967295", "1:1048576", "4096:1", "4096:*"] {
+            let e = parse_devices(bad).unwrap_err().to_string();
+            assert!(e.contains("minors go up to 1048575"), "{bad}: {e}");
+        }
+        let top = parse_devices("4095:1048575").unwrap();
+        assert_eq!(top, vec![DeviceRule { major: 4095, minor: Some(1_048_575) }]);
+        let l = Limits {
+            deny_devices: vec![DeviceRule { major: 1, minor: Some(u32::MAX) }],
+            ..Default::default()
+        };
+        assert!(l.validate().is_err(), "validate let an aliasing device through");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
     fs,
     os::{
         fd::AsFd as _,
-        unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+        unix::fs::{DirBuilderExt as _, MetadataExt as _},
     },
     path::Path,
 };
@@ -294,15 +294,31 @@ fn describe(e: &ProgramError) -> String {
     }
 }
 
+/// Make `dir` root's, mode 0700, or accept it only if it is that already: a directory that
+/// someone else made first (bpffs may be world-writable) would let them unpin what we pin.
 fn make_private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .ctx(|| format!("creating {}", dir.display()))?;
-    // An existing directory keeps its mode otherwise; the pins must stay root-only.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .ctx(|| format!("restricting {}", dir.display()))
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+    }
+    let meta = fs::symlink_metadata(dir).ctx(|| format!("reading {}", dir.display()))?;
+    if meta.is_dir() && meta.uid() == 0 && meta.mode() & 0o7777 == 0o700 {
+        return Ok(());
+    }
+    let what = if meta.file_type().is_symlink() {
+        "a symbolic link".to_owned()
+    } else {
+        format!("owned by uid {} with mode {:04o}", meta.uid(), meta.mode() & 0o7777)
+    };
+    Err(Error::io(
+        format!("pin directory {}", dir.display()),
+        std::io::Error::other(format!(
+            "{what}, not a directory of root's with mode 0700: the tracker did not make it; \
+             remove it (`rm -r {}`) and load again",
+            dir.display()
+        )),
+    ))
 }
 
 fn read_pid_max() -> Result<u32> {

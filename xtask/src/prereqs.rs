@@ -103,19 +103,47 @@ fn ensure_bpf_linker() -> Result<()> {
     Ok(())
 }
 
-/// Mount tracefs and bpffs where they are not mounted.
+/// Mount tracefs and bpffs where they are not mounted; bpffs root-only (mode 0700: by
+/// default its root is 1777, where anyone may make the directory the tracker pins in).
 pub fn ensure_kernel_filesystems() -> Result<()> {
     for (fstype, dir) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
         if is_mounted(fstype, dir)? {
             say(&format!("{fstype}: mounted at {dir}"));
+            if fstype == "bpf" {
+                warn_if_open(dir);
+            }
             continue;
         }
         say(&format!("{fstype}: mounting at {dir}"));
-        quiet(Command::new("mount").args(["-t", fstype, fstype, dir])).with_context(|| {
-            format!("cannot mount {fstype} at {dir}: `mount -t {fstype} {fstype} {dir}`")
-        })?;
+        mount_fs(fstype, dir)?;
     }
     Ok(())
+}
+
+fn mount_fs(fstype: &str, dir: &str) -> Result<()> {
+    let mut c = Command::new("mount");
+    c.args(["-t", fstype]);
+    if fstype == "bpf" {
+        c.args(["-o", "mode=0700"]);
+    }
+    quiet(c.args([fstype, dir])).map(|_| ()).with_context(|| {
+        format!("cannot mount {fstype} at {dir}: `mount -t {fstype} {fstype} {dir}`")
+    })
+}
+
+/// A bpffs someone else mounted may be open to all: say so (the loader still refuses any pin
+/// directory it did not make), but leave the machine's mounts alone.
+fn warn_if_open(dir: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(m) = fs::metadata(dir)
+        && m.mode() & 0o022 != 0
+    {
+        say(&format!(
+            "bpf: {dir} has mode {:04o}: anyone may make directories there; \
+             `mount -o remount,mode=0700 {dir}` closes it",
+            m.mode() & 0o7777
+        ));
+    }
 }
 
 fn is_mounted(fstype: &str, dir: &str) -> Result<bool> {
@@ -124,4 +152,28 @@ fn is_mounted(fstype: &str, dir: &str) -> Result<bool> {
         let f: Vec<&str> = l.split(' ').collect();
         f.get(1) == Some(&dir) && f.get(2) == Some(&fstype)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
+    use super::*;
+
+    #[test]
+    fn bpffs_is_mounted_root_only() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: cannot mount bpffs to check its mode");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-bpffs-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        mount_fs("bpf", d).unwrap();
+        let mode = fs::metadata(&dir).unwrap().mode() & 0o7777;
+        let _ = Command::new("umount").arg(d).status();
+        let _ = fs::remove_dir(&dir);
+        assert_eq!(mode, 0o700, "bpffs mounted with mode {mode:04o}");
+    }
 }

@@ -57,6 +57,10 @@ impl PeerStream {
         };
         Self { inner, peer }
     }
+
+    pub fn peer(&self) -> Option<Arc<Peer>> {
+        self.peer.clone()
+    }
 }
 
 fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
@@ -177,18 +181,21 @@ impl Policy {
     }
 
     fn check_token(&self, req: &Request<()>) -> Result<(), Status> {
-        let expected = self.tcp_token.as_deref().unwrap_or_default();
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        if constant_time_eq(given.as_bytes(), expected.as_bytes()) && !expected.is_empty() {
+        let given =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if self.token_matches(given) {
             Ok(())
         } else {
             Err(Status::unauthenticated("send `authorization: Bearer <the daemon's token>`"))
         }
+    }
+
+    /// Whether an `authorization` header's value is `Bearer <the token>` (never true
+    /// without a token).
+    pub fn token_matches(&self, authorization: &str) -> bool {
+        let expected = self.tcp_token.as_deref().unwrap_or_default();
+        let given = authorization.strip_prefix("Bearer ").unwrap_or_default();
+        constant_time_eq(given.as_bytes(), expected.as_bytes()) && !expected.is_empty()
     }
 }
 

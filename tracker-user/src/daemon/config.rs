@@ -12,6 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
+use super::listen::Guard;
 use crate::{
     error::{Error, Result},
     loader::DEFAULT_MAX_SLOTS,
@@ -29,8 +30,19 @@ pub struct DaemonSettings {
     /// The group (name or gid) that owns the socket (mode 0660) and may make every call,
     /// besides root. Default `root`: root only.
     pub group: String,
-    /// Prometheus metrics (HTTP, `GET /metrics`) on this address; empty: no metrics.
+    /// Prometheus metrics (HTTP, `GET /metrics`) on this Unix socket, with the API's rules
+    /// (mode 0660, root and `group`; never a job). Default: `metrics.sock` beside the API's
+    /// socket; empty: none.
+    pub metrics_socket: Option<String>,
+    /// Metrics over TCP as well, on this address; empty (the default): none. Needs
+    /// `metrics_token_file`: a scrape must send `authorization: Bearer <token>`.
     pub metrics_listen: String,
+    /// A root-only file holding the bearer token for TCP scrapes.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Live connections per listener; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long after connecting is closed.
+    pub first_bytes_timeout_seconds: f64,
     /// gRPC over TCP as well, on this address; empty (the default): none. Needs
     /// `tcp_token_file`: TCP has no peer credentials, so every call must carry
     /// `authorization: Bearer <token>`.
@@ -53,7 +65,11 @@ impl Default for DaemonSettings {
         Self {
             socket: None,
             group: "root".into(),
-            metrics_listen: "127.0.0.1:9813".into(),
+            metrics_socket: None,
+            metrics_listen: String::new(),
+            metrics_token_file: None,
+            max_connections: 512,
+            first_bytes_timeout_seconds: 10.0,
             tcp_listen: String::new(),
             tcp_token_file: None,
             kill_timeout_seconds: 10.0,
@@ -83,13 +99,17 @@ pub struct DaemonConfig {
     /// The group as configured (a name or a number), for messages.
     pub group: String,
     pub group_gid: u32,
+    pub metrics_socket: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<String>,
     pub tcp_listen: Option<SocketAddr>,
     pub tcp_token: Option<String>,
     pub kill_timeout: Duration,
     pub max_request_bytes: usize,
     pub watch_buffer_events: usize,
     pub max_slots: u32,
+    /// The limits every listener works under.
+    pub guard: Guard,
 }
 
 impl DaemonConfig {
@@ -122,16 +142,36 @@ impl DaemonConfig {
         };
         let group_gid = user::resolve_group(&s.group)
             .map_err(|e| bad(format!("group = {:?}: {e}", s.group)))?;
+        let token =
+            |listen: &Option<SocketAddr>, key: &str, file: &Option<PathBuf>| match (listen, file) {
+                (None, _) => Ok(None),
+                (Some(_), None) => Err(bad(format!(
+                    "{key} needs {key_file}: TCP callers have no peer credentials",
+                    key_file = key.replace("listen", "token_file")
+                ))),
+                (Some(_), Some(f)) => read_token(f).map(Some).map_err(&bad),
+            };
         let tcp_listen = addr("tcp_listen", &s.tcp_listen)?;
-        let tcp_token = match (&tcp_listen, &s.tcp_token_file) {
-            (None, _) => None,
-            (Some(_), None) => {
-                return Err(bad(
-                    "tcp_listen needs tcp_token_file: TCP callers have no peer credentials".into(),
-                ));
-            }
-            (Some(_), Some(f)) => Some(read_token(f).map_err(bad)?),
+        let tcp_token = token(&tcp_listen, "tcp_listen", &s.tcp_token_file)?;
+        let metrics_listen = addr("metrics_listen", &s.metrics_listen)?;
+        let metrics_token = token(&metrics_listen, "metrics_listen", &s.metrics_token_file)?;
+        let metrics_socket = match s.metrics_socket.as_deref() {
+            None => Some(paths.state_dir().join("metrics.sock")),
+            Some("") => None,
+            Some(p) => Some(PathBuf::from(p)),
         };
+        if s.max_connections == 0 {
+            return Err(bad("max_connections = 0: use at least 1".into()));
+        }
+        let first_bytes = Duration::try_from_secs_f64(s.first_bytes_timeout_seconds)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                bad(format!(
+                    "first_bytes_timeout_seconds = {}: use > 0",
+                    s.first_bytes_timeout_seconds
+                ))
+            })?;
         let kill_timeout = Duration::try_from_secs_f64(s.kill_timeout_seconds)
             .ok()
             .filter(|d| !d.is_zero())
@@ -151,13 +191,16 @@ impl DaemonConfig {
             socket: s.socket.unwrap_or_else(|| paths.socket_file()),
             group: s.group,
             group_gid,
-            metrics_listen: addr("metrics_listen", &s.metrics_listen)?,
+            metrics_socket,
+            metrics_listen,
+            metrics_token,
             tcp_listen,
             tcp_token,
             kill_timeout,
             max_request_bytes: s.max_request_bytes,
             watch_buffer_events: s.watch_buffer_events,
             max_slots: s.max_slots,
+            guard: Guard { max_connections: s.max_connections, first_bytes },
         })
     }
 }
@@ -165,22 +208,19 @@ impl DaemonConfig {
 /// The token, from a file only root can read (a token others can read authorises them).
 fn read_token(file: &Path) -> std::result::Result<String, String> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta = fs::metadata(file).map_err(|e| format!("tcp_token_file {}: {e}", file.display()))?;
+    let meta = fs::metadata(file).map_err(|e| format!("token file {}: {e}", file.display()))?;
     if meta.uid() != 0 || meta.mode() & 0o077 != 0 {
         return Err(format!(
-            "tcp_token_file {} must be owned by root with mode 0600 (chmod 600)",
+            "token file {} must be owned by root with mode 0600 (chmod 600)",
             file.display()
         ));
     }
     let token = fs::read_to_string(file)
-        .map_err(|e| format!("tcp_token_file {}: {e}", file.display()))?
+        .map_err(|e| format!("token file {}: {e}", file.display()))?
         .trim()
         .to_owned();
     if token.len() < 16 {
-        return Err(format!(
-            "tcp_token_file {}: use a token of 16 characters or more",
-            file.display()
-        ));
+        return Err(format!("token file {}: use a token of 16 characters or more", file.display()));
     }
     Ok(token)
 }
@@ -202,7 +242,10 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.socket, Path::new("/run/tracker/tracker.sock"));
         assert_eq!(c.group_gid, 0);
-        assert_eq!(c.metrics_listen, Some("127.0.0.1:9813".parse().unwrap()));
+        // Metrics on a socket with the API's rules; nothing on TCP unless configured.
+        assert_eq!(c.metrics_socket.as_deref(), Some(Path::new("/run/tracker/metrics.sock")));
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.guard.max_connections, 512);
         assert_eq!(c.tcp_listen, None);
         assert_eq!(c.kill_timeout, Duration::from_secs(10));
         assert_eq!(c.max_request_bytes, 65536);
@@ -224,13 +267,13 @@ mod tests {
     #[test]
     fn settings_are_read() {
         let c = parse(
-            "[daemon]\nsocket = \"/tmp/x.sock\"\ngroup = \"4242\"\nmetrics_listen = \"\"\n\
+            "[daemon]\nsocket = \"/tmp/x.sock\"\ngroup = \"4242\"\nmetrics_socket = \"\"\n\
              kill_timeout_seconds = 2.5\n[roots]\nel9 = \"/srv/el9\"\n",
         )
         .unwrap();
         assert_eq!(c.socket, Path::new("/tmp/x.sock"));
         assert_eq!(c.group_gid, 4242);
-        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.metrics_socket, None);
         assert_eq!(c.kill_timeout, Duration::from_millis(2500));
     }
 
@@ -241,6 +284,9 @@ mod tests {
             ("[daemon]\ngroup = \"no-such-group-xyz\"\n", "no group"),
             ("[daemon]\nmetrics_listen = \"localhost\"\n", "not an address"),
             ("[daemon]\ntcp_listen = \"127.0.0.1:9814\"\n", "needs tcp_token_file"),
+            ("[daemon]\nmetrics_listen = \"127.0.0.1:9813\"\n", "needs metrics_token_file"),
+            ("[daemon]\nmax_connections = 0\n", "at least 1"),
+            ("[daemon]\nfirst_bytes_timeout_seconds = 0.0\n", "use > 0"),
             ("[daemon]\nkill_timeout_seconds = -1.0\n", "use > 0"),
             ("[daemon]\nmax_request_bytes = 10\n", "at least 1024"),
             ("[deamon]\n", "unknown field `deamon`"),

@@ -2,11 +2,11 @@
 //! labelled by slot name and owner uid, read from the kernel at each scrape (one pass over the
 //! tasks for every slot); and the tracker's own health: programs attached, events lost, kills
 //! and how long they took.
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -19,9 +19,14 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 
-use super::hub::Hub;
+use super::{
+    auth::{Peer, Policy},
+    hub::Hub,
+    listen::Guarded,
+};
 use crate::{kill::KillReport, status, tracker::Tracker};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -29,6 +34,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
+    tracker: Arc<Tracker>,
     registry: Registry,
     kill_seconds: Histogram,
     kills: Family<Labels, Counter>,
@@ -52,8 +58,8 @@ impl Metrics {
             "Kills done by the daemon, by result (complete: the slot was emptied)",
             kills.clone(),
         );
-        registry.register_collector(Box::new(KernelCollector { tracker, hub }));
-        Self { registry, kill_seconds, kills }
+        registry.register_collector(Box::new(KernelCollector { tracker: tracker.clone(), hub }));
+        Self { tracker, registry, kill_seconds, kills }
     }
 
     pub fn observe_kill(&self, r: &KillReport) {
@@ -294,45 +300,93 @@ impl Collector for KernelCollector {
     }
 }
 
-/// Serve `GET /metrics` on `addr` until `stopping` becomes true.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    loop {
-        let stream = tokio::select! {
-            _ = stopping.wait_for(|s| *s) => return,
-            accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!("metrics: accept: {e}");
-                    continue;
+/// Who may read a connection's scrapes.
+#[derive(Clone)]
+pub enum Gate {
+    /// A Unix connection: root and the daemon's group, by the peer's credentials, as for
+    /// the API; never a process of a slot (a job), whatever its uid.
+    Peer { peer: Option<Arc<Peer>>, policy: Policy },
+    /// TCP: the bearer token, as for the API's TCP listener.
+    Token(Policy),
+}
+
+impl Gate {
+    fn check(&self, req: &Request<hyper::body::Incoming>, t: &Tracker) -> Result<(), String> {
+        match self {
+            Self::Peer { peer: None, .. } => {
+                Err("the caller's credentials could not be read".into())
+            }
+            Self::Peer { peer: Some(p), policy } => {
+                if !policy.allows(p) {
+                    return Err(format!(
+                        "uid {} is neither root nor in group {}",
+                        p.uid, policy.group_gid
+                    ));
                 }
-            },
-        };
+                // Slot names and owners are private to the site: a job (even one in the
+                // group, even root) reads none, its own slot's included.
+                match t.maps().tag(p.pid) {
+                    Ok(None) => Ok(()),
+                    Ok(Some(_)) => {
+                        Err(format!("pid {} runs in a slot: jobs read no metrics", p.pid))
+                    }
+                    Err(e) => Err(format!("checking the caller: {e}")),
+                }
+            }
+            Self::Token(policy) => {
+                let given = req
+                    .headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if policy.token_matches(given) {
+                    Ok(())
+                } else {
+                    Err("send `authorization: Bearer <the metrics token>`".into())
+                }
+            }
+        }
+    }
+}
+
+/// A scrape connection may live this long, whatever it does.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Serve `GET /metrics` on every connection of `conns`, each behind `gate_of`'s gate.
+pub async fn serve<S>(
+    mut conns: ReceiverStream<std::io::Result<Guarded<S>>>,
+    metrics: Arc<Metrics>,
+    gate_of: impl Fn(&S) -> Gate + Send + 'static,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    while let Some(Ok(stream)) = conns.next().await {
         let metrics = metrics.clone();
+        let gate = gate_of(stream.get_ref());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| respond(req, metrics.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!("metrics: connection: {e}");
+            let svc = service_fn(move |req| respond(req, metrics.clone(), gate.clone()));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(FIRST_BYTES)
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!("metrics: connection: {e}"),
+                Err(_) => {
+                    tracing::debug!("metrics: connection closed after {CONNECTION_LIFETIME:?}")
+                }
+                Ok(Ok(())) => {}
             }
         });
     }
 }
 
-pub async fn bind(addr: SocketAddr) -> crate::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| crate::Error::Daemon(format!("metrics on {addr}: {e} (set metrics_listen)")))
-}
+/// How long a scrape may take to send its request headers.
+const FIRST_BYTES: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn respond(
     req: Request<hyper::body::Incoming>,
     metrics: Arc<Metrics>,
+    gate: Gate,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let reply = |code: StatusCode, ctype: &str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -342,6 +396,13 @@ async fn respond(
         }
         Ok(r)
     };
+    if let Err(why) = gate.check(&req, &metrics.tracker) {
+        let code = match gate {
+            Gate::Token(_) => StatusCode::UNAUTHORIZED,
+            Gate::Peer { .. } => StatusCode::FORBIDDEN,
+        };
+        return reply(code, "text/plain", format!("{why}\n"));
+    }
     if req.method() != Method::GET || req.uri().path() != "/metrics" {
         return reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics is served\n".into());
     }

@@ -10,23 +10,23 @@
 pub mod auth;
 pub mod config;
 mod hub;
+mod listen;
 mod metrics;
 pub mod proto;
 mod service;
 mod socket;
 
-use std::{os::fd::OwnedFd, sync::Arc, thread};
+use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc, thread, time::Duration};
 
 use tokio::{
-    net::UnixListener,
+    net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
-use tokio_stream::{StreamExt as _, wrappers::UnixListenerStream};
 use tonic::{
     codegen::http,
     service::{InterceptorLayer, Routes},
-    transport::{Server, server::TcpIncoming},
+    transport::Server,
 };
 
 pub use config::DaemonConfig;
@@ -60,17 +60,31 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
     let hub = hub::Hub::start(paths.clone(), config.watch_buffer_events);
     let metrics = Arc::new(metrics::Metrics::new(tracker.clone(), hub.clone()));
     let sock = socket::bind(&config.socket, config.group_gid)?;
-    let metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(metrics::bind(addr).await?),
+    // Only the API's own socket is needed to serve: the others, taken or broken, are warnings.
+    let metrics_sock = config.metrics_socket.as_deref().and_then(|path| {
+        optional("metrics socket", socket::bind(path, config.group_gid).and_then(unix_listener))
+    });
+    let metrics_tcp = match config.metrics_listen {
+        Some(addr) => optional("metrics on TCP", bind_tcp(addr, "metrics_listen").await),
         None => None,
     };
     let tcp = match config.tcp_listen {
-        Some(addr) => Some(
-            TcpIncoming::bind(addr)
-                .map_err(|e| Error::Daemon(format!("gRPC on TCP {addr}: {e} (set tcp_listen)")))?,
-        ),
+        Some(addr) => optional("gRPC on TCP", bind_tcp(addr, "tcp_listen").await),
         None => None,
     };
+    let listeners = 1 + usize::from(metrics_sock.is_some()) + usize::from(metrics_tcp.is_some());
+    let listeners = listeners + usize::from(tcp.is_some());
+    let guard = listen::Guard {
+        max_connections: listen::per_listener_cap(config.guard.max_connections, listeners),
+        ..config.guard
+    };
+    if guard.max_connections < config.guard.max_connections {
+        tracing::warn!(
+            "max_connections lowered to {} per listener: the descriptor limit leaves no more \
+             (raise LimitNOFILE)",
+            guard.max_connections
+        );
+    }
     let (oom_stop_r, oom_stop_w) =
         rustix::pipe::pipe().map_err(|e| Error::io("creating a pipe", e.into()))?;
     let oom_guard = start_oom_guard(tracker.clone(), hub.clone(), metrics.clone(), oom_stop_r);
@@ -86,23 +100,38 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
         group_gid: config.group_gid,
         tcp_token: config.tcp_token.as_deref().map(Arc::from),
     };
+    let metrics_policy = auth::Policy {
+        group_gid: config.group_gid,
+        tcp_token: config.metrics_token.as_deref().map(Arc::from),
+    };
     let routes = routes(svc, config.max_request_bytes).await?;
-    // Every service behind the peer check; oversized requests are RESOURCE_EXHAUSTED.
+    // Every service behind the peer check; the client's mistakes get the client's codes.
+    // Dead peers are found by HTTP/2 pings and dropped.
     let server = || {
         let policy = policy.clone();
         Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_concurrent_streams(Some(256))
             .layer(InterceptorLayer::new(move |req| policy.authorize(req)))
-            .layer(tower::util::MapResponseLayer::new(
-                too_large_is_resource_exhausted::<tonic::body::Body>,
-            ))
+            .layer(tower::util::MapResponseLayer::new(client_errors::<tonic::body::Body>))
             .add_routes(routes.clone())
     };
 
+    let metrics_where = [
+        metrics_sock.as_ref().map(|(s, _)| format!("{} (same rules)", s.path().display())),
+        metrics_tcp
+            .as_ref()
+            .and(config.metrics_listen)
+            .map(|a| format!("http://{a}/metrics (token)")),
+    ];
+    let metrics_where: Vec<String> = metrics_where.into_iter().flatten().collect();
     tracing::info!(
         socket = %config.socket.display(),
         group = config.group_gid,
-        metrics = ?config.metrics_listen,
-        tcp = ?config.tcp_listen,
+        metrics = ?metrics_where,
+        tcp = ?tcp.as_ref().and(config.tcp_listen),
+        max_connections = guard.max_connections,
         instance = paths.instance(),
         "serving"
     );
@@ -111,23 +140,39 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
         config.socket.display(),
         config.group,
         config.group_gid,
-        config
-            .metrics_listen
-            .map_or_else(|| "off".to_owned(), |a| format!("on http://{a}/metrics")),
-        config.tcp_listen.map_or_else(String::new, |a| format!("; gRPC on TCP {a} (token)")),
+        if metrics_where.is_empty() { "off".to_owned() } else { metrics_where.join(" and ") },
+        tcp.as_ref()
+            .and(config.tcp_listen)
+            .map_or_else(String::new, |a| format!("; gRPC on TCP {a} (token)")),
     );
 
-    let listener =
-        UnixListener::from_std(sock.listener.try_clone().ctx(|| "duplicating the socket".into())?)
-            .ctx(|| "registering the socket".into())?;
-    let incoming = UnixListenerStream::new(listener).map(|s| s.map(auth::PeerStream::new));
+    let (sock, api) = unix_listener(sock)?;
+    let incoming =
+        listen::incoming("gRPC socket", api, guard, auth::PeerStream::new, stopping.clone());
     let unix =
         tokio::spawn(server().serve_with_incoming_shutdown(incoming, stopped(stopping.clone())));
-    let tcp = tcp.map(|incoming| {
+    let tcp = tcp.map(|l| {
+        let incoming = listen::incoming("gRPC on TCP", l, guard, |s| s, stopping.clone());
         tokio::spawn(server().serve_with_incoming_shutdown(incoming, stopped(stopping.clone())))
     });
-    let metrics_task =
-        metrics_listener.map(|l| tokio::spawn(metrics::serve(l, metrics, stopping.clone())));
+    let mut metrics_tasks = vec![];
+    let mut metrics_sock_file = None;
+    if let Some((file, l)) = metrics_sock {
+        let conns =
+            listen::incoming("metrics socket", l, guard, auth::PeerStream::new, stopping.clone());
+        let policy = metrics_policy.clone();
+        metrics_tasks.push(tokio::spawn(metrics::serve(conns, metrics.clone(), move |s| {
+            metrics::Gate::Peer { peer: s.peer(), policy: policy.clone() }
+        })));
+        metrics_sock_file = Some(file);
+    }
+    if let Some(l) = metrics_tcp {
+        let conns = listen::incoming("metrics on TCP", l, guard, |s| s, stopping.clone());
+        let policy = metrics_policy.clone();
+        metrics_tasks.push(tokio::spawn(metrics::serve(conns, metrics.clone(), move |_| {
+            metrics::Gate::Token(policy.clone())
+        })));
+    }
 
     let why = wait_for_signal().await?;
     tracing::info!("{why}: stopping");
@@ -141,11 +186,12 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
             Ok(Ok(())) => {}
         }
     }
-    if let Some(m) = metrics_task {
+    for m in metrics_tasks {
+        m.abort();
         let _ = m.await;
     }
     let _ = tokio::task::spawn_blocking(move || oom_guard.join()).await;
-    drop(sock);
+    drop((metrics_sock_file, sock));
     eprintln!("tracker daemon: stopped ({why}); tracking goes on in the kernel");
     Ok(())
 }
@@ -175,17 +221,49 @@ async fn routes(svc: service::Service, max_request_bytes: usize) -> Result<Route
         .add_service(reflection_v1alpha))
 }
 
-/// tonic answers a request over the size limit with OUT_OF_RANGE, gRPC's status codes say
-/// RESOURCE_EXHAUSTED; no method answers OUT_OF_RANGE for anything else.
-fn too_large_is_resource_exhausted<B>(mut res: http::Response<B>) -> http::Response<B> {
-    const OUT_OF_RANGE: &str = "11";
-    if res.headers().get("grpc-status").is_some_and(|v| v == OUT_OF_RANGE) {
-        let code = (tonic::Code::ResourceExhausted as i32).to_string();
-        if let Ok(v) = http::HeaderValue::from_str(&code) {
-            res.headers_mut().insert("grpc-status", v);
-        }
+/// The client's mistakes as gRPC's status codes name them, where tonic says otherwise: a
+/// request over the size limit (OUT_OF_RANGE from tonic) is RESOURCE_EXHAUSTED, one that does
+/// not decode (INTERNAL from tonic) is INVALID_ARGUMENT. No method answers OUT_OF_RANGE for
+/// anything else, and the daemon's own INTERNAL errors never carry the decoder's words.
+fn client_errors<B>(mut res: http::Response<B>) -> http::Response<B> {
+    let Some(status) = tonic::Status::from_header_map(res.headers()) else { return res };
+    let code = match status.code() {
+        tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
+        tonic::Code::Internal if is_decode_error(status.message()) => tonic::Code::InvalidArgument,
+        _ => return res,
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&(code as i32).to_string()) {
+        res.headers_mut().insert("grpc-status", v);
     }
     res
+}
+
+/// tonic's and prost's words for a request body that is not a message.
+fn is_decode_error(message: &str) -> bool {
+    ["failed to decode Protobuf message", "protocol error:", "Unexpected EOF decoding stream"]
+        .iter()
+        .any(|p| message.starts_with(p))
+}
+
+/// A socket's file, and its listener registered with the runtime.
+fn unix_listener(sock: socket::Socket) -> Result<(socket::Socket, UnixListener)> {
+    let std = sock.listener.try_clone().ctx(|| "duplicating the socket".into())?;
+    let l = UnixListener::from_std(std).ctx(|| "registering the socket".into())?;
+    Ok((sock, l))
+}
+
+async fn bind_tcp(addr: SocketAddr, key: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| Error::Daemon(format!("{addr}: {e} (set {key})")))
+}
+
+/// A listener the daemon can serve without: its failure is a warning, in the log and on
+/// stderr, and the API goes on.
+fn optional<T>(what: &str, r: Result<T>) -> Option<T> {
+    r.map_err(|e| {
+        tracing::warn!("{what}: {e}: not serving it");
+        eprintln!("tracker daemon: warning: {what}: {e}: not serving it; the API goes on");
+    })
+    .ok()
 }
 
 fn open_or_load(paths: &Paths, config: &DaemonConfig) -> Result<Tracker> {
@@ -238,4 +316,24 @@ async fn wait_for_signal() -> Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_after(status: tonic::Status) -> String {
+        let res = client_errors(status.into_http::<()>());
+        res.headers().get("grpc-status").unwrap().to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn the_clients_mistakes_get_the_clients_codes() {
+        let decode = tonic::Status::internal("failed to decode Protobuf message: invalid varint");
+        assert_eq!(code_after(decode), "3");
+        assert_eq!(code_after(tonic::Status::out_of_range("too large")), "8");
+        // The daemon's own failures stay INTERNAL; other codes pass through.
+        assert_eq!(code_after(tonic::Status::internal("reading the maps: EIO")), "13");
+        assert_eq!(code_after(tonic::Status::not_found("no slot x")), "5");
+    }
 }

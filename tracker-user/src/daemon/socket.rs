@@ -91,6 +91,12 @@ fn remove_stale(path: &Path) -> Result<()> {
     }
 }
 
+impl Socket {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Drop for Socket {
     fn drop(&mut self) {
         if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {

@@ -191,6 +191,10 @@ pub struct IsolationArgs {
     /// Run the job as USER (name or uid), with no_new_privs and no capabilities
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Run a job that keeps uid 0 without the root-job guard (which keeps it from bpf, mount,
+    /// ptrace, modules and bpffs; see the README's threat model)
+    #[arg(long)]
+    pub no_root_guard: bool,
 }
 
 impl IsolationArgs {
@@ -206,6 +210,7 @@ impl IsolationArgs {
             pid_ns: self.pid_ns,
             root,
             user: self.user.clone(),
+            no_root_guard: self.no_root_guard,
         })
     }
 }

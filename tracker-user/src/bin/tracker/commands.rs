@@ -1,6 +1,6 @@
 //! One function per command: parse nothing, decide nothing, call the library, print.
 use std::{
-    fs::OpenOptions,
+    io::Write as _,
     path::Path,
     process::{ExitCode, Stdio},
     time::Duration,
@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use tracker::{
     KillOptions, LoadOptions, Paths, RunOptions, SlotSpec, Tracker, generated_slot_name, loader,
+    safe_open::{self, open_for_job},
     status,
 };
 
@@ -80,6 +81,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 println!("{}", rec.name);
                 return Ok(ExitCode::SUCCESS);
             }
+            // Opened before the job runs (it could plant a link at the path meanwhile), and
+            // without following one.
+            let summary_file = summary
+                .as_deref()
+                .map(|f| open_for_job("--summary", f, safe_open::Write::Replace))
+                .transpose()?;
             let opts = RunOptions {
                 keep_slot: keep,
                 kill: KillOptions { timeout: seconds(kill_timeout)? },
@@ -87,9 +94,9 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             let outcome = t.run(&spec, &mut cmd, &opts)?;
             output::run_outcome(&outcome);
-            if let Some(file) = summary {
+            if let (Some(mut f), Some(file)) = (summary_file, summary) {
                 let json = serde_json::to_vec_pretty(&outcome.usage)?;
-                std::fs::write(&file, json)
+                f.write_all(&json)
                     .with_context(|| format!("writing the summary to {}", file.display()))?;
             }
             Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
@@ -180,11 +187,7 @@ fn detached_output(file: Option<&Path>) -> Result<(Stdio, Stdio)> {
     let Some(file) = file else {
         return Ok((Stdio::null(), Stdio::null()));
     };
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(file)
-        .with_context(|| format!("opening {}", file.display()))?;
+    let f = open_for_job("--output", file, safe_open::Write::Append)?;
     Ok((f.try_clone()?.into(), f.into()))
 }
 
