@@ -277,7 +277,7 @@ mod tests {
         // 1:4294967295 used to be stored as 1:* (the any-minor marker).
         for bad in ["1:4294967295", "1:1048576", "4096:1", "4096:*"] {
             let e = parse_devices(bad).unwrap_err().to_string();
-            assert!(e.contains("minors go up to 1048575"), "{bad}: {e}");
+            assert!(e.contains("minors up to 1048575"), "{bad}: {e}");
         }
         let top = parse_devices("4095:1048575").unwrap();
         assert_eq!(top, vec![DeviceRule { major: 4095, minor: Some(1_048_575) }]);
