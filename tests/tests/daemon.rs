@@ -220,17 +220,16 @@ fn a_slow_watcher_is_told_exactly_what_it_lost() {
     };
     // Bounded: each storm is 300 events or more; the client's path holds a few thousand.
     let mut storms = 0;
-    while metric(&metrics(&d.metrics), "tracker_watch_clients_stalled") < 1.0 {
+    while metric(&d.scrape(), "tracker_watch_clients_stalled") < 1.0 {
         assert!(storms < 200, "{storms} storms and the client never stalled");
         storm(&format!("fill-{storms}"));
         storms += 1;
     }
     // From here the forwarder waits on this client, which reads nothing: every event
     // published now stays in the daemon's buffer of 16 or pushes one out of it.
-    let at_stall = metric(&metrics(&d.metrics), "tracker_events_published_total");
+    let at_stall = metric(&d.scrape(), "tracker_events_published_total");
     storm("storm");
-    let published =
-        |want: f64| metric(&metrics(&d.metrics), "tracker_events_published_total") >= want;
+    let published = |want: f64| metric(&d.scrape(), "tracker_events_published_total") >= want;
     // The storm's slot-empty comes after its exits; wait for it to be published too.
     assert!(wait_for(T, || published(at_stall + (BUFFER * 10) as f64)), "events not published");
     let mut events = vec![];
