@@ -72,8 +72,10 @@ pub struct Prepared {
     scratch: Option<PathBuf>,
     unshare: libc::c_int,
     pid_ns: bool,
-    /// What mount targets are resolved beneath: the root directory, or `/`.
-    base: Option<Arc<OwnedFd>>,
+    /// What mount targets are resolved beneath: the root directory, or `/`. A path, opened
+    /// again in the child: a descriptor from before `unshare` would name the machine's
+    /// mounts, not the job's copies.
+    base: Option<CString>,
     /// In order, in the child: mount points are made where the earlier mounts put them
     /// (the working directory may be under a private /tmp).
     steps: Vec<Step>,
@@ -206,7 +208,7 @@ impl Isolation {
                 p.chroot = Some(target);
             }
         }
-        p.base = Some(base);
+        p.base = Some(cstring(base_path)?);
         Ok(p)
     }
 }
@@ -383,9 +385,13 @@ impl Prepared {
             if self.pid_ns {
                 become_init()?;
             }
-            let base = self.base.as_deref();
+            // Checked in `prepare`; a link swapped in since is refused here.
+            let base = match &self.base {
+                Some(path) => Some(open_dir(CWD, path)?),
+                None => None,
+            };
             for step in &self.steps {
-                let Some(base) = base else { break };
+                let Some(base) = &base else { break };
                 self.step(base.as_fd(), step)?;
             }
             if let Some(g) = &self.guard {
@@ -394,7 +400,7 @@ impl Prepared {
                     libc::umount2(point.as_ptr(), libc::MNT_DETACH);
                 }
             }
-            if let (Some(base), Some(cwd)) = (base, &self.chroot) {
+            if let (Some(base), Some(cwd)) = (&base, &self.chroot) {
                 // The working directory as mounted inside the root, reached through no link.
                 let cwd = open_dir(base.as_fd(), cwd)?;
                 rustix::process::fchdir(base)?;
