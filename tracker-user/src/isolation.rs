@@ -301,8 +301,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+            && let Some(v) = b
+                .get(i + 1..i + 4)
+                .and_then(|o| std::str::from_utf8(o).ok())
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
         {
             out.push(v);
             i += 4;
@@ -322,11 +324,6 @@ fn cstring(p: &Path) -> Result<CString> {
 impl Prepared {
     pub fn is_empty(&self) -> bool {
         self.unshare == 0 && self.user.is_none()
-    }
-
-    /// Whether the job runs under the root-job guard.
-    pub fn root_guarded(&self) -> bool {
-        self.guard.is_some()
     }
 
     /// Make the slot's scratch directories (as open as `/tmp`, in a root-only parent), each
@@ -617,5 +614,18 @@ pub fn remove_scratch(paths: &Paths, slot_name: &str) -> Result<()> {
             Err(Error::io(format!("removing {}", dir.display()), e))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_read_as_the_kernel_escapes_them() {
+        assert_eq!(unescape_mountinfo(r"/sys/fs/bpf"), "/sys/fs/bpf");
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\011c\134d"), "/mnt/a b\tc\\d");
+        assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04");
+        assert_eq!(unescape_mountinfo("/é\\"), "/é\\");
     }
 }
