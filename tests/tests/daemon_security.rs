@@ -202,6 +202,7 @@ fn the_api_answers_while_a_user_holds_two_thousand_idle_connections() {
         d.metrics.display().to_string(),
     ];
     // Half the attempts go to the Unix sockets, which nobody may not connect to.
+    let cpu_before = cpu_ticks(d.pid());
     let (crowd, opened, refused) = Crowd::hold(&attacker, 1000, 4, &targets);
     eprintln!(
         "nobody holds {opened} TCP connections; {refused} refused (the Unix sockets are 0660)"
@@ -216,11 +217,19 @@ fn the_api_answers_while_a_user_holds_two_thousand_idle_connections() {
     let during = t0.elapsed();
     assert!(d.scrape().contains("tracker_slots"));
     eprintln!("ListSlots: {before:?} before, {during:?} with 2,000 idle connections held");
+    eprintln!("daemon CPU meanwhile: {} ticks", cpu_ticks(d.pid()) - cpu_before);
     drop(crowd);
     // The daemon is alive and its log holds no flood.
     rt.block_on(c.list_slots(proto::ListSlotsRequest {})).unwrap();
     let lines = d.log().lines().count();
     assert!(lines < 200, "{lines} log lines");
+}
+
+/// User and system CPU of `pid` so far, in clock ticks (for the record, not asserted).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// A gRPC codec that sends raw bytes as the request message and ignores the response.
