@@ -309,6 +309,12 @@ fn a_root_job_cannot_untrack_itself_or_others() {
     assert_eq!(seccomp(&["--user", "nobody"]), "0");
     assert_eq!(seccomp(&[]), "2");
     assert_eq!(seccomp(&["--no-root-guard"]), "0");
+    // The library's spawn guards a root command the same way.
+    inst.cli_ok(&["create", "lib"]);
+    let mut cmd = Command::new("grep");
+    cmd.args(["^Seccomp:", "/proc/self/status"]).stdout(std::process::Stdio::piped());
+    let out = inst.tracker().spawn("lib", &mut cmd, false).unwrap().wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1), Some("2"));
     let _ = outside.kill();
     let _ = outside.wait();
 }

@@ -58,10 +58,12 @@ const FORWARDED: &[i32] =
 
 impl Tracker {
     /// Start `cmd` as the first task of slot `name`. `detach` puts it in a session of its own,
-    /// for a slot that outlives this process (its stdio is the caller's choice).
+    /// for a slot that outlives this process (its stdio is the caller's choice). No isolation,
+    /// but a command that keeps uid 0 runs under the root-job guard, as with `start`.
     pub fn spawn(&self, name: &str, cmd: &mut Command, detach: bool) -> Result<Child> {
         let rec = self.slot(name)?;
-        self.spawn_in(&rec, cmd, detach, Prepared::default()).map(|(child, _)| child)
+        let iso = Isolation::default().prepare(self.paths(), name)?;
+        self.spawn_in(&rec, cmd, detach, iso).map(|(child, _)| child)
     }
 
     /// Create slot `spec`, isolated as `iso` says, and start `cmd` as its first task. Bad
