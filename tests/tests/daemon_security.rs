@@ -1,5 +1,5 @@
 //! The daemon against the node's other users: metrics only for root and the daemon's group
-//! (and never for a job), TCP only with the token, a taken metrics address only a warning, the
+//! (and never for a job, which may not use the API either), TCP only with the token, a taken metrics address only a warning, the
 //! API still answering while an ordinary user holds 2,000 idle connections, and requests
 //! that do not decode refused as INVALID_ARGUMENT.
 #![allow(clippy::unwrap_used)]
@@ -94,6 +94,13 @@ fn metrics_are_for_root_and_the_group_only_and_never_for_a_job() {
         "/metrics",
     ]);
     assert_eq!(out.split(' ').nth(1), Some("403"), "a job read the metrics: {out}");
+    // Nor may it use the API (to kill or release other slots): root outside a slot may.
+    let probe = env!("CARGO_BIN_EXE_grpc_probe");
+    let sock = d.socket.to_str().unwrap();
+    let out = inst.cli_ok(&["run", "--slot", "nosy-api", "--", probe, sock]);
+    assert!(out.starts_with("denied PermissionDenied") && out.contains("runs in a slot"), "{out}");
+    let out = Command::new(probe).arg(sock).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok "), "{out:?}");
     // TCP: the bearer token or nothing.
     let tcp_get = |token: Option<&str>| {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -3,7 +3,9 @@
 //!
 //! On the Unix socket the kernel says who connected (`SO_PEERCRED`: uid, gid, pid;
 //! `SO_PEERGROUPS`: supplementary groups), read once at accept: root and members of the
-//! configured group may make every call, anyone else gets PERMISSION_DENIED. The socket's mode
+//! configured group may make every call, anyone else gets PERMISSION_DENIED; and so does a
+//! process that runs in a slot, whatever its uid: a job (a root job included) may not use the
+//! daemon to kill, release or change other slots. The socket's mode
 //! (0660, root and the group) already keeps others from connecting; this check holds even for
 //! a connection made by a process whose file-system identity differs from its effective one.
 //! Over TCP (off by default) there are no peer credentials: a call must carry the configured
@@ -30,6 +32,8 @@ pub struct Peer {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// It is a task of a slot (a job), by the kernel's tag at accept.
+    pub in_slot: bool,
 }
 
 /// Who a call comes from, as the handlers see it (a request extension set by `authorize`).
@@ -46,9 +50,13 @@ pub struct PeerStream {
 }
 
 impl PeerStream {
-    pub fn new(inner: UnixStream) -> Self {
+    /// `in_slot` says whether a pid is a task of a slot (true when that cannot be told).
+    pub fn new(inner: UnixStream, in_slot: &dyn Fn(u32) -> bool) -> Self {
         let peer = match peer_of(&inner) {
-            Ok(p) => Some(Arc::new(p)),
+            Ok(mut p) => {
+                p.in_slot = in_slot(p.pid);
+                Some(Arc::new(p))
+            }
             Err(e) => {
                 // Without credentials every call on this connection is denied.
                 tracing::warn!("reading a caller's credentials: {e}");
@@ -99,7 +107,7 @@ fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
         }
         groups.resize(n, 0);
     }
-    Ok(Peer { pid: cred.pid as u32, uid: cred.uid, gid: cred.gid, groups })
+    Ok(Peer { pid: cred.pid as u32, uid: cred.uid, gid: cred.gid, groups, in_slot: false })
 }
 
 impl Connected for PeerStream {
@@ -162,6 +170,12 @@ impl Policy {
                     "the caller's credentials could not be read",
                 ));
             };
+            if peer.in_slot {
+                return Err(Status::permission_denied(format!(
+                    "pid {} runs in a slot: jobs may not use the tracker's API",
+                    peer.pid
+                )));
+            }
             if !self.allows(peer) {
                 return Err(Status::permission_denied(format!(
                     "uid {} (pid {}) is neither root nor in group {}: ask an administrator to \
@@ -222,7 +236,7 @@ mod tests {
     }
 
     fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
-        Peer { pid: 1234, uid, gid, groups: groups.to_vec() }
+        Peer { pid: 1234, uid, gid, groups: groups.to_vec(), in_slot: false }
     }
 
     #[test]
@@ -232,6 +246,14 @@ mod tests {
             let req = policy().authorize(request_from(Some(p))).unwrap();
             assert_eq!(req.extensions().get::<Caller>(), Some(&Caller { uid }));
         }
+    }
+
+    #[test]
+    fn a_job_is_denied_whatever_its_uid() {
+        let job = Peer { in_slot: true, ..peer(0, 0, &[]) };
+        let e = policy().authorize(request_from(Some(job))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("runs in a slot"), "{e:?}");
     }
 
     #[test]
@@ -250,7 +272,7 @@ mod tests {
         a.set_nonblocking(true).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
         let _guard = rt.enter();
-        let stream = PeerStream::new(UnixStream::from_std(a).unwrap());
+        let stream = PeerStream::new(UnixStream::from_std(a).unwrap(), &|_| false);
         let peer = stream.connect_info().unwrap();
         // SAFETY: plain getters.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };

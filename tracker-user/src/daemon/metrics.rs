@@ -34,7 +34,6 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
-    tracker: Arc<Tracker>,
     registry: Registry,
     kill_seconds: Histogram,
     kills: Family<Labels, Counter>,
@@ -58,8 +57,8 @@ impl Metrics {
             "Kills done by the daemon, by result (complete: the slot was emptied)",
             kills.clone(),
         );
-        registry.register_collector(Box::new(KernelCollector { tracker: tracker.clone(), hub }));
-        Self { tracker, registry, kill_seconds, kills }
+        registry.register_collector(Box::new(KernelCollector { tracker, hub }));
+        Self { registry, kill_seconds, kills }
     }
 
     pub fn observe_kill(&self, r: &KillReport) {
@@ -311,7 +310,7 @@ pub enum Gate {
 }
 
 impl Gate {
-    fn check(&self, req: &Request<hyper::body::Incoming>, t: &Tracker) -> Result<(), String> {
+    fn check(&self, req: &Request<hyper::body::Incoming>) -> Result<(), String> {
         match self {
             Self::Peer { peer: None, .. } => {
                 Err("the caller's credentials could not be read".into())
@@ -325,13 +324,10 @@ impl Gate {
                 }
                 // Slot names and owners are private to the site: a job (even one in the
                 // group, even root) reads none, its own slot's included.
-                match t.maps().tag(p.pid) {
-                    Ok(None) => Ok(()),
-                    Ok(Some(_)) => {
-                        Err(format!("pid {} runs in a slot: jobs read no metrics", p.pid))
-                    }
-                    Err(e) => Err(format!("checking the caller: {e}")),
+                if p.in_slot {
+                    return Err(format!("pid {} runs in a slot: jobs read no metrics", p.pid));
                 }
+                Ok(())
             }
             Self::Token(policy) => {
                 let given = req
@@ -396,7 +392,7 @@ async fn respond(
         }
         Ok(r)
     };
-    if let Err(why) = gate.check(&req, &metrics.tracker) {
+    if let Err(why) = gate.check(&req) {
         let code = match gate {
             Gate::Token(_) => StatusCode::UNAUTHORIZED,
             Gate::Peer { .. } => StatusCode::FORBIDDEN,

@@ -148,7 +148,7 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
 
     let (sock, api) = unix_listener(sock)?;
     let incoming =
-        listen::incoming("gRPC socket", api, guard, auth::PeerStream::new, stopping.clone());
+        listen::incoming("gRPC socket", api, guard, peer_stream(&tracker), stopping.clone());
     let unix =
         tokio::spawn(server().serve_with_incoming_shutdown(incoming, stopped(stopping.clone())));
     let tcp = tcp.map(|l| {
@@ -159,7 +159,7 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
     let mut metrics_sock_file = None;
     if let Some((file, l)) = metrics_sock {
         let conns =
-            listen::incoming("metrics socket", l, guard, auth::PeerStream::new, stopping.clone());
+            listen::incoming("metrics socket", l, guard, peer_stream(&tracker), stopping.clone());
         let policy = metrics_policy.clone();
         metrics_tasks.push(tokio::spawn(metrics::serve(conns, metrics.clone(), move |s| {
             metrics::Gate::Peer { peer: s.peer(), policy: policy.clone() }
@@ -243,6 +243,15 @@ fn is_decode_error(message: &str) -> bool {
     ["failed to decode Protobuf message", "protocol error:", "Unexpected EOF decoding stream"]
         .iter()
         .any(|p| message.starts_with(p))
+}
+
+/// A Unix connection with its peer's credentials, and whether the peer is a job: tagged in
+/// the kernel (a failed lookup counts as a job: refuse rather than serve a job).
+fn peer_stream(
+    tracker: &Arc<Tracker>,
+) -> impl Fn(tokio::net::UnixStream) -> auth::PeerStream + use<> {
+    let t = tracker.clone();
+    move |s| auth::PeerStream::new(s, &|pid| !matches!(t.maps().tag(pid), Ok(None)))
 }
 
 /// A socket's file, and its listener registered with the runtime.
