@@ -232,6 +232,40 @@ fn the_api_answers_while_a_user_holds_two_thousand_idle_connections() {
     assert!(lines < 200, "{lines} log lines");
 }
 
+#[test]
+fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
+    let Some(inst) = Instance::start() else { return };
+    let port = free_port();
+    let tf = token_file(TOKEN);
+    let d = Daemon::start(
+        &inst,
+        &format!("tcp_listen = \"127.0.0.1:{port}\"\ntcp_token_file = \"{}\"", tf.display()),
+    );
+    // Its caps were sized for the limit it started with; take most descriptors away, as a
+    // lower limit or a leak elsewhere would, so that accepting fails with EMFILE.
+    let pid = d.pid().to_string();
+    let ok = Command::new("prlimit").args(["--pid", &pid, "--nofile=300:300"]).status().unwrap();
+    assert!(ok.success());
+    let attacker = attacker_for_anyone();
+    let (crowd, _, _) = Crowd::hold(&attacker, 1000, 1, &[format!("127.0.0.1:{port}")]);
+    let accept_lines = || d.log().lines().filter(|l| l.contains("accept:")).count();
+    assert!(
+        tracker_tests::wait_for(std::time::Duration::from_secs(60), || accept_lines() > 0),
+        "no accept error logged: {}",
+        d.log()
+    );
+    assert!(d.log().contains("Too many open files"), "{}", d.log());
+    // Backed off and logged once per 10 s, never a loop writing a line per failure.
+    let cpu = cpu_ticks(d.pid());
+    drop(crowd);
+    let lines = accept_lines();
+    assert!(lines <= 10, "{lines} accept errors logged");
+    // The crowd gone, the API answers.
+    let (rt, mut c) = d.client();
+    rt.block_on(c.list_slots(proto::ListSlotsRequest {})).unwrap();
+    eprintln!("{lines} accept-error line(s) logged; daemon CPU so far {cpu} ticks");
+}
+
 /// User and system CPU of `pid` so far, in clock ticks (for the record, not asserted).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
