@@ -155,8 +155,9 @@ impl DaemonConfig {
         let tcp_token = token(&tcp_listen, "tcp_listen", &s.tcp_token_file)?;
         let metrics_listen = addr("metrics_listen", &s.metrics_listen)?;
         let metrics_token = token(&metrics_listen, "metrics_listen", &s.metrics_token_file)?;
+        let socket = s.socket.unwrap_or_else(|| paths.socket_file());
         let metrics_socket = match s.metrics_socket.as_deref() {
-            None => Some(paths.state_dir().join("metrics.sock")),
+            None => Some(socket.with_file_name("metrics.sock")),
             Some("") => None,
             Some(p) => Some(PathBuf::from(p)),
         };
@@ -188,7 +189,7 @@ impl DaemonConfig {
             return Err(bad("watch_buffer_events = 0: use at least 1".into()));
         }
         Ok(Self {
-            socket: s.socket.unwrap_or_else(|| paths.socket_file()),
+            socket,
             group: s.group,
             group_gid,
             metrics_socket,
@@ -275,6 +276,8 @@ mod tests {
         assert_eq!(c.group_gid, 4242);
         assert_eq!(c.metrics_socket, None);
         assert_eq!(c.kill_timeout, Duration::from_millis(2500));
+        let c = parse("[daemon]\nsocket = \"/srv/t/api.sock\"\n").unwrap();
+        assert_eq!(c.metrics_socket.as_deref(), Some(Path::new("/srv/t/metrics.sock")));
     }
 
     #[test]
