@@ -28,7 +28,8 @@ pub struct AdoptReport {
 
 impl Tracker {
     /// Tag process `pid` and all its current descendants into slot `name`, and move them into
-    /// the slot's cgroups.
+    /// the slot's cgroups; into a bound slot, only tag them: they stay in the batch system's
+    /// cgroups.
     pub fn adopt(&self, name: &str, pid: u32) -> Result<AdoptReport> {
         let rec = self.slot(name)?;
         self.adopt_into(&rec, pid)
@@ -47,8 +48,10 @@ impl Tracker {
         let records = result?;
         let processes: BTreeSet<u32> =
             records.iter().map(|r| r.tgid).chain(std::iter::once(pid)).collect();
-        for tgid in &processes {
-            rec.cgroups.add_process(*tgid)?;
+        if rec.cgroups.bound.is_none() {
+            for tgid in &processes {
+                rec.cgroups.add_process(*tgid)?;
+            }
         }
         Ok(AdoptReport {
             processes: records.iter().filter(|r| r.tid == r.tgid).count(),

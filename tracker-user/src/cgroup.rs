@@ -59,6 +59,10 @@ pub struct SlotCgroups {
     /// The slot's v1 directory per controller.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub v1: BTreeMap<String, PathBuf>,
+    /// Set when the directories are the batch system's (see cgroup_bind.rs): the path they
+    /// were bound by, relative to the hierarchy roots. The tracker never removes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<PathBuf>,
 }
 
 /// The machine's cgroup hierarchies, as far as the tracker uses them.
@@ -156,8 +160,12 @@ impl Cgroups {
         Ok(dir)
     }
 
-    /// Remove a slot's cgroup directories. They must be empty.
+    /// Remove a slot's cgroup directories. They must be empty. A bound slot's are left to
+    /// the batch system that made them.
     pub fn remove(&self, cg: &SlotCgroups) -> Result<()> {
+        if cg.bound.is_some() {
+            return Ok(());
+        }
         for dir in cg.dirs() {
             remove_dir(dir)?;
         }
@@ -324,10 +332,12 @@ impl SlotCgroups {
         Ok(())
     }
 
-    /// Every pid in the slot's cgroups (the union over hierarchies).
+    /// Every pid in the slot's cgroups and their descendants (the union over hierarchies): a
+    /// bound job cgroup holds its tasks in step cgroups below it.
     pub fn procs(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self
             .dirs()
+            .flat_map(|d| subtree(d))
             .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
             .flat_map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>())
             .collect();
@@ -379,6 +389,24 @@ impl SlotCgroups {
     pub fn kill_all(&self) -> bool {
         self.unified.as_ref().is_some_and(|dir| fs::write(dir.join("cgroup.kill"), "1").is_ok())
     }
+}
+
+/// `dir` and every cgroup below it.
+pub(crate) fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        if let Ok(entries) = fs::read_dir(&d) {
+            todo.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        out.push(d);
+    }
+    out
 }
 
 /// Poll `done` every millisecond until it holds or `timeout` passes.

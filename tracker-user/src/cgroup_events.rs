@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    cgroup::SlotCgroups,
+    cgroup::{SlotCgroups, subtree},
     error::{Error, IoContext as _, Result},
 };
 
@@ -26,11 +26,17 @@ impl SlotCgroups {
     }
 
     /// `key` of the v2 file where the slot's v2 directory has it, else of the v1 file of
-    /// `controller`; 0 where neither is.
+    /// `controller`; 0 where neither is. v2 counts its subtree; v1 counts each cgroup apart,
+    /// so a bound job cgroup's figure is the sum over its step cgroups.
     fn count(&self, v2: &str, controller: &str, v1: &str, key: &str) -> u64 {
         let from_v2 = self.unified.as_ref().and_then(|d| keyed(&d.join(v2), key));
         from_v2
-            .or_else(|| self.v1.get(controller).and_then(|d| keyed(&d.join(v1), key)))
+            .or_else(|| {
+                let dir = self.v1.get(controller)?;
+                let counts: Vec<u64> =
+                    subtree(dir).iter().filter_map(|d| keyed(&d.join(v1), key)).collect();
+                (!counts.is_empty()).then(|| counts.iter().sum())
+            })
             .unwrap_or(0)
     }
 

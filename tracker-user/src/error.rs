@@ -75,6 +75,21 @@ pub enum Error {
     #[error("refusing to adopt pid {pid}: {why}")]
     RefusedAdopt { pid: u32, why: &'static str },
 
+    #[error("cannot bind a slot to cgroup {path}: {why}")]
+    BadCgroup { path: String, why: String },
+
+    #[error(
+        "cgroup {} is already slot {slot:?}'s (or inside or around it): one cgroup, one slot",
+        .path.display()
+    )]
+    CgroupTaken { path: PathBuf, slot: String },
+
+    #[error(
+        "slot {0:?} lives in a cgroup the batch system made: its limits are the batch system's, \
+         set them there"
+    )]
+    BoundLimits(String),
+
     #[error("invalid signal: {0}")]
     InvalidSignal(String),
 

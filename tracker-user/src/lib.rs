@@ -8,6 +8,7 @@ pub mod adopt;
 mod bpf_sys;
 pub mod btf;
 pub mod cgroup;
+mod cgroup_bind;
 pub mod cgroup_events;
 pub mod daemon;
 pub mod error;

@@ -2,6 +2,11 @@
 //! kernel's OOM killer would take one process of a slot (cgroup v1, which has no
 //! `memory.oom.group`), the guard kills the whole slot when it happens. `tracker run` does the
 //! same for its own slot while it waits.
+//!
+//! A slot bound to the batch system's cgroup is guarded whatever its limits (they are the
+//! batch system's): its OOM kills are counted in its step cgroups below the bound one, where
+//! a notification on the bound directory does not reach, so the guard also compares the
+//! subtree's OOM kill count at every pass.
 use std::{
     collections::BTreeMap,
     io,
@@ -26,12 +31,32 @@ impl Tracker {
     pub fn guard_oom(&self, stop: &OwnedFd, mut on_kill: impl FnMut(&str, &KillReport)) {
         // Slot name and generation -> its registered notification.
         let mut watches: BTreeMap<(String, u64), OomWatch> = BTreeMap::new();
+        // Bound slot name and generation -> the OOM kills counted in its cgroups so far. A
+        // slot created while the guard runs counts from 0: its job started after the binding.
+        let mut counted: BTreeMap<(String, u64), u64> = BTreeMap::new();
+        let started_ms = crate::tracker::now_ms();
         loop {
             let Ok(reg) = registry::read(self.paths()) else { return };
             watches.retain(|(name, generation), _| {
                 reg.slots.iter().any(|s| &s.name == name && s.generation == *generation)
             });
-            for rec in reg.slots.iter().filter(|s| s.limits.memory_max.is_some()) {
+            counted.retain(|(name, generation), _| {
+                reg.slots.iter().any(|s| &s.name == name && s.generation == *generation)
+            });
+            let mut over: Vec<String> = vec![];
+            for rec in reg.slots.iter().filter(|s| s.cgroups.bound.is_some()) {
+                let now = rec.cgroups.oom_kills();
+                let first = if rec.created_unix_ms >= started_ms { 0 } else { now };
+                let seen = counted.entry((rec.name.clone(), rec.generation)).or_insert(first);
+                if now > *seen {
+                    *seen = now;
+                    over.push(rec.name.clone());
+                }
+            }
+            let guarded = |s: &&crate::registry::SlotRecord| {
+                s.limits.memory_max.is_some() || s.cgroups.bound.is_some()
+            };
+            for rec in reg.slots.iter().filter(guarded) {
                 let key = (rec.name.clone(), rec.generation);
                 if watches.contains_key(&key) {
                     continue;
@@ -62,12 +87,15 @@ impl Tracker {
             if fds.last().is_some_and(|f| f.revents != 0) {
                 return;
             }
-            let fired: Vec<String> = keys
+            let mut fired: Vec<String> = keys
                 .iter()
                 .zip(&fds)
                 .filter(|(_, f)| f.revents & libc::POLLIN != 0)
                 .map(|(k, _)| k.0.clone())
+                .chain(over)
                 .collect();
+            fired.sort();
+            fired.dedup();
             for name in fired {
                 // Re-registered at the next pass: the notification is read once.
                 watches.retain(|k, _| k.0 != name);

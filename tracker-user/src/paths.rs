@@ -183,6 +183,12 @@ impl Paths {
     }
 }
 
+/// A cgroup the batch system made, `rel` (e.g. `slurm/uid_0/job_42`) under the hierarchy
+/// mounted at `mount`.
+pub fn bound_cgroup(mount: &Path, rel: &Path) -> PathBuf {
+    mount.join(rel)
+}
+
 fn env_path(var: &str) -> Option<PathBuf> {
     std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }

@@ -5,6 +5,8 @@ use crate::error::{Error, Result};
 
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const TRACEFS_MAGIC: i64 = 0x7472_6163;
+pub const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.

@@ -1,6 +1,7 @@
 //! The library's one API: the CLI and the daemon are thin faces over `Tracker`.
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     sync::{Mutex, MutexGuard},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -10,6 +11,7 @@ use tracker_common::{SLOT_ACTIVE, SlotControl, TaskTag};
 
 use crate::{
     cgroup::{Cgroups, SlotCgroups},
+    cgroup_bind,
     error::{Error, Result},
     isolation,
     limits::Limits,
@@ -35,6 +37,9 @@ pub struct SlotSpec {
     pub name: String,
     pub owner_uid: u32,
     pub limits: Limits,
+    /// Bind the slot to this cgroup the batch system made, instead of making its own
+    /// (relative to the hierarchy roots, or absolute; see cgroup_bind.rs).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A slot and its kernel-side state, read now.
@@ -105,7 +110,17 @@ impl Tracker {
             let id = reg.free_id(maps.max_slots())?;
             let generation = reg.next_generation;
             reg.next_generation += 1;
-            let (cgroups, warnings) = self.cgroups.create(&spec.name, &spec.limits)?;
+            let (cgroups, warnings) = match &spec.cgroup {
+                Some(path) => {
+                    if !spec.limits.is_empty() {
+                        return Err(Error::BoundLimits(spec.name.clone()));
+                    }
+                    let cg = self.cgroups.bind(path)?;
+                    cgroup_bind::check_free(reg, &cg)?;
+                    (cg, vec![])
+                }
+                None => self.cgroups.create(&spec.name, &spec.limits)?,
+            };
             let has_cgroup2 = cgroups.unified.is_some();
             if let Err(e) = policy::check_enforceable(&self.paths, &spec.limits, has_cgroup2)
                 .and_then(|()| PolicyMaps::open(&self.paths))
@@ -114,7 +129,9 @@ impl Tracker {
                 let _ = self.cgroups.remove(&cgroups);
                 return Err(e);
             }
-            if let Some(cg) = cgroups.unified_id() {
+            // The network programs see only the instance's own cgroups: a bound cgroup is
+            // not under them.
+            if let Some(cg) = cgroups.unified_id().filter(|_| cgroups.bound.is_none()) {
                 maps.cgroup_slots
                     .insert(cg, id, 0)
                     .map_err(|e| Error::bpf("recording the slot's cgroup", e))?;
@@ -248,6 +265,9 @@ impl Tracker {
                 .iter_mut()
                 .find(|s| s.name == name)
                 .ok_or_else(|| Error::UnknownSlot(name.to_owned()))?;
+            if rec.cgroups.bound.is_some() && !change.is_empty() {
+                return Err(Error::BoundLimits(name.to_owned()));
+            }
             let mut new = rec.limits.clone();
             new.merge(change);
             new.validate()?;
@@ -291,7 +311,7 @@ pub fn generated_slot_name() -> String {
     format!("run-{}-{:04x}", std::process::id(), nanos & 0xffff)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -64,6 +64,7 @@ impl From<&cgroup::SlotCgroups> for Cgroups {
         Self {
             unified: c.unified.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             v1: c.v1.iter().map(|(k, v)| (k.clone(), v.display().to_string())).collect(),
+            bound: c.bound.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         }
     }
 }

@@ -45,7 +45,10 @@ pub fn status_of(e: Error) -> Status {
         | Error::InvalidLimit(_)
         | Error::InvalidSignal(_)
         | Error::UnknownUser(_)
-        | Error::UnknownGroup(_) => Code::InvalidArgument,
+        | Error::UnknownGroup(_)
+        | Error::BadCgroup { .. }
+        | Error::BoundLimits(_) => Code::InvalidArgument,
+        Error::CgroupTaken { .. } => Code::AlreadyExists,
         Error::SlotBusy { .. }
         | Error::AlreadyInSlot { .. }
         | Error::RefusedAdopt { .. }
@@ -92,7 +95,12 @@ impl tracker_server::Tracker for Service {
         let r = req.into_inner();
         slot_name(&r.name)?;
         let limits = Limits::try_from(r.limits.unwrap_or_default()).map_err(status_of)?;
-        let spec = SlotSpec { name: r.name, owner_uid: r.owner_uid.unwrap_or(who.uid), limits };
+        let spec = SlotSpec {
+            name: r.name,
+            owner_uid: r.owner_uid.unwrap_or(who.uid),
+            limits,
+            cgroup: (!r.cgroup.is_empty()).then(|| r.cgroup.into()),
+        };
         let (rec, warnings) = self.blocking(move |t| t.create_slot(&spec)).await?;
         tracing::info!(slot = rec.name, owner = rec.owner_uid, caller = who.uid, "slot created");
         Ok(Response::new(proto::CreateSlotResponse { slot: Some((&rec).into()), warnings }))

@@ -56,6 +56,11 @@ pub enum Command {
         /// Succeed if the slot exists already (every step of a job creates the job's slot)
         #[arg(long)]
         exist_ok: bool,
+        /// Bind the slot to this existing cgroup (the batch system's, e.g. slurm/uid_0/job_42
+        /// under every hierarchy root, or an absolute path) instead of making its own: adopt
+        /// then only tags, nothing is moved out of it, release leaves it
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<std::path::PathBuf>,
     },
     /// Run a command as the first task of a new slot
     Run {
@@ -105,7 +110,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Put an existing process and all its descendants into a slot
+    /// Put an existing process and all its descendants into a slot (a bound slot: tag only)
     Adopt { slot: String, pid: u32 },
     /// Freeze and kill everything in a slot; exits 0 only when the slot is empty
     Kill {

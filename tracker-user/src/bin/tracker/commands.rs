@@ -34,12 +34,13 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             output::unload(&paths, &r);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Create { slot, limits, owner, exist_ok } => {
+        Command::Create { slot, limits, owner, exist_ok, cgroup } => {
             let t = Tracker::open(paths)?;
             let spec = SlotSpec {
                 name: slot,
                 owner_uid: owner.unwrap_or_else(caller_uid),
                 limits: limits.to_limits(),
+                cgroup,
             };
             match t.create_slot(&spec) {
                 Ok((rec, warnings)) => {
@@ -67,6 +68,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 name: slot.unwrap_or_else(generated_slot_name),
                 owner_uid: caller_uid(),
                 limits: limits.to_limits(),
+                ..Default::default()
             };
             let mut cmd = std::process::Command::new(&command[0]);
             cmd.args(&command[1..]);
