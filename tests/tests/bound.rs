@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use tracker::daemon::proto;
 use tracker_tests::{
     ESCAPE, Instance, cgroups_of, daemon::Daemon, marker, processes_named, test_dir, wait_exit,
     wait_for,
@@ -73,7 +74,7 @@ impl BatchCgroup {
 
     /// A /proc/PID/cgroup line of a hierarchy this cgroup is in.
     fn tracked_line(&self, line: &str) -> bool {
-        let ctrl = line.splitn(3, ':').nth(1).unwrap_or_default();
+        let ctrl = line.split(':').nth(1).unwrap_or_default();
         self.roots.iter().any(|r| {
             let name = r.file_name().unwrap().to_string_lossy();
             (ctrl.is_empty() && line.starts_with("0::")) || ctrl.split(',').any(|c| c == name)
@@ -186,8 +187,26 @@ fn the_oom_guard_kills_a_bound_slot_whole_when_its_step_cgroup_ooms() {
         g = go.display()
     ));
     assert!(wait_for(T, || processes_named(&sib).len() == 1));
-    inst.cli_ok(&["create", "oomjob", "--cgroup", &batch.rel]);
-    inst.cli_ok(&["adopt", "oomjob", &job.id().to_string()]);
+    // Bound over gRPC, as a batch system's daemon would.
+    let (rt, mut c) = d.client();
+    let bad = proto::CreateSlotRequest {
+        name: "oomjob".into(),
+        cgroup: format!("{}/../../etc", batch.rel),
+        ..Default::default()
+    };
+    let e = rt.block_on(c.create_slot(bad)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let req = proto::CreateSlotRequest {
+        name: "oomjob".into(),
+        cgroup: batch.rel.clone(),
+        ..Default::default()
+    };
+    let made = rt.block_on(c.create_slot(req)).unwrap().into_inner();
+    let cg = made.slot.unwrap().cgroups.unwrap();
+    assert_eq!(cg.bound, batch.rel);
+    assert_eq!(cg.v1["memory"], mem.join(&batch.rel).display().to_string());
+    let adopt = proto::AdoptProcessRequest { slot: "oomjob".into(), pid: job.id() };
+    rt.block_on(c.adopt_process(adopt)).unwrap();
     fs::write(&go, "").unwrap();
     // The kernel kills the hog (the batch system's limit holds); the guard kills the rest.
     assert!(

@@ -148,7 +148,7 @@ fn the_cli_and_the_daemon_share_one_registry() {
                     let req = proto::CreateSlotRequest {
                         name: format!("grpc-{w}-{i}"),
                         owner_uid: Some(1000 + w),
-                        limits: None,
+                        ..Default::default()
                     };
                     rt.block_on(c.create_slot(req)).unwrap();
                 }
@@ -308,11 +308,9 @@ fn tcp_needs_the_token() {
     let e = rt.block_on(wrong.list_slots(proto::ListSlotsRequest {})).unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let mut good = TrackerClient::with_interceptor(channel, bearer("s3cret-token-for-tests"));
-    rt.block_on(good.create_slot(proto::CreateSlotRequest {
-        name: "tcp".into(),
-        owner_uid: None,
-        limits: None,
-    }))
+    rt.block_on(
+        good.create_slot(proto::CreateSlotRequest { name: "tcp".into(), ..Default::default() }),
+    )
     .unwrap();
     assert!(inst.cli_ok(&["slots"]).contains("tcp"));
     let _ = fs::remove_dir_all(&dir);
