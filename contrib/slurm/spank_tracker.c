@@ -3,15 +3,23 @@
  * before the task's program runs, so that everything it ever forks is tagged in the kernel
  * and dies with `tracker kill` in the Epilog (contrib/slurm/epilog.sh).
  *
- * - slurm_spank_init (slurmstepd, root, once per step): `tracker create slurm-<jobid>`; a slot
- *   made by an earlier step of the same job is the one we want (`--exist-ok`).
+ * The slot is bound to the job's own cgroup, the one Slurm made (proctrack/cgroup,
+ * task/cgroup): the tracker only tags, nothing is moved out of Slurm's cgroups, so Slurm's
+ * limits, process tracking and accounting keep holding the job.
+ *
  * - slurm_spank_task_init_privileged (root, inside the task's own process, before exec):
- *   `tracker adopt slurm-<jobid> <pid of the task>`. The tracker runs as a child of the task
- *   and adopts its own parent: the adopt iterator never tags the process running it.
- *   If adopt fails, the hook fails and slurmstepd exits the task before exec: an untracked
+ *   1. `tracker create slurm-<jobid> --owner <uid> --exist-ok --cgroup <job cgroup>`, the job
+ *      cgroup read from the task's own /proc/self/cgroup, up to its `job_<jobid>` component
+ *      (`slurm/uid_U/job_J` under cgroup/v1, `.../slurmstepd.scope/job_J` under cgroup/v2).
+ *      Every task of every step of the job shares the slot: the first one makes it. A task in
+ *      no job cgroup (proctrack/pgid) gets a slot with cgroups of the tracker's own.
+ *   2. `tracker adopt slurm-<jobid> <pid of the task>`. The tracker runs as a child of the
+ *      task and adopts its own parent: the adopt iterator never tags the process running it.
+ *   If either fails, the hook fails and slurmstepd exits the task before exec: an untracked
  *   task is what this plugin exists to prevent.
  * - slurm_spank_task_init (same process, as the user, just before exec): fails too if adopt
  *   failed, so that a Slurm that only logs a failed privileged hook still stops the task.
+ * - slurm_spank_init only checks the options, so that a typo fails the step at once.
  *
  * Hooks fail by returning a negative number. Slurm 22.05 logs a positive one, such as
  * ESPANK_ERROR (3000), as "failed with rc=3000" and then runs the task anyway.
@@ -231,37 +239,61 @@ static int run_tracker(const struct config *c, const char *const *args, char *ou
     return WEXITSTATUS(status);
 }
 
-static int slot_name(spank_t sp, char *buf, size_t len) {
-    uint32_t jobid = 0;
-    spank_err_t e = spank_get_item(sp, S_JOB_ID, &jobid);
+static int job_id(spank_t sp, uint32_t *jobid) {
+    spank_err_t e = spank_get_item(sp, S_JOB_ID, jobid);
     if (e != ESPANK_SUCCESS) {
         slurm_error("spank_tracker: cannot get the job id: %s", spank_strerror(e));
         return -1;
     }
-    snprintf(buf, len, "slurm-%u", jobid);
     return 0;
 }
 
-/* slurmstepd, as root, before any task of the step exists: make sure the job's slot exists. */
+/*
+ * The job's cgroup, relative to the hierarchy roots, from this process's /proc/self/cgroup
+ * ("ID:CONTROLLERS:PATH" lines): PATH up to its `job_<jobid>` component, without the leading
+ * slash. The cgroup2 line wins where it has one (Slurm's cgroup/v2), else the first v1 line
+ * that has one (cgroup/v1 makes the same path in every controller). Returns 0 when found.
+ */
+static int job_cgroup(uint32_t jobid, char *buf, size_t len) {
+    char text[4096], want[32];
+    int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t got = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (got <= 0) return -1;
+    text[got] = '\0';
+    snprintf(want, sizeof want, "/job_%u", jobid);
+    size_t wlen = strlen(want);
+    int found = -1;
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        char *path = strchr(line, ':');
+        if (!path || !(path = strchr(path + 1, ':'))) continue;
+        path++;
+        int v2 = strncmp(line, "0::", 3) == 0;
+        for (char *at = strstr(path, want); at; at = strstr(at + 1, want)) {
+            if (at[wlen] != '/' && at[wlen] != '\0') continue;
+            size_t n = (size_t)(at + wlen - path) - 1;
+            if (n + 1 > len) return -1;
+            if (found < 0 || v2) {
+                memcpy(buf, path + 1, n);
+                buf[n] = '\0';
+                found = 0;
+            }
+            break;
+        }
+        if (v2 && found == 0) break;
+    }
+    return found;
+}
+
+/* Only the options: a typo fails the step before any task starts. */
 int slurm_spank_init(spank_t sp, int ac, char **av) {
+    (void)sp;
     if (spank_context() != S_CTX_REMOTE) return ESPANK_SUCCESS;
     struct config c;
-    char slot[64], owner[16], out[OUTPUT_MAX];
-    uid_t uid = 0;
-    if (parse_config(ac, av, &c) < 0 || slot_name(sp, slot, sizeof slot) < 0)
-        return -1;
-    if (spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS) uid = 0;
-    snprintf(owner, sizeof owner, "%u", (unsigned)uid);
-
-    /* Every step of the job shares the slot: the first step on this node makes it. */
-    const char *args[] = {"create", slot, "--owner", owner, "--exist-ok", NULL};
-    int st = run_tracker(&c, args, out, sizeof out);
-    if (st == 0) {
-        slurm_debug("spank_tracker: slot %s ready", slot);
-        return ESPANK_SUCCESS;
-    }
-    slurm_error("spank_tracker: cannot create slot %s: %s", slot, out);
-    return -1;
+    return parse_config(ac, av, &c) < 0 ? -1 : ESPANK_SUCCESS;
 }
 
 /* Set in the task's own process unless adopt succeeded, for slurm_spank_task_init to see. */
@@ -271,13 +303,33 @@ static int adopt_failed;
 int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av) {
     if (spank_context() != S_CTX_REMOTE) return ESPANK_SUCCESS;
     struct config c;
-    char slot[64], pid[16], out[OUTPUT_MAX];
+    uint32_t jobid = 0;
+    uid_t uid = 0;
+    char slot[64], owner[16], pid[16], cgroup[1024], out[OUTPUT_MAX];
     adopt_failed = 1;
-    if (parse_config(ac, av, &c) < 0 || slot_name(sp, slot, sizeof slot) < 0) return -1;
+    if (parse_config(ac, av, &c) < 0 || job_id(sp, &jobid) < 0) return -1;
+    snprintf(slot, sizeof slot, "slurm-%u", jobid);
+    if (spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS) uid = 0;
+    snprintf(owner, sizeof owner, "%u", (unsigned)uid);
     snprintf(pid, sizeof pid, "%d", (int)getpid());
 
-    const char *args[] = {"adopt", slot, pid, NULL};
-    int st = run_tracker(&c, args, out, sizeof out);
+    const char *create[] = {"create", slot, "--owner", owner, "--exist-ok", NULL, NULL, NULL};
+    int bound = job_cgroup(jobid, cgroup, sizeof cgroup) == 0;
+    if (bound) {
+        create[5] = "--cgroup";
+        create[6] = cgroup;
+    }
+    int st = run_tracker(&c, create, out, sizeof out);
+    if (st != 0) {
+        slurm_error("spank_tracker: cannot create slot %s, not running task pid %s: %s", slot,
+                    pid, out);
+        return -1;
+    }
+    slurm_debug("spank_tracker: slot %s ready (%s%s)", slot, bound ? "bound to cgroup " : "",
+                bound ? cgroup : "own cgroups");
+
+    const char *adopt[] = {"adopt", slot, pid, NULL};
+    st = run_tracker(&c, adopt, out, sizeof out);
     if (st != 0) {
         slurm_error("spank_tracker: cannot put task pid %s into slot %s, not running it: %s",
                     pid, slot, out);

@@ -4,13 +4,22 @@
 //! configuration is read or touched. The daemons are stopped when the test ends, failed or
 //! not.
 //!
-//! One cluster, four jobs, in order:
-//! 1. without the plugin, a job's `setsid` daemon outlives the job (proctrack/pgid loses it),
-//!    and the Epilog, finding no slot, lets the node be;
-//! 2. with the plugin and the Epilog, an ordinary user's job double-forks a daemon: it dies
-//!    with the job, the job's usage is recorded and its slot released;
-//! 3. a batch job and an srun step inside it share one slot; both their daemons die;
-//! 4. when `tracker adopt` fails, the task does not run.
+//! The cluster runs Slurm's production configuration: `proctrack/cgroup`,
+//! `task/cgroup,task/affinity`, `jobacct_gather/cgroup`, and a cgroup.conf constraining RAM
+//! and cores (cgroup/v1 on a hybrid or v1 machine, cgroup/v2 on a pure v2 one). The plugin
+//! binds each job's slot to the job cgroup Slurm made and only tags. In order:
+//! 1. without the plugin, a root job's double-forked daemon that writes itself into other
+//!    cgroups outlives the job (proctrack/cgroup loses it), and the Epilog, finding no slot,
+//!    lets the node be;
+//! 2. with the plugin, the same daemon dies with its job; the slot was bound to Slurm's job
+//!    cgroup and the task stayed in Slurm's cgroups;
+//! 3. an ordinary user's job stays in Slurm's step cgroup, tagged; its usage is recorded and
+//!    its slot released;
+//! 4. Slurm's memory limit still kills an over-limit job (JobState=OUT_OF_MEMORY);
+//! 5. Slurm still sees a running step's tasks (`scontrol listpids`, `sstat`), which the
+//!    tracker has tagged;
+//! 6. a batch job and an srun step inside it share one slot; both their escaped daemons die;
+//! 7. when `tracker adopt` fails, the task does not run.
 //!
 //! Needs the Debian packages slurmctld, slurmd, slurm-client, munge and libslurm-dev
 //! (`cargo xtask test` installs them).
@@ -51,7 +60,10 @@ fn slurm_jobs_leave_nothing_behind_with_the_tracker() {
         return;
     };
     escape_without_the_tracker(&slurm);
-    daemon_dies_with_its_job(&slurm, &inst);
+    escaped_daemon_dies_with_its_job(&slurm, &inst);
+    user_job_stays_in_slurms_cgroup(&slurm, &inst);
+    slurm_memory_limit_still_kills(&slurm, &inst);
+    slurm_still_sees_running_tasks(&slurm, &inst);
     every_step_of_a_batch_job_shares_its_slot(&slurm, &inst);
     task_does_not_run_untracked(&slurm, &inst);
     // A drained node stays drained: waiting cannot hide an epilog that failed it.
@@ -63,55 +75,87 @@ fn slurm_jobs_leave_nothing_behind_with_the_tracker() {
     );
 }
 
-/// The problem: under proctrack/pgid a daemon in a new session is not the job's any more.
+/// A root job's daemon that double-forks and writes itself into the root cgroup of every
+/// hierarchy, out of Slurm's step cgroup (and out of reach of proctrack/cgroup), with its
+/// stdio closed as a real daemon's (one holding srun's pipes makes slurmstepd wait 60 s for
+/// them: "Abandoning IO"). The job waits until it is out, so that the step's end cannot catch
+/// it still inside.
+fn escaping_daemon(name: &str, ready: &Path) -> String {
+    format!(
+        "(setsid sh -c 'for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do \
+         [ -e $f ] && echo $$ > $f; done; touch {r}; exec {ESCAPE} sleep {name}' \
+         </dev/null >/dev/null 2>&1 &); while [ ! -e {r} ]; do sleep 0.05; done",
+        r = ready.display()
+    )
+}
+
+/// The problem: under proctrack/cgroup a job that leaves its cgroup is not the job's any
+/// more.
 fn escape_without_the_tracker(slurm: &Slurm) {
     slurm.set_plugstack("");
-    // `(setsid sleep 301 &); echo started`, made deterministic: the job waits until the
-    // daemon is in its own session, else slurmstepd's kill of the job's process group can
-    // catch it before its setsid(). And the daemon closes its stdio as a real one does: one
-    // holding srun's pipes makes slurmstepd wait 60 s for them ("Abandoning IO").
-    let ready = slurm.dir.join("escaped-daemon-ready");
+    let m = marker("sescape");
     let script = format!(
-        "echo job=$SLURM_JOB_ID; \
-         (setsid sh -c 'touch {r}; exec sleep 301' </dev/null >/dev/null 2>&1 &); \
-         while [ ! -e {r} ]; do sleep 0.05; done; echo started",
-        r = ready.display()
+        "echo job=$SLURM_JOB_ID; {}; echo started",
+        escaping_daemon(&m, &slurm.dir.join("escaped-daemon-ready"))
     );
     let job = slurm.srun(&["--job-name=escape", "bash", "-c", &script]);
     assert!(job.status.success(), "srun failed: {}", job.stderr);
     assert!(job.stdout.contains("started"), "{}", job.stdout);
     slurm.wait_until_gone(job.id);
 
-    let sleeps: Vec<u32> = slurm
-        .job_processes(job.id)
-        .into_iter()
-        .filter(|&pid| cmdline(pid) == ["sleep", "301"])
-        .collect();
-    assert!(!sleeps.is_empty(), "without the tracker, the job's `sleep 301` should survive it");
-    eprintln!("without the tracker: job {} is gone, its daemon {sleeps:?} is not", job.id);
+    let escaped = processes_named(&m);
+    assert!(!escaped.is_empty(), "without the tracker, the job's escaped daemon should survive it");
+    eprintln!("without the tracker: job {} is gone, its daemon {escaped:?} is not", job.id);
     // The epilog ran for the job, found no slot, and let the node be.
     let log = slurm.epilog_log();
     assert!(log.contains(&format!("no slot slurm-{} on this node", job.id)), "{log}");
 
-    for &pid in &sleeps {
-        // SAFETY: kill has no memory effects; the pid is the job's sleep, found above.
+    for &pid in &escaped {
+        // SAFETY: kill has no memory effects; the pid is the job's daemon, found above.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
-    assert!(wait_for(TIMEOUT, || slurm.job_processes(job.id).is_empty()));
+    assert!(wait_for(TIMEOUT, || processes_named(&m).is_empty()));
 }
 
-/// The fix: the plugin tags the task before it runs; the Epilog kills the slot.
-fn daemon_dies_with_its_job(slurm: &Slurm, inst: &Instance) {
+/// The fix: the plugin binds the job's slot to Slurm's job cgroup and tags the task before it
+/// runs; the Epilog kills what left the cgroup.
+fn escaped_daemon_dies_with_its_job(slurm: &Slurm, inst: &Instance) {
     slurm.set_plugstack(&slurm.plugin_line(&tracker_bin(), inst));
-    let m = marker("sdaemon");
+    let m = marker("sbound");
+    let script = format!(
+        "echo job=$SLURM_JOB_ID; cat /proc/self/cgroup; {tracker} --instance {i} slots --json; \
+         {daemon}; echo started",
+        tracker = tracker_bin().display(),
+        i = inst.name,
+        daemon = escaping_daemon(&m, &slurm.dir.join("bound-daemon-ready"))
+    );
+    let job = slurm.srun(&["--job-name=bound", "bash", "-c", &script]);
+    assert!(job.status.success(), "srun failed: {}{}", job.stderr, slurm.logs());
+    // The slot is bound to the job's cgroup, and the task is still in it.
+    let job_cg = slurm.job_cgroup(&job);
+    let slots = &job.stdout[job.stdout.find('[').unwrap()..];
+    let slots: serde_json::Value =
+        serde_json::from_str(&slots[..=slots.rfind(']').unwrap()]).unwrap();
+    let slot = slots.as_array().unwrap().iter().find(|s| s["name"] == format!("slurm-{}", job.id));
+    let bound = slot.map(|s| s["cgroups"]["bound"].clone()).unwrap_or_default();
+    assert_eq!(bound, job_cg.as_str(), "{}", job.stdout);
+    let record = slurm.job_record(job.id, inst, &m);
+    // Slurm could not reach the daemon: the tracker killed it.
+    assert!(record["kill"]["killed"].as_u64().unwrap() >= 1, "{record}");
+}
+
+/// An ordinary user's job cannot leave its cgroup: it runs where Slurm put it, tagged.
+fn user_job_stays_in_slurms_cgroup(slurm: &Slurm, inst: &Instance) {
+    slurm.set_plugstack(&slurm.plugin_line(&tracker_bin(), inst));
+    let m = marker("suser");
     let job = slurm.srun(&[
-        "--job-name=daemon",
+        "--job-name=user",
         "--uid=65534",
         "--gid=65534",
         "bash",
         "-c",
         &format!(
-            "echo job=$SLURM_JOB_ID uid=$(id -u); \
+            "echo job=$SLURM_JOB_ID uid=$(id -u); cat /proc/self/cgroup; \
              exec {ESCAPE} daemonize {m} </dev/null >/dev/null 2>&1"
         ),
     ]);
@@ -119,9 +163,8 @@ fn daemon_dies_with_its_job(slurm: &Slurm, inst: &Instance) {
     // An ordinary user's job: the plugin adopted it while still root, before it became
     // the user.
     assert!(job.stdout.contains("uid=65534"), "{}", job.stdout);
+    slurm.job_cgroup(&job);
     let record = slurm.job_record(job.id, inst, &m);
-    // The daemon was alive when the epilog came: the tracker killed it, not Slurm.
-    assert!(record["kill"]["killed"].as_u64().unwrap() >= 1, "{record}");
     let usage = &record["usage"];
     // daemonize forks twice; the execs of bash and of the helper were counted in the slot,
     // so the task was in it before its program ran.
@@ -129,14 +172,93 @@ fn daemon_dies_with_its_job(slurm: &Slurm, inst: &Instance) {
     assert!(usage["execs"].as_u64().unwrap() >= 2, "{usage}");
 }
 
+/// task/cgroup's memory limit holds the tagged job: the kernel kills it in Slurm's cgroup.
+fn slurm_memory_limit_still_kills(slurm: &Slurm, inst: &Instance) {
+    slurm.set_plugstack(&slurm.plugin_line(&tracker_bin(), inst));
+    let m = marker("shog");
+    let job = slurm.srun(&[
+        "--job-name=hog",
+        "--mem=40M",
+        "bash",
+        "-c",
+        &format!("echo job=$SLURM_JOB_ID; cat /proc/self/cgroup; exec {ESCAPE} touch {m} 200 100"),
+    ]);
+    assert!(!job.status.success(), "the job outgrew --mem=40M and lived: {}", job.stdout);
+    slurm.job_cgroup(&job);
+    let record = slurm.job_record(job.id, inst, &m);
+    assert!(record["usage"]["exits_by_signal"].as_u64().unwrap() >= 1, "{record}");
+    let state = slurm.output("scontrol", &["show", "job", &job.id.to_string()]);
+    assert!(state.contains("JobState=OUT_OF_MEMORY"), "{state}\n{}", job.stderr);
+    eprintln!("Slurm's memory limit: {}", job.stderr.trim());
+}
+
+/// proctrack/cgroup and jobacct_gather/cgroup still find a running step's task, which the
+/// tracker has tagged.
+fn slurm_still_sees_running_tasks(slurm: &Slurm, inst: &Instance) {
+    slurm.set_plugstack(&slurm.plugin_line(&tracker_bin(), inst));
+    let m = marker("sspin");
+    let out_path = slurm.dir.join("running-job.out");
+    let mut srun = slurm
+        .command("srun")
+        .args(["--job-name=running", "bash", "-c"])
+        .arg(format!("echo job=$SLURM_JOB_ID; exec {ESCAPE} spin {m} 600"))
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut id = 0u32;
+    assert!(wait_for(TIMEOUT, || {
+        let text = fs::read_to_string(&out_path).unwrap_or_default();
+        id = text.lines().find_map(|l| l.strip_prefix("job=")?.trim().parse().ok()).unwrap_or(0);
+        id != 0 && processes_named(&m).len() == 1
+    }));
+    let spinner = processes_named(&m)[0];
+    let slot = format!("slurm-{id}");
+    assert!(inst.ps(&slot).iter().any(|p| p.pid == spinner), "the task is not tagged");
+    // Slurm's process tracking: the step's cgroup still holds the task.
+    let mut listed = String::new();
+    assert!(
+        wait_for(TIMEOUT, || {
+            listed = slurm.output("scontrol", &["listpids", &id.to_string()]);
+            listed.lines().any(|l| l.split_whitespace().next() == Some(&spinner.to_string()))
+        }),
+        "scontrol listpids does not see task {spinner}: {listed}"
+    );
+    // Slurm's accounting of the running step, gathered from its cgroups.
+    let mut stat = String::new();
+    assert!(
+        wait_for(TIMEOUT, || {
+            stat = slurm.output(
+                "sstat",
+                &["-n", "-P", "-j", &format!("{id}.0"), "-o", "JobID,NTasks,MaxRSS,AveCPU,Pids"],
+            );
+            let f: Vec<&str> = stat.trim().split('|').collect();
+            f.len() == 5 && f[1] == "1" && f[4].split(',').any(|p| p == spinner.to_string())
+        }),
+        "sstat does not see the step's task {spinner}: {stat:?}"
+    );
+    eprintln!("scontrol listpids {id}:\n{listed}sstat -j {id}.0: {stat}");
+    slurm.output("scancel", &[&id.to_string()]);
+    assert!(wait_exit(&mut srun, TIMEOUT).is_some());
+    slurm.job_record(id, inst, &m);
+}
+
 /// A batch job and a step it starts with srun: two slurmstepds, one slot (the second
-/// `tracker create` finds it made), and a daemon from each, both killed at the job's end.
+/// `tracker create` finds it made), and an escaped daemon from each, both killed at the job's
+/// end.
 fn every_step_of_a_batch_job_shares_its_slot(slurm: &Slurm, inst: &Instance) {
     slurm.set_plugstack(&slurm.plugin_line(&tracker_bin(), inst));
     let m = marker("sbatchd");
-    let daemon = format!("{ESCAPE} daemonize {m} </dev/null >/dev/null 2>&1");
+    let step = escaping_daemon(&m, &slurm.dir.join("batch-step-ready"));
+    let batch = escaping_daemon(&m, &slurm.dir.join("batch-ready"));
     let script = slurm.dir.join("batch-job.sh");
-    write_executable(&script, &format!("#!/bin/sh\nsrun bash -c '{daemon}'\n{daemon}\n"));
+    let step_script = slurm.dir.join("batch-step.sh");
+    write_executable(&step_script, &format!("#!/bin/sh\n{step}\n"));
+    write_executable(
+        &script,
+        &format!("#!/bin/sh\nsrun {} || exit 1\n{batch}\n", step_script.display()),
+    );
     let out = slurm.run_bounded(
         slurm
             .command("sbatch")
@@ -281,7 +403,8 @@ impl Slurm {
         )
         .unwrap();
         self.set_plugstack("");
-        // One CPU and little memory: a node configured with more than it has is drained.
+        // One CPU and 1000 MB: a node configured with more than it has is drained. Memory is
+        // allocated (CR_Memory), so that task/cgroup enforces `--mem`.
         let conf = format!(
             "ClusterName=trk{pid}
 SlurmctldHost={host}(127.0.0.1)
@@ -300,22 +423,36 @@ SlurmctldLogFile={d}/slurmctld.log
 SlurmdLogFile={d}/slurmd.log
 PlugStackConfig={d}/plugstack.conf
 Epilog={epilog}
-ProctrackType=proctrack/pgid
-TaskPlugin=task/none
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup,task/affinity
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
 SelectType=select/linear
+SelectTypeParameters=CR_Memory
 JobCompType=jobcomp/none
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/cgroup
+FirstJobId={first_job}
 AccountingStorageType=accounting_storage/none
-NodeName={host} NodeAddr=127.0.0.1 CPUs=1 RealMemory=100 State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs=1 RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 ",
             pid = std::process::id(),
             epilog = epilog.display(),
+            first_job = first_job_id(),
         );
         fs::write(&self.conf, conf).unwrap();
+        // Slurm reads cgroup.conf beside slurm.conf. Its cgroup paths (`slurm/uid_U/job_J`)
+        // are machine-wide: job ids of our own keep them apart from another test's cluster.
+        let plugin = if is_pure_v2() { "cgroup/v2" } else { "cgroup/v1" };
+        fs::write(
+            self.dir.join("cgroup.conf"),
+            format!(
+                "CgroupPlugin={plugin}\nCgroupAutomount=no\nConstrainCores=yes\n\
+                 ConstrainRAMSpace=yes\nConstrainDevices=yes\n"
+            ),
+        )
+        .unwrap();
         for sub in ["ctld", "slurmd"] {
             fs::create_dir_all(self.dir.join(sub)).unwrap();
         }
@@ -466,12 +603,20 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         record
     }
 
-    /// Every process on the machine started by job `job` of this cluster, wherever it went:
-    /// the job's environment names both.
-    fn job_processes(&self, job: u32) -> Vec<u32> {
-        let conf = format!("SLURM_CONF={}", self.conf.display());
-        let id = format!("SLURM_JOB_ID={job}");
-        processes_with_env(|env| env.contains(&conf.as_str()) && env.contains(&id.as_str()))
+    /// The job cgroup Slurm put a job's task in, relative to the hierarchy roots
+    /// (`slurm/uid_0/job_42`), from the `/proc/self/cgroup` the job printed: asserts the task
+    /// was still in its step's cgroup, where Slurm put it, when its program ran.
+    fn job_cgroup(&self, job: &Job) -> String {
+        let want = format!("/job_{}/step_", job.id);
+        let line = job
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("0::") || l.split(':').nth(1) == Some("memory"))
+            .find(|l| l.contains(&want))
+            .unwrap_or_else(|| panic!("the task is not in its step's cgroup:\n{}", job.stdout));
+        let path = line.splitn(3, ':').nth(2).unwrap();
+        let end = path.find(&want).unwrap() + want.len() - "/step_".len();
+        path[1..end].to_owned()
     }
 
     fn epilog_log(&self) -> String {
@@ -541,6 +686,19 @@ fn short_hostname() -> String {
     h.trim().split('.').next().unwrap().to_owned()
 }
 
+/// A first job id of this test process's own (Slurm's job ids go up to 0x03ff_ffff).
+fn first_job_id() -> u32 {
+    (std::process::id() % 4_000_000) * 16 + 1
+}
+
+/// Whether cgroup2 is mounted at /sys/fs/cgroup itself (no v1 hierarchies).
+fn is_pure_v2() -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "))
+}
+
 /// Two TCP ports free now, so that a Slurm already on the machine keeps its own.
 fn free_ports() -> [u16; 2] {
     let a = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -551,15 +709,6 @@ fn free_ports() -> [u16; 2] {
 fn write_executable(path: &Path, text: &str) {
     fs::write(path, text).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn cmdline(pid: u32) -> Vec<String> {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
 }
 
 /// Live processes (not this one) whose environment satisfies `pred`.
