@@ -265,3 +265,36 @@ fn bad_cgroup_paths_are_one_line_and_create_nothing() {
     let out = inst.cli_output(&["set", "first", "--tasks-max", "10"]);
     refused(&inst, out, "limits are the batch system's", &before);
 }
+
+/// HTCondor's USER_JOB_WRAPPER way: `tracker run --cgroup <the wrapper's own cgroup>` from
+/// inside the batch system's job cgroup. The job runs there, tagged; its escaped daemon dies
+/// when the job ends; the tracker, in that cgroup too, does not freeze itself; the cgroup stays.
+#[test]
+fn tracker_run_binds_to_the_cgroup_it_runs_in_as_a_job_wrapper() {
+    let Some(inst) = Instance::start() else { return };
+    let batch = BatchCgroup::new(&inst, "wrap");
+    let m = marker("bwrapd");
+    let dir = test_dir("boundwrap");
+    let out = dir.join("out");
+    let tracker = tracker_tests::tracker_bin();
+    let rel = format!("{}/step_0", batch.rel);
+    let mut wrapper = batch.spawn(&format!(
+        "TRACKER_INSTANCE={i} exec {t} run --slot wrapped --cgroup {rel} -- \
+         sh -c 'cat /proc/self/cgroup; {ESCAPE} daemonize {m}' > {o} 2>&1",
+        i = inst.name,
+        t = tracker.display(),
+        o = out.display()
+    ));
+    let status = wait_exit(&mut wrapper, T);
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {text}");
+    // The job ran in the batch system's step cgroup, not one of the tracker's.
+    let step = format!("/{}/step_0", batch.rel);
+    assert!(text.lines().any(|l| l.ends_with(&step)), "{text}");
+    assert!(!text.contains("slot-wrapped"), "{text}");
+    assert!(processes_named(&m).is_empty(), "the job's daemon outlived it");
+    assert!(!inst.cli_ok(&["slots"]).contains("wrapped"), "the slot was not released");
+    for d in batch.dirs("step_0") {
+        assert!(d.is_dir(), "{} was removed", d.display());
+    }
+}

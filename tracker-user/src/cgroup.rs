@@ -347,8 +347,13 @@ impl SlotCgroups {
     }
 
     /// Freeze the slot's cgroup and wait (up to `timeout`) until it is frozen.
-    /// Returns whether a freezer was available.
+    /// Returns whether a freezer was available. A bound cgroup that holds this very process
+    /// (`tracker run --cgroup` as a batch system's job wrapper) is not frozen: the tracker
+    /// would stop itself.
     pub fn freeze(&self, timeout: Duration) -> bool {
+        if self.bound.is_some() && self.procs().contains(&std::process::id()) {
+            return false;
+        }
         if let Some(dir) = &self.unified
             && fs::write(dir.join("cgroup.freeze"), "1").is_ok()
         {

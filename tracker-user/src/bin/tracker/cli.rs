@@ -86,6 +86,10 @@ pub enum Command {
         limits: LimitArgs,
         #[command(flatten)]
         isolation: IsolationArgs,
+        /// Bind the new slot to this existing cgroup (as `create --cgroup`): the command runs
+        /// where this process is, e.g. in the cgroup a batch system made for the job
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<std::path::PathBuf>,
         /// The command and its arguments
         #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,

@@ -61,6 +61,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             summary,
             limits,
             isolation,
+            cgroup,
             command,
         } => {
             let t = Tracker::open(paths)?;
@@ -68,7 +69,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 name: slot.unwrap_or_else(generated_slot_name),
                 owner_uid: caller_uid(),
                 limits: limits.to_limits(),
-                ..Default::default()
+                cgroup,
             };
             let mut cmd = std::process::Command::new(&command[0]);
             cmd.args(&command[1..]);
