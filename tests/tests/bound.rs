@@ -252,9 +252,9 @@ fn bad_cgroup_paths_are_one_line_and_create_nothing() {
         (vec![dir.display().to_string()], "not in a mounted cgroup hierarchy"),
         (vec![link.display().to_string()], "not in a mounted cgroup hierarchy"),
         (vec![root.clone()], "hierarchy's root"),
-        (vec![batch.rel.clone()], "already slot \"first\"'s"),
-        (vec![inside], "already slot \"first\"'s"),
-        (vec![instance_parent], "already slot \"owned\"'s"),
+        (vec![batch.rel.clone()], "overlaps slot \"first\"'s"),
+        (vec![inside], "overlaps slot \"first\"'s"),
+        (vec![instance_parent], "overlaps slot \"owned\"'s"),
     ];
     for (path, want) in cases {
         let out = inst.cli_output(&["create", "second", "--cgroup", &path[0]]);

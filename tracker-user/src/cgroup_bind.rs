@@ -124,8 +124,14 @@ fn clean(p: &Path) -> PathBuf {
 pub(crate) fn check_free(reg: &RegistryData, cg: &SlotCgroups) -> Result<()> {
     for other in &reg.slots {
         for mine in cg.dirs() {
-            if other.cgroups.dirs().any(|d| mine.starts_with(d) || d.starts_with(mine)) {
-                return Err(Error::CgroupTaken { path: mine.clone(), slot: other.name.clone() });
+            if let Some(theirs) =
+                other.cgroups.dirs().find(|d| mine.starts_with(d) || d.starts_with(mine))
+            {
+                return Err(Error::CgroupTaken {
+                    path: mine.clone(),
+                    slot: other.name.clone(),
+                    theirs: theirs.clone(),
+                });
             }
         }
     }

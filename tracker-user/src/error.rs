@@ -79,10 +79,12 @@ pub enum Error {
     BadCgroup { path: String, why: String },
 
     #[error(
-        "cgroup {} is already slot {slot:?}'s (or inside or around it): one cgroup, one slot",
-        .path.display()
+        "cgroup {} overlaps slot {slot:?}'s cgroup {}: a cgroup and its subtree belong to one \
+         slot at most",
+        .path.display(),
+        .theirs.display()
     )]
-    CgroupTaken { path: PathBuf, slot: String },
+    CgroupTaken { path: PathBuf, slot: String, theirs: PathBuf },
 
     #[error(
         "slot {0:?} lives in a cgroup the batch system made: its limits are the batch system's, \
