@@ -43,8 +43,23 @@ use tracker_tests::{
 /// Generous: the daemons, the jobs and their epilogs each take well under ten seconds here.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-const SLURM_PROGRAMS: &[&str] =
-    &["munged", "slurmctld", "slurmd", "srun", "sbatch", "squeue", "sinfo", "scancel"];
+const SLURM_PROGRAMS: &[&str] = &[
+    "munged",
+    "slurmctld",
+    "slurmd",
+    "slurmdbd",
+    "srun",
+    "sbatch",
+    "squeue",
+    "sinfo",
+    "scancel",
+    "scontrol",
+    "sstat",
+    "sacct",
+    "sacctmgr",
+    "mariadbd",
+    "mariadb-install-db",
+];
 const SPANK_HEADER: &str = "/usr/include/slurm/spank.h";
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
@@ -190,6 +205,27 @@ fn slurm_memory_limit_still_kills(slurm: &Slurm, inst: &Instance) {
     let state = slurm.output("scontrol", &["show", "job", &job.id.to_string()]);
     assert!(state.contains("JobState=OUT_OF_MEMORY"), "{state}\n{}", job.stderr);
     eprintln!("Slurm's memory limit: {}", job.stderr.trim());
+    // Slurm's accounting of the step, from its cgroups (cpuacct): the CPU the tagged task
+    // spent touching its pages until the limit stopped it. (MaxRSS is sampled every
+    // JobAcctGatherFrequency seconds: a task this short has none.)
+    let step = format!("{}.0", job.id);
+    let mut acct = String::new();
+    assert!(
+        wait_for(TIMEOUT, || {
+            acct = slurm.output(
+                "sacct",
+                &["-n", "-P", "-j", &step, "-o", "JobID,State,NTasks,MaxRSS,TotalCPU"],
+            );
+            let f: Vec<&str> = acct.trim().split('|').collect();
+            f.len() == 5
+                && f[0] == step
+                && f[1] == "OUT_OF_MEMORY"
+                && f[2] == "1"
+                && cpu_seconds(f[4]) > 0.0
+        }),
+        "sacct does not account the step's task: {acct:?}"
+    );
+    eprintln!("sacct -j {step}: {}", acct.trim());
 }
 
 /// proctrack/cgroup and jobacct_gather/cgroup still find a running step's task, which the
@@ -330,7 +366,8 @@ impl Slurm {
         if !missing.is_empty() || !Path::new(SPANK_HEADER).exists() {
             skip(&format!(
                 "Slurm is not installed (missing: {}{}): `cargo xtask test` installs it \
-                 (apt-get install slurmctld slurmd slurm-client munge libslurm-dev)",
+                 (apt-get install slurmctld slurmd slurmdbd slurm-client munge libslurm-dev \
+                 mariadb-server)",
                 missing.join(" "),
                 if Path::new(SPANK_HEADER).exists() { "" } else { " slurm/spank.h" }
             ));
@@ -340,8 +377,10 @@ impl Slurm {
         let dir = test_dir("slurm");
         let mut slurm = Self { conf: dir.join("slurm.conf"), dir, daemons: vec![] };
         slurm.build_plugin();
-        slurm.write_config(inst);
+        let [ctld_port, slurmd_port, dbd_port, db_port] = free_ports();
+        slurm.write_config(inst, [ctld_port, slurmd_port, dbd_port]);
         slurm.start_munged();
+        slurm.start_accounting(db_port, dbd_port);
         for daemon in ["slurmctld", "slurmd"] {
             let log = fs::File::create(slurm.dir.join(format!("{daemon}.out"))).unwrap();
             let child = slurm
@@ -383,10 +422,9 @@ impl Slurm {
         );
     }
 
-    fn write_config(&self, inst: &Instance) {
+    fn write_config(&self, inst: &Instance, [ctld_port, slurmd_port, dbd_port]: [u16; 3]) {
         let d = self.dir.display();
         let host = short_hostname();
-        let [ctld_port, slurmd_port] = free_ports();
         // The epilog is a copy: slurmd runs it only if it is executable, whatever the
         // checkout did to the file's mode.
         let epilog = self.dir.join("epilog.sh");
@@ -433,7 +471,10 @@ SelectTypeParameters=CR_Memory
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/cgroup
 FirstJobId={first_job}
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={dbd_port}
+AccountingStoragePass={d}/munge/munge.socket
 NodeName={host} NodeAddr=127.0.0.1 CPUs=1 RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 ",
@@ -456,6 +497,73 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         for sub in ["ctld", "slurmd"] {
             fs::create_dir_all(self.dir.join(sub)).unwrap();
         }
+    }
+
+    /// `sacct`'s database: a private MariaDB (its own data directory, socket and port, no
+    /// grant tables: only this machine's loopback reaches it) and slurmdbd in front of it, with
+    /// this cluster registered.
+    fn start_accounting(&mut self, db_port: u16, dbd_port: u16) {
+        let db = self.dir.join("db");
+        fs::create_dir_all(&db).unwrap();
+        let install = self.run_bounded(
+            Command::new(find_program("mariadb-install-db").unwrap())
+                .args(["--no-defaults", "--user=root", "--skip-test-db"])
+                .arg(format!("--datadir={}", db.join("data").display())),
+        );
+        assert!(install.status.success(), "mariadb-install-db: {}", install.stderr);
+        let log = fs::File::create(db.join("mariadbd.out")).unwrap();
+        let child = Command::new(find_program("mariadbd").unwrap())
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-grant-tables",
+                "--bind-address=127.0.0.1",
+            ])
+            .arg(format!("--datadir={}", db.join("data").display()))
+            .arg(format!("--socket={}", db.join("mariadb.sock").display()))
+            .arg(format!("--pid-file={}", db.join("mariadbd.pid").display()))
+            .arg(format!("--log-error={}", db.join("mariadbd.log").display()))
+            .arg(format!("--port={db_port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push(("mariadbd", child));
+        let up = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        assert!(wait_for(TIMEOUT, || up(db_port)), "mariadbd did not start: {}", self.logs());
+
+        let d = self.dir.display();
+        let conf = self.dir.join("slurmdbd.conf");
+        fs::write(
+            &conf,
+            format!(
+                "AuthType=auth/munge\nAuthInfo=socket={d}/munge/munge.socket\nDbdHost={host}\n\
+                 DbdAddr=127.0.0.1\nDbdPort={dbd_port}\nSlurmUser=root\n\
+                 StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\n\
+                 StoragePort={db_port}\nStorageUser=root\nStorageLoc=slurm_acct_db\n\
+                 LogFile={d}/slurmdbd.log\nPidFile={d}/slurmdbd.pid\n",
+                host = short_hostname()
+            ),
+        )
+        .unwrap();
+        // slurmdbd refuses a configuration (it holds the database password) others can read.
+        fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
+        let log = fs::File::create(self.dir.join("slurmdbd.out")).unwrap();
+        let child = self
+            .command("slurmdbd")
+            .arg("-D")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemons.push(("slurmdbd", child));
+        assert!(wait_for(TIMEOUT, || up(dbd_port)), "slurmdbd did not start: {}", self.logs());
+        let cluster = format!("trk{}", std::process::id());
+        let add =
+            self.run_bounded(self.command("sacctmgr").args(["-i", "add", "cluster", &cluster]));
+        assert!(add.status.success(), "sacctmgr: {}{}{}", add.stdout, add.stderr, self.logs());
     }
 
     /// A private munged: its own key, socket, pid, seed and log files in our directory.
@@ -626,8 +734,15 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
     /// The tails of the daemons' logs, for a failure message.
     fn logs(&self) -> String {
         let mut s = String::new();
-        for name in ["munge/munged.log", "slurmctld.log", "slurmd.log", "slurmd.out", "epilog.log"]
-        {
+        for name in [
+            "munge/munged.log",
+            "db/mariadbd.log",
+            "slurmdbd.log",
+            "slurmctld.log",
+            "slurmd.log",
+            "slurmd.out",
+            "epilog.log",
+        ] {
             let text = fs::read_to_string(self.dir.join(name)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             s += &format!("\n--- {name}\n{}", lines[lines.len().saturating_sub(15)..].join("\n"));
@@ -686,6 +801,13 @@ fn short_hostname() -> String {
     h.trim().split('.').next().unwrap().to_owned()
 }
 
+/// sacct's times (`00:00.103`, `01:02:03`, `1-02:03:04`) in seconds.
+fn cpu_seconds(s: &str) -> f64 {
+    let (days, rest) = s.split_once('-').unwrap_or(("0", s));
+    let secs = rest.split(':').fold(0.0, |acc, part| acc * 60.0 + part.parse().unwrap_or(0.0));
+    days.parse::<f64>().unwrap_or(0.0) * 86400.0 + secs
+}
+
 /// A first job id of this test process's own (Slurm's job ids go up to 0x03ff_ffff).
 fn first_job_id() -> u32 {
     (std::process::id() % 4_000_000) * 16 + 1
@@ -699,11 +821,11 @@ fn is_pure_v2() -> bool {
         .any(|l| l.split(' ').nth(4) == Some("/sys/fs/cgroup") && l.contains(" - cgroup2 "))
 }
 
-/// Two TCP ports free now, so that a Slurm already on the machine keeps its own.
-fn free_ports() -> [u16; 2] {
-    let a = TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = TcpListener::bind("127.0.0.1:0").unwrap();
-    [a.local_addr().unwrap().port(), b.local_addr().unwrap().port()]
+/// TCP ports free now, so that a Slurm or database already on the machine keeps its own.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> =
+        (0..N).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 fn write_executable(path: &Path, text: &str) {

@@ -1,5 +1,6 @@
-//! What the Slurm integration test (tests/tests/slurm.rs) needs: Debian's Slurm daemons and
-//! client, munge, and the SPANK header the plugin is built against. Installed with apt-get
+//! What the Slurm integration test (tests/tests/slurm.rs) needs: Debian's Slurm daemons
+//! (slurmdbd and MariaDB too, for sacct) and client, munge, and the SPANK header the plugin is
+//! built against. Installed with apt-get
 //! where missing; one line says what was found or done.
 use std::path::Path;
 
@@ -9,6 +10,9 @@ use crate::run::apt_install;
 const PACKAGES: &[(&str, &str)] = &[
     ("slurmctld", "/usr/sbin/slurmctld"),
     ("slurmd", "/usr/sbin/slurmd"),
+    // sacct's database: slurmdbd in front of a MariaDB the test starts for itself.
+    ("slurmdbd", "/usr/sbin/slurmdbd"),
+    ("mariadb-server", "/usr/sbin/mariadbd"),
     ("slurm-client", "/usr/bin/srun"),
     ("munge", "/usr/sbin/munged"),
     ("libslurm-dev", "/usr/include/slurm/spank.h"),
