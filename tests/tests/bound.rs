@@ -10,7 +10,7 @@
 use std::{
     fs,
     os::unix::fs::symlink,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output},
     time::Duration,
 };
@@ -170,14 +170,26 @@ fn a_bound_slot_tags_in_place_and_kills_what_left_its_cgroup() {
 fn the_oom_guard_kills_a_bound_slot_whole_when_its_step_cgroup_ooms() {
     let Some(inst) = Instance::start() else { return };
     let batch = BatchCgroup::new(&inst, "oom");
-    let mem = inst.tracker().cgroups().mounts().v1("memory").map(Path::to_path_buf);
-    let Some(mem) = mem else {
-        // Pure v2: memory.oom.group is the batch system's to set; nothing for the guard.
-        return;
+    // The batch system's limit, on the step as Slurm's task/cgroup sets it: v1's memory
+    // controller where it is mounted, else cgroup2's, enabled down to the step.
+    let mounts = inst.tracker().cgroups().mounts().clone();
+    let mem = match (mounts.v1("memory"), &mounts.unified) {
+        (Some(v1), _) => {
+            let step = v1.join(&batch.rel).join("step_0");
+            fs::write(step.join("memory.limit_in_bytes"), "64M").unwrap();
+            v1.join(&batch.rel)
+        }
+        (None, Some(v2)) => {
+            let mut dir = v2.clone();
+            for part in format!("{}/step_0", batch.rel).split('/') {
+                fs::write(dir.join("cgroup.subtree_control"), "+memory").unwrap();
+                dir = dir.join(part);
+            }
+            fs::write(dir.join("memory.max"), "64M").unwrap();
+            v2.join(&batch.rel)
+        }
+        (None, None) => panic!("no memory controller: the batch cgroup could not be made"),
     };
-    // The batch system's limit, on the step as Slurm's task/cgroup sets it.
-    let step = mem.join(&batch.rel).join("step_0");
-    fs::write(step.join("memory.limit_in_bytes"), "64M").unwrap();
     let d = Daemon::start(&inst, "");
     let (sib, hog) = (marker("boomsib"), marker("boomhog"));
     let go = d.dir.join("go-oom");
@@ -204,7 +216,8 @@ fn the_oom_guard_kills_a_bound_slot_whole_when_its_step_cgroup_ooms() {
     let made = rt.block_on(c.create_slot(req)).unwrap().into_inner();
     let cg = made.slot.unwrap().cgroups.unwrap();
     assert_eq!(cg.bound, batch.rel);
-    assert_eq!(cg.v1["memory"], mem.join(&batch.rel).display().to_string());
+    let bound_mem = cg.v1.get("memory").unwrap_or(&cg.unified);
+    assert_eq!(*bound_mem, mem.display().to_string());
     let adopt = proto::AdoptProcessRequest { slot: "oomjob".into(), pid: job.id() };
     rt.block_on(c.adopt_process(adopt)).unwrap();
     fs::write(&go, "").unwrap();

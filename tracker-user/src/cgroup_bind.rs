@@ -142,6 +142,32 @@ pub(crate) fn check_free(reg: &RegistryData, cg: &SlotCgroups) -> Result<()> {
 mod tests {
     use super::*;
 
+    use crate::registry::SlotRecord;
+
+    fn slot(name: &str, dir: &str) -> SlotRecord {
+        let cgroups = SlotCgroups { unified: Some(dir.into()), ..Default::default() };
+        SlotRecord { name: name.into(), cgroups, ..Default::default() }
+    }
+
+    #[test]
+    fn a_cgroup_its_parent_or_its_child_is_taken_a_sibling_is_not() {
+        let reg = RegistryData {
+            slots: vec![slot("job-1", "/cg/slurm/uid_0/job_1")],
+            ..Default::default()
+        };
+        let want = |dir: &str| SlotCgroups { unified: Some(dir.into()), ..Default::default() };
+        for taken in ["/cg/slurm/uid_0/job_1", "/cg/slurm/uid_0", "/cg/slurm/uid_0/job_1/step_0"] {
+            assert!(
+                matches!(check_free(&reg, &want(taken)), Err(Error::CgroupTaken { ref slot, .. }) if slot == "job-1"),
+                "{taken} accepted"
+            );
+        }
+        // A prefix of the name is not a parent.
+        for free in ["/cg/slurm/uid_0/job_10", "/cg/slurm/uid_0/job_2"] {
+            assert!(check_free(&reg, &want(free)).is_ok(), "{free} refused");
+        }
+    }
+
     #[test]
     fn dots_are_dropped_from_relative_paths() {
         assert_eq!(clean(Path::new("./slurm/./uid_0/job_5/")), Path::new("slurm/uid_0/job_5"));
