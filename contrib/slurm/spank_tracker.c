@@ -249,19 +249,14 @@ static int job_id(spank_t sp, uint32_t *jobid) {
 }
 
 /*
- * The job's cgroup, relative to the hierarchy roots, from this process's /proc/self/cgroup
- * ("ID:CONTROLLERS:PATH" lines): PATH up to its `job_<jobid>` component, without the leading
- * slash. The cgroup2 line wins where it has one (Slurm's cgroup/v2), else the first v1 line
- * that has one (cgroup/v1 makes the same path in every controller). Returns 0 when found.
+ * The job's cgroup, relative to the hierarchy roots, from the text of a /proc/PID/cgroup
+ * ("ID:CONTROLLERS:PATH" lines, changed in place): PATH up to its `job_<jobid>` component,
+ * without the leading slash. The cgroup2 line wins where it has one (Slurm's cgroup/v2), else
+ * the first v1 line that has one (cgroup/v1 makes the same path in every controller).
+ * Returns 0 when found.
  */
-static int job_cgroup(uint32_t jobid, char *buf, size_t len) {
-    char text[4096], want[32];
-    int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t got = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (got <= 0) return -1;
-    text[got] = '\0';
+static int find_job_cgroup(char *text, uint32_t jobid, char *buf, size_t len) {
+    char want[32];
     snprintf(want, sizeof want, "/job_%u", jobid);
     size_t wlen = strlen(want);
     int found = -1;
@@ -286,6 +281,25 @@ static int job_cgroup(uint32_t jobid, char *buf, size_t len) {
         if (v2 && found == 0) break;
     }
     return found;
+}
+
+/* The job's cgroup from this process's own /proc/self/cgroup (see find_job_cgroup). */
+static int job_cgroup(uint32_t jobid, char *buf, size_t len) {
+    char text[8192];
+    int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    size_t have = 0;
+    for (;;) {
+        ssize_t got = read(fd, text + have, sizeof text - 1 - have);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        have += (size_t)got;
+        if (have == sizeof text - 1) break;
+    }
+    close(fd);
+    if (have == 0) return -1;
+    text[have] = '\0';
+    return find_job_cgroup(text, jobid, buf, len);
 }
 
 /* Only the options: a typo fails the step before any task starts. */

@@ -104,6 +104,29 @@ fn escaping_daemon(name: &str, ready: &Path) -> String {
     )
 }
 
+/// The plugin's reading of a task's /proc/self/cgroup, on the layouts of Slurm's cgroup/v1
+/// and cgroup/v2 (this machine runs only one of them), with Slurm's functions stubbed.
+#[test]
+fn the_plugin_finds_the_job_cgroup_in_every_layout() {
+    if !Path::new(SPANK_HEADER).exists() {
+        skip("slurm/spank.h is missing: `cargo xtask test` installs libslurm-dev");
+        return;
+    }
+    let dir = test_dir("spank-parse");
+    let bin = dir.join("spank_cgroup_test");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("helpers/spank_cgroup_test.c");
+    let out = Command::new("gcc")
+        .args(["-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = Command::new(&bin).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stdout));
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// The problem: under proctrack/cgroup a job that leaves its cgroup is not the job's any
 /// more.
 fn escape_without_the_tracker(slurm: &Slurm) {
