@@ -233,7 +233,12 @@ fn run_prints_the_trees_usage_and_writes_the_summary() {
     let Some(inst) = Instance::start() else { return };
     let file = std::env::temp_dir().join(format!("tracker-summary-{}.json", std::process::id()));
     let m = marker("sum");
-    let script = format!("{ESCAPE} daemon-spin {m} 0.2; sleep 0.5");
+    // The job waits for its daemon to finish its 0.2 s (however slow the machine), so that
+    // the end of the job does not kill it first. The daemon is the process whose command line
+    // (which its new name leaves alone) starts with the helper: not this script's shell.
+    let script = format!(
+        "{ESCAPE} daemon-spin {m} 0.2; while pgrep -f '^[^ ]*/escape daemon-spin {m} ' >/dev/null; do sleep 0.05; done"
+    );
     let out =
         inst.cli_output(&["run", "--summary", file.to_str().unwrap(), "--", "bash", "-c", &script]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -241,7 +246,8 @@ fn run_prints_the_trees_usage_and_writes_the_summary() {
     assert!(stderr.contains("usage of the whole tree"), "{stderr}");
     assert!(stderr.contains("cpu "), "{stderr}");
     let v: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
-    // The daemon's 0.2 s are in the tree's usage.
+    // The daemon's 0.2 s are in the tree's usage, and it ended on its own.
+    assert_eq!(num(&v, "exits_by_signal"), 0.0, "{v}");
     assert!(num(&v, "cpu_user_seconds") + num(&v, "cpu_system_seconds") >= 0.2, "{v}");
     assert!(num(&v, "tasks_started") >= 4.0, "{v}");
     fs::remove_file(&file).unwrap();
