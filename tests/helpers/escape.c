@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/io_uring.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -200,6 +202,188 @@ static int try_maps(int argc, char **argv) {
     return 0;
 }
 
+/* A thread that is not the leader execs a sleeper (`de_thread` gives it the leader's pid and
+ * start time), while two other threads sleep: what a Go program's syscall.Exec does. */
+static const char *exec_self;
+
+static void *thread_exec(void *arg) {
+    (void)arg;
+    execl(exec_self, exec_self, "sleep", marker, (char *)NULL);
+    _exit(127);
+}
+
+static int thread_exec_mode(const char *self) {
+    pthread_t t;
+    exec_self = self;
+    for (int i = 0; i < 2; i++) pthread_create(&t, NULL, thread_sleep, NULL);
+    pthread_create(&t, NULL, thread_exec, NULL);
+    for (;;) pause();
+    return 0;
+}
+
+/* io_uring without liburing: one ring, its submission and completion queues. */
+struct ring {
+    int fd;
+    unsigned *sq_tail, *sq_mask, *sq_array, *sq_flags, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+    int sqpoll;
+};
+
+static int ring_init(struct ring *r, unsigned flags) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    p.flags = flags;
+    p.sq_thread_idle = 600000; /* ms: the SQPOLL thread stays up */
+    r->sqpoll = (flags & IORING_SETUP_SQPOLL) != 0;
+    r->fd = (int)syscall(__NR_io_uring_setup, 8, &p);
+    if (r->fd < 0) return -errno;
+    size_t sqlen = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cqlen = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    char *sq = mmap(NULL, sqlen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
+                    IORING_OFF_SQ_RING);
+    char *cq = mmap(NULL, cqlen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd,
+                    IORING_OFF_CQ_RING);
+    r->sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || r->sqes == MAP_FAILED) return -errno;
+    r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    r->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    r->sq_array = (unsigned *)(sq + p.sq_off.array);
+    r->sq_flags = (unsigned *)(sq + p.sq_off.flags);
+    r->cq_head = (unsigned *)(cq + p.cq_off.head);
+    r->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    r->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    return 0;
+}
+
+static void ring_submit(struct ring *r, const struct io_uring_sqe *sqe) {
+    unsigned tail = *r->sq_tail, idx = tail & *r->sq_mask;
+    r->sqes[idx] = *sqe;
+    r->sq_array[idx] = idx;
+    __atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
+    unsigned flags = 0;
+    if (r->sqpoll && (__atomic_load_n(r->sq_flags, __ATOMIC_ACQUIRE) & IORING_SQ_NEED_WAKEUP))
+        flags |= IORING_ENTER_SQ_WAKEUP;
+    syscall(__NR_io_uring_enter, r->fd, r->sqpoll ? 0 : 1, 0, flags, NULL, 0);
+}
+
+/* The result of the next completion, waiting for it. */
+static int ring_wait(struct ring *r) {
+    unsigned head = *r->cq_head;
+    while (head == __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE))
+        syscall(__NR_io_uring_enter, r->fd, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0);
+    int res = r->cqes[head & *r->cq_mask].res;
+    __atomic_store_n(r->cq_head, head + 1, __ATOMIC_RELEASE);
+    return res;
+}
+
+/* io_uring's own threads do the work: an SQPOLL thread opens and reads /dev/zero, an io-wq
+ * worker (IOSQE_ASYNC) does it again, and another worker stays blocked reading a pipe. Each
+ * result goes to OUT, then "ready". */
+static int io_uring_mode(const char *out) {
+    name_self();
+    FILE *f = fopen(out, "w");
+    if (!f) return 1;
+    setvbuf(f, NULL, _IOLBF, 0);
+    struct ring poll, wq;
+    int e1 = ring_init(&poll, IORING_SETUP_SQPOLL), e2 = ring_init(&wq, 0);
+    if (e1 < 0 || e2 < 0) {
+        fprintf(f, "setup %d %d\n", e1, e2);
+        return 1;
+    }
+    static char buf[4096];
+    struct ring *rings[2] = {&poll, &wq};
+    const char *names[2] = {"sqpoll", "async"};
+    for (int i = 0; i < 2; i++) {
+        struct io_uring_sqe sqe;
+        memset(&sqe, 0, sizeof sqe);
+        sqe.opcode = IORING_OP_OPENAT;
+        sqe.fd = AT_FDCWD;
+        sqe.addr = (unsigned long)"/dev/zero";
+        sqe.open_flags = O_RDONLY;
+        sqe.flags = i == 1 ? IOSQE_ASYNC : 0;
+        ring_submit(rings[i], &sqe);
+        int fd = ring_wait(rings[i]);
+        fprintf(f, "%s open %d\n", names[i], fd);
+        if (fd >= 0) {
+            memset(&sqe, 0, sizeof sqe);
+            sqe.opcode = IORING_OP_READ;
+            sqe.fd = fd;
+            sqe.addr = (unsigned long)buf;
+            sqe.len = sizeof buf;
+            sqe.flags = i == 1 ? IOSQE_ASYNC : 0;
+            ring_submit(rings[i], &sqe);
+            fprintf(f, "%s read %d\n", names[i], ring_wait(rings[i]));
+        }
+    }
+    /* A worker that stays: blocked reading an empty pipe. */
+    int pfd[2];
+    if (pipe(pfd) == 0) {
+        struct io_uring_sqe sqe;
+        memset(&sqe, 0, sizeof sqe);
+        sqe.opcode = IORING_OP_READ;
+        sqe.fd = pfd[0];
+        sqe.addr = (unsigned long)buf;
+        sqe.len = 1;
+        sqe.flags = IOSQE_ASYNC;
+        ring_submit(&wq, &sqe);
+    }
+    fprintf(f, "ready\n");
+    fclose(f);
+    for (;;) pause();
+    return 0;
+}
+
+/* A chain of N processes, each the child of the one before, all asleep: a deep tree. */
+static int chain(int n) {
+    name_self();
+    for (int i = 1; i < n; i++) {
+        pid_t p = fork();
+        if (p < 0) return 1;
+        if (p > 0) sleep_forever();
+    }
+    sleep_forever();
+    return 0;
+}
+
+/* Churn: workers that fork children which start threads touching memory at once, exit, and
+ * start again, so tasks enter and leave the slot and its memory moves on every CPU. */
+static void *thread_touch(void *arg) {
+    (void)arg;
+    size_t len = 1 << 20;
+    volatile char *p = malloc(len);
+    if (p) {
+        for (size_t i = 0; i < len; i += 4096) p[i] = 1;
+        free((void *)p);
+    }
+    return NULL;
+}
+
+static __attribute__((noreturn)) void churn_worker(void) {
+    name_self();
+    for (;;) {
+        pid_t p = fork();
+        if (p == 0) {
+            pthread_t t[4];
+            for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, thread_touch, NULL);
+            thread_touch(NULL);
+            for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+            _exit(0);
+        }
+        if (p > 0) waitpid(p, NULL, 0);
+        else usleep(100);
+    }
+}
+
+static int churn(int workers) {
+    for (int i = 0; i < workers; i++)
+        if (fork() == 0) churn_worker();
+    sleep_forever();
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: escape MODE MARKER [ARGS...]\n");
@@ -221,6 +405,10 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "try-maps")) return try_maps(argc - 3, argv + 3);
     if (!strcmp(mode, "spin")) return spin(argc > 3 ? atof(argv[3]) : 1.0);
     if (!strcmp(mode, "daemon-spin")) return daemon_spin(argc > 3 ? atof(argv[3]) : 1.0);
+    if (!strcmp(mode, "thread-exec")) return thread_exec_mode(argv[0]);
+    if (!strcmp(mode, "io-uring")) return argc > 3 ? io_uring_mode(argv[3]) : 2;
+    if (!strcmp(mode, "chain")) return chain(argc > 3 ? atoi(argv[3]) : 2);
+    if (!strcmp(mode, "churn")) return churn(argc > 3 ? atoi(argv[3]) : 2);
     if (!strcmp(mode, "touch")) return touch(argc > 3 ? atol(argv[3]) : 1, argc > 4 ? atol(argv[4]) : 0);
     fprintf(stderr, "escape: unknown mode %s\n", mode);
     return 2;

@@ -13,14 +13,20 @@ pub mod map_name {
     /// `tid -> TaskTag`, an array sized to `pid_max` (slot 0: untagged), mmapable: what every
     /// program checks on every call, and what user space scans to list a slot's tasks.
     pub const TASKS: &str = "TRK_TASKS";
-    /// `slot id -> SlotControl`: flags and shared (atomic) per-slot values.
+    /// `slot id -> SlotControl`: what user space decides about a slot (flags); the kernel
+    /// only reads it.
     pub const SLOTS: &str = "TRK_SLOTS";
+    /// `slot id -> SlotState`: what the kernel counts for a slot across CPUs (live tasks,
+    /// memory); user space only reads it.
+    pub const SLOT_STATE: &str = "TRK_SLOT_STATE";
     /// `slot id -> SlotCounters`, per CPU.
     pub const COUNTERS: &str = "TRK_COUNTERS";
     /// `requester tid -> AdoptRequest`: input of the adopt iterator.
     pub const ADOPT: &str = "TRK_ADOPT";
-    /// `0 -> Config`: the active program generation.
+    /// `0 -> Config`: the active program generation (written by the loader alone).
     pub const CONFIG: &str = "TRK_CONFIG";
+    /// `0 -> Reader`: whether an event reader wants events (written by that reader alone).
+    pub const READER: &str = "TRK_READER";
     /// `0 -> GlobalCounters`, per CPU.
     pub const GLOBAL: &str = "TRK_GLOBAL";
     /// `tgid -> MmRss`: the resident pages of each tagged process's address space.
@@ -44,6 +50,9 @@ pub mod map_name {
 pub mod global_name {
     pub const OFFSETS: &str = "TRK_OFFSETS";
     pub const GENERATION: &str = "TRK_GENERATION";
+    /// Entries of the tasks array (the highest tid it can tag, plus one): the pid_max guard
+    /// refuses a `kernel.pid_max` above it.
+    pub const TASKS_CAPACITY: &str = "TRK_TASKS_CAPACITY";
 }
 
 /// Slot id 0 is never allocated: a zeroed tag means "no slot".
@@ -86,20 +95,31 @@ pub struct TaskTag {
     pub start_ns: u64,
 }
 
-/// Per-slot state shared by all CPUs. `live_tasks` is changed with atomic adds in the kernel.
+/// What user space decides about a slot; the kernel only reads it. Kept apart from what the
+/// kernel counts (`SlotState`): an array update rewrites a whole value, so a record with two
+/// writers loses one writer's updates (a kill's doom flag once wiped out concurrent exits,
+/// and the live count read 2^64-1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotControl {
     pub flags: u32,
     pub _pad0: u32,
+    /// Bumped by user space each time the slot id is (re)used, so stale state is recognisable.
+    pub generation: u64,
+}
+
+/// What the kernel counts for a slot, shared by all CPUs and changed only with atomic adds
+/// (and racy maxima) by the kernel programs. User space reads it, and zeroes it only while
+/// the slot id is free (no task carries it), when creating a slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotState {
     /// Tasks tagged now (threads included).
     pub live_tasks: u64,
     /// High-water mark of `live_tasks`.
     pub peak_tasks: u64,
-    /// Bumped by user space each time the slot id is (re)used, so stale state is recognisable.
-    pub generation: u64,
-    /// Resident memory of the slot's processes now, in bytes (changed with atomic adds; a
-    /// transiently negative value reads as a huge number and is clamped by user space).
+    /// Resident memory of the slot's processes now, in bytes (a transiently negative value
+    /// reads as a huge number and is clamped by user space).
     pub mem_current: u64,
     /// High-water mark of `mem_current`.
     pub mem_peak: u64,
@@ -218,7 +238,10 @@ pub struct GlobalCounters {
     pub tag_failures: u64,
     /// Events that did not fit in the ring buffer (a reader too slow, or none).
     pub events_lost: u64,
-    pub _reserved: [u64; 6],
+    /// Writes of `kernel.pid_max` refused because the tasks array could not tag the tids
+    /// they would allow.
+    pub pid_max_refused: u64,
+    pub _reserved: [u64; 5],
 }
 
 /// Which program generation is live. Programs of another generation return at once, so an
@@ -227,6 +250,12 @@ pub struct GlobalCounters {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub active_generation: u64,
+}
+
+/// What the one event reader wants, written by it alone (the loader writes `Config`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reader {
     /// Nonzero while a reader wants events; the programs emit none otherwise.
     pub events: u32,
     pub _pad0: u32,
@@ -264,7 +293,8 @@ pub struct Event {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AdoptRequest {
-    /// Adopt this process and every task whose ancestry reaches it.
+    /// Adopt this process, and every task whose real parent is tagged in `slot` (the iterator
+    /// runs until a pass tags nothing, so a tree of any depth is taken level by level).
     pub target_tgid: u32,
     pub slot: u32,
 }
@@ -380,16 +410,8 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(TaskTag, 16, slot = 0, tgid = 4, start_ns = 8);
-assert_layout!(
-    SlotControl,
-    48,
-    flags = 0,
-    live_tasks = 8,
-    peak_tasks = 16,
-    generation = 24,
-    mem_current = 32,
-    mem_peak = 40,
-);
+assert_layout!(SlotControl, 16, flags = 0, generation = 8);
+assert_layout!(SlotState, 32, live_tasks = 0, peak_tasks = 8, mem_current = 16, mem_peak = 24);
 assert_layout!(
     SlotCounters,
     248,
@@ -431,8 +453,9 @@ assert_layout!(
     rss_bytes = 112,
     hiwater_rss_bytes = 120,
 );
-assert_layout!(GlobalCounters, 64, tag_failures = 0);
-assert_layout!(Config, 16, active_generation = 0, events = 8);
+assert_layout!(GlobalCounters, 64, tag_failures = 0, events_lost = 8, pid_max_refused = 16);
+assert_layout!(Config, 8, active_generation = 0);
+assert_layout!(Reader, 8, events = 0);
 assert_layout!(
     Event,
     56,
@@ -465,6 +488,8 @@ mod user {
     // bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::TaskTag {}
     unsafe impl aya::Pod for super::SlotControl {}
+    unsafe impl aya::Pod for super::SlotState {}
+    unsafe impl aya::Pod for super::Reader {}
     unsafe impl aya::Pod for super::SlotCounters {}
     unsafe impl aya::Pod for super::GlobalCounters {}
     unsafe impl aya::Pod for super::Config {}

@@ -2,10 +2,12 @@
 //! user space (`tracker adopt`, and `tracker run` for its first task).
 //!
 //! The iterator runs in the context of the process reading it, so the request is keyed by the
-//! reader's tid. It writes one `AdoptRecord` per task it tagged. A task forked by a not-yet-
-//! tagged parent while the iteration runs may be missed; user space runs the iterator until a
-//! run tags nothing, and after the first run every parent is tagged. User space also runs one
-//! adoption at a time, so that two never tag the same task at once.
+//! reader's tid. It writes one `AdoptRecord` per task it tagged. A pass tags the target's
+//! threads and every task whose real parent is already tagged in the slot: no ancestor walk,
+//! so no depth limit. A child met before its parent in a pass (tids wrap) is tagged by the
+//! next; user space runs passes until one tags nothing, which a tree of any depth reaches (a
+//! pass tags at least one level; `pid_max` bounds the tree). User space also runs one adoption
+//! at a time, so that two never tag the same task at once.
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use tracker_common::{AdoptRecord, PF_EXITING, PF_KTHREAD, TASK_NEW, TaskTag};
 
@@ -14,9 +16,6 @@ use crate::{
     maps::{ADOPT, TASKS},
     slot,
 };
-
-/// Deep enough for any real process tree; the walk also stops at the root.
-const MAX_DEPTH: u32 = 64;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
@@ -51,7 +50,7 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
         return 0;
     };
     let tagged = TASKS.get(tid).is_some_and(|t| t.slot != 0 && t.start_ns == start_ns);
-    if tagged || !descends_from(task, req.target_tgid) {
+    if tagged || (tgid != req.target_tgid && !parent_in_slot(task, req.slot)) {
         return 0;
     }
     let tag = TaskTag { slot: req.slot, tgid, start_ns };
@@ -63,21 +62,15 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
     0
 }
 
-/// Whether `task` belongs to thread group `target` or has it among its ancestors.
+/// Whether `task`'s real parent (for a thread: its process's parent) is tagged in `slot`.
 #[inline(always)]
-fn descends_from(task: Task, target: u32) -> bool {
+fn parent_in_slot(task: Task, slot: u32) -> bool {
     let off = offsets();
-    let mut cur = task;
-    for _ in 0..MAX_DEPTH {
-        match cur.tgid(&off) {
-            Some(t) if t == target => return true,
-            Some(_) => {}
-            None => return false,
-        }
-        match cur.real_parent(&off) {
-            Some(p) if p.0 != cur.0 => cur = p,
-            _ => return false,
-        }
-    }
-    false
+    let Some(parent) = task.real_parent(&off) else {
+        return false;
+    };
+    let Some((ptid, _)) = parent.ids(&off) else {
+        return false;
+    };
+    slot::tag_of(ptid, parent).is_some_and(|t| t.slot == slot)
 }

@@ -1,14 +1,14 @@
 //! Events of tagged tasks (fork, exec, exit, leaving the slot's cgroup) for the one reader
-//! that asked for them (`Config::events`). An event that does not fit is counted as lost, so
+//! that asked for them (`Reader::events`). An event that does not fit is counted as lost, so
 //! the reader reports a gap instead of having one.
 use aya_ebpf::helpers::{bpf_get_current_comm, bpf_ktime_get_boot_ns};
 use tracker_common::Event;
 
-use crate::maps::{CONFIG, EVENTS, GLOBAL};
+use crate::maps::{EVENTS, GLOBAL, READER};
 
 #[inline(always)]
 fn wanted() -> bool {
-    CONFIG.get(0).is_some_and(|c| c.events != 0)
+    READER.get(0).is_some_and(|r| r.events != 0)
 }
 
 /// Send an event built by `fill` from the zeroed one, if a reader wants events.

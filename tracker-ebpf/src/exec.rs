@@ -1,29 +1,38 @@
 //! `sched_process_exec`: count execs, keep the tag on the right tid, and kill a doomed exec.
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 
 use tracker_common::EVENT_EXEC;
 
 use crate::{
     events,
-    kernel::{current_tid, is_active},
+    kernel::{Task, current_task, current_tid, is_active, offsets},
     slot,
 };
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn trk_exec(ctx: BtfTracePointContext) -> u32 {
-    // A thread that is not the leader takes the leader's pid when it execs: `old_pid` is the
-    // tid it had, under which its tag still is.
+    // A thread that is not the leader takes the leader's pid and start time when it execs:
+    // `old_pid` is the tid it had, under which its tag still is.
     let old_pid: u64 = ctx.arg(1);
     let old_tid = old_pid as u32;
-    let Some(tag) = slot::current_tag(old_tid) else {
+    let tid = current_tid();
+    let tag = if old_tid == tid {
+        slot::current_tag(tid)
+    } else {
+        // Rare (an exec from a thread): read the task only then.
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        match Task::of(current_task()).start_ns(&offsets()) {
+            Some(start_ns) => slot::exec_by_thread(old_tid, tid, tgid, start_ns),
+            None => None,
+        }
+    };
+    let Some(tag) = tag else {
         return 0;
     };
     if !is_active() {
         return 0;
-    }
-    let tid = current_tid();
-    if old_tid != tid {
-        slot::retag(old_tid, tid, &tag);
     }
     slot::with_counters(tag.slot, |c| c.execs += 1);
     events::emit(EVENT_EXEC, tag.slot, |e| {

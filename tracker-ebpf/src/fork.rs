@@ -1,7 +1,11 @@
-//! `sched_process_fork`: the child of a tagged task is tagged before it ever runs.
+//! `task_newtask`: every task the kernel creates for a tagged task is tagged before it ever
+//! runs.
 //!
-//! The tracepoint fires in the forking task (`current`), after the child is complete and
-//! before it is woken, for processes, threads, `vfork` and `CLONE_PARENT` alike.
+//! The tracepoint fires at the end of `copy_process`, in the creating task (`current`), once
+//! the new task has its pid, tgid and start time and before it is first woken, for every task
+//! the kernel makes: processes, threads, `vfork`, `CLONE_PARENT`, and the io_uring workers
+//! (io-wq and SQPOLL threads) that `create_io_thread` makes without passing through
+//! `kernel_clone`, so without `sched_process_fork`. Nothing fails in `copy_process` after it.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracker_common::{EVENT_FORK, TaskTag};
 
@@ -11,16 +15,16 @@ use crate::{
     slot,
 };
 
-#[btf_tracepoint(function = "sched_process_fork")]
+#[btf_tracepoint(function = "task_newtask")]
 pub fn trk_fork(ctx: BtfTracePointContext) -> u32 {
-    // The untagged path, which every fork on the machine takes, is one array load.
+    // The untagged path, which every task creation on the machine takes, is one array load.
     let Some(parent) = slot::current_tag(current_tid()) else {
         return 0;
     };
     if !is_active() {
         return 0;
     }
-    let child: *mut task_struct = ctx.arg(1);
+    let child: *mut task_struct = ctx.arg(0);
     let off = offsets();
     let task = Task::of(child);
     match (task.ids(&off), task.start_ns(&off)) {

@@ -20,6 +20,7 @@ mod kernel;
 mod maps;
 mod net;
 mod oom;
+mod pid_max;
 mod policy;
 mod rss;
 mod slot;

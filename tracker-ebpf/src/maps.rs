@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use tracker_common::{
     AdoptRequest, AllowPorts, BPF_F_MMAPABLE, Config, DeviceKey, GlobalCounters, MmRss, Net4, Net6,
-    NetPolicy, SlotControl, SlotCounters, TaskTag, UsageRequest,
+    NetPolicy, Reader, SlotControl, SlotCounters, SlotState, TaskTag, UsageRequest,
 };
 
 /// `tid -> TaskTag`, slot 0 meaning untagged. An array lookup is inlined by the verifier into
@@ -18,8 +18,14 @@ use tracker_common::{
 #[map(name = "TRK_TASKS")]
 pub static TASKS: Array<TaskTag> = Array::with_max_entries(32768, BPF_F_MMAPABLE);
 
+/// Written by user space (flags), only read here.
 #[map(name = "TRK_SLOTS")]
 pub static SLOTS: Array<SlotControl> = Array::with_max_entries(1024, 0);
+
+/// Written here (atomic adds), only read by user space: no user-space write can overwrite a
+/// count the kernel is changing.
+#[map(name = "TRK_SLOT_STATE")]
+pub static SLOT_STATE: Array<SlotState> = Array::with_max_entries(1024, 0);
 
 #[map(name = "TRK_COUNTERS")]
 pub static COUNTERS: PerCpuArray<SlotCounters> = PerCpuArray::with_max_entries(1024, 0);
@@ -27,8 +33,13 @@ pub static COUNTERS: PerCpuArray<SlotCounters> = PerCpuArray::with_max_entries(1
 #[map(name = "TRK_ADOPT")]
 pub static ADOPT: HashMap<u32, AdoptRequest> = HashMap::with_max_entries(256, 0);
 
+/// Written by the loader alone.
 #[map(name = "TRK_CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Written by the event reader alone.
+#[map(name = "TRK_READER")]
+pub static READER: Array<Reader> = Array::with_max_entries(1, 0);
 
 #[map(name = "TRK_GLOBAL")]
 pub static GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);

@@ -54,20 +54,18 @@ pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
             e
         }
     };
-    // SAFETY: a map value. A process's counters change under its page-table lock, and each
-    // counter has its own place in the entry.
+    // SAFETY: a map value. Threads of one process fault at once on other CPUs (per-VMA locks,
+    // split page-table locks): each place is swapped atomically, so every change is taken once.
     unsafe {
         if (*entry).mm != mm.0 as u64 || (*entry).slot != tag.slot {
             // An exec gave the process a new address space (the old one is gone), or this is
             // the entry of an earlier process with this tgid (emptied at its exit).
-            slot::mem_add((*entry).slot, -(sum(&(*entry).bytes) as i64));
-            (*entry).bytes = [0; 4];
+            empty(entry);
             (*entry).mm = mm.0 as u64;
             (*entry).slot = tag.slot;
         }
         let idx = (member & 3) as usize;
-        let before = (*entry).bytes[idx];
-        (*entry).bytes[idx] = now;
+        let before = slot::atomic_swap(&raw mut (*entry).bytes[idx], now);
         slot::mem_add((*entry).slot, now as i64 - before as i64);
     }
     0
@@ -80,17 +78,23 @@ pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
 #[inline(always)]
 pub fn process_gone(tgid: u32) {
     if let Some(entry) = MM_RSS.get_ptr_mut(&tgid) {
-        // SAFETY: a map value.
-        unsafe {
-            slot::mem_add((*entry).slot, -(sum(&(*entry).bytes) as i64));
-            (*entry).bytes = [0; 4];
-        }
+        empty(entry);
     }
 }
 
+/// Take an entry's bytes out of its slot, each place swapped to 0 atomically so that two
+/// threads emptying it at once take each byte out once.
 #[inline(always)]
-fn sum(b: &[u64; 4]) -> u64 {
-    b[0] + b[1] + b[2] + b[3]
+fn empty(entry: *mut MmRss) {
+    // SAFETY: a map value, valid for the map's lifetime.
+    unsafe {
+        let slot = (*entry).slot;
+        let mut gone = 0u64;
+        for i in 0..4 {
+            gone += slot::atomic_swap(&raw mut (*entry).bytes[i], 0);
+        }
+        slot::mem_add(slot, -(gone as i64));
+    }
 }
 
 #[inline(always)]

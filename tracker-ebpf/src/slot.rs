@@ -4,7 +4,7 @@ use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters, TAG_EXITED, TaskTag};
 
 use crate::{
     kernel::{Task, current_task, offsets},
-    maps::{COUNTERS, GLOBAL, SLOTS, TASKS},
+    maps::{COUNTERS, GLOBAL, SLOT_STATE, SLOTS, TASKS},
 };
 
 /// The tag of the current task, found under `tid` (its tid, or the tid it had before an
@@ -105,18 +105,39 @@ pub fn finish(tid: u32, start_ns: u64) -> Option<u32> {
     Some(tag.slot & !TAG_EXITED)
 }
 
-/// Move a tag from `old_tid` to `tid`: a thread that exec'd took its leader's pid.
+/// A thread that was not its process's leader exec'd: `de_thread` gave it the leader's pid
+/// (`tid`) and start time (`start_ns`), while its tag is still under the tid it had
+/// (`old_tid`), with its own start time, which the thread no longer has. The tag is known by
+/// its thread group, which exec does not change, and moves to `tid` with the new start time:
+/// the task stays one live task of its slot.
+///
+/// The leader's entry at `tid` is marked exited (its exit program ran before `de_thread`
+/// could go on). If the leader has not had its final context switch yet, that switch comes
+/// under `old_tid` (`de_thread` swapped the two pids), so its exited entry moves there to be
+/// harvested; otherwise `old_tid` is cleared.
 #[inline(always)]
-pub fn retag(old_tid: u32, tid: u32, tag: &TaskTag) {
-    let (Some(old), Some(new)) = (TASKS.get_ptr_mut(old_tid), TASKS.get_ptr_mut(tid)) else {
-        return;
-    };
-    // SAFETY: array elements, valid for the map's lifetime. The leader, whose entry this was,
-    // has passed its exit (de_thread waits for it), so nothing else writes it.
-    unsafe {
-        *new = *tag;
-        *old = TaskTag::default();
+pub fn exec_by_thread(old_tid: u32, tid: u32, tgid: u32, start_ns: u64) -> Option<TaskTag> {
+    let old = TASKS.get_ptr_mut(old_tid)?;
+    // SAFETY: an array element, valid for the map's lifetime.
+    let tag = unsafe { *old };
+    if tag.slot == 0 || tag.slot & TAG_EXITED != 0 || tag.tgid != tgid {
+        return None;
     }
+    let new = TASKS.get_ptr_mut(tid)?;
+    // SAFETY: as above. The exec'ing thread is the only live task of its group now, and the
+    // leader has passed its exit program: no other program writes these two entries.
+    unsafe {
+        let leader = *new;
+        *old = if leader.slot & TAG_EXITED != 0 && leader.start_ns == start_ns {
+            leader
+        } else {
+            TaskTag::default()
+        };
+        (*new).tgid = tgid;
+        (*new).start_ns = start_ns;
+        core::ptr::write_volatile(&raw mut (*new).slot, tag.slot);
+    }
+    Some(TaskTag { slot: tag.slot, tgid, start_ns })
 }
 
 #[inline(always)]
@@ -130,7 +151,7 @@ pub fn with_counters(slot: u32, f: impl FnOnce(&mut SlotCounters)) {
 /// Atomic add to a u64 shared by all CPUs. The BPF target has no fetch-add at the default CPU
 /// level, only `lock xadd` without a result, which is what this compiles to.
 #[inline(always)]
-fn atomic_add(p: *mut u64, v: u64) {
+pub fn atomic_add(p: *mut u64, v: u64) {
     // SAFETY: `p` points into a map value, which lives as long as the map.
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
@@ -139,22 +160,31 @@ fn atomic_add(p: *mut u64, v: u64) {
     };
 }
 
+/// Store `v` at `p` and return what was there, atomically (`BPF_XCHG`, kernel 5.12+).
+#[inline(always)]
+pub fn atomic_swap(p: *mut u64, v: u64) -> u64 {
+    // SAFETY: `p` points into a map value, which lives as long as the map.
+    unsafe {
+        core::intrinsics::atomic_xchg::<u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v)
+    }
+}
+
 /// Add `delta` (which may be negative) to the slot's resident memory and raise its peak.
 #[inline(always)]
 pub fn mem_add(slot: u32, delta: i64) {
     if delta == 0 {
         return;
     }
-    if let Some(ctl) = SLOTS.get_ptr_mut(slot) {
+    if let Some(st) = SLOT_STATE.get_ptr_mut(slot) {
         // SAFETY: map value pointer, see `atomic_add`. Two's complement makes this a subtract
         // for a negative delta.
         unsafe {
-            atomic_add(&raw mut (*ctl).mem_current, delta as u64);
+            atomic_add(&raw mut (*st).mem_current, delta as u64);
             if delta > 0 {
                 // Racy max, as for `peak_tasks`.
-                let now = core::ptr::read_volatile(&raw const (*ctl).mem_current);
-                if (now as i64) > 0 && now > (*ctl).mem_peak {
-                    (*ctl).mem_peak = now;
+                let now = core::ptr::read_volatile(&raw const (*st).mem_current);
+                if (now as i64) > 0 && now > (*st).mem_peak {
+                    (*st).mem_peak = now;
                 }
             }
         }
@@ -164,15 +194,15 @@ pub fn mem_add(slot: u32, delta: i64) {
 /// A task entered `slot`: count it, and raise the peak of live tasks.
 #[inline(always)]
 fn task_entered(slot: u32, is_leader: bool) {
-    if let Some(ctl) = SLOTS.get_ptr_mut(slot) {
+    if let Some(st) = SLOT_STATE.get_ptr_mut(slot) {
         // SAFETY: map value pointer, see `atomic_add`.
         unsafe {
-            atomic_add(&raw mut (*ctl).live_tasks, 1);
+            atomic_add(&raw mut (*st).live_tasks, 1);
             // Racy max: under concurrent forks on other CPUs the peak may lag by those forks,
             // never exceed what was really live.
-            let live = core::ptr::read_volatile(&raw const (*ctl).live_tasks);
-            if live > (*ctl).peak_tasks {
-                (*ctl).peak_tasks = live;
+            let live = core::ptr::read_volatile(&raw const (*st).live_tasks);
+            if live > (*st).peak_tasks {
+                (*st).peak_tasks = live;
             }
         }
     }
@@ -187,9 +217,9 @@ fn task_entered(slot: u32, is_leader: bool) {
 /// A task of `slot` passed `do_exit`.
 #[inline(always)]
 fn task_left(slot: u32) {
-    if let Some(ctl) = SLOTS.get_ptr_mut(slot) {
+    if let Some(st) = SLOT_STATE.get_ptr_mut(slot) {
         // SAFETY: map value pointer, see `atomic_add`. Adding 2^64-1 subtracts one.
-        atomic_add(unsafe { &raw mut (*ctl).live_tasks }, u64::MAX);
+        atomic_add(unsafe { &raw mut (*st).live_tasks }, u64::MAX);
     }
     with_counters(slot, |c| c.tasks_exited += 1);
 }

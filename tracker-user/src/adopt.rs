@@ -1,8 +1,10 @@
 //! Adopting an existing process and its descendants into a slot, in the kernel.
 //!
 //! The tagging itself is done by the `trk_adopt` task iterator (see tracker-ebpf/src/adopt.rs),
-//! which walks the kernel's task list and each task's real ancestry: no `/proc` scan decides
-//! who is a descendant. Once a process is tagged, its future children are tagged at fork.
+//! which walks the kernel's task list and tags the target and every task whose real parent
+//! is tagged in the slot: no `/proc` scan decides who is a descendant, and no depth limit
+//! applies. Once a process is tagged, its future children are tagged at fork. Tagging never
+//! fails silently: an adoption that leaves the target untagged is an error.
 use std::collections::BTreeSet;
 
 use serde::Serialize;
@@ -15,8 +17,6 @@ use crate::{
     registry::{SlotRecord, StateLock},
     tracker::Tracker,
 };
-
-const MAX_PASSES: usize = 8;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AdoptReport {
@@ -46,6 +46,7 @@ impl Tracker {
         let result = self.adopt_passes();
         let _ = self.maps().adopt.remove(&tid);
         let records = result?;
+        self.check_tagged(rec, pid)?;
         let processes: BTreeSet<u32> =
             records.iter().map(|r| r.tgid).chain(std::iter::once(pid)).collect();
         if rec.cgroups.bound.is_none() {
@@ -92,12 +93,36 @@ impl Tracker {
         Ok(())
     }
 
-    /// Run the iterator until a pass tags nothing. A child forked by a parent that a pass had
-    /// not reached yet is caught by the next; after the first pass every parent is tagged and
-    /// fork tags the rest, so this ends after two or three passes.
+    /// The target must be tagged in the slot now: a task the kernel could not tag (a tid
+    /// beyond the tasks array) would otherwise run untracked while the caller reports success.
+    fn check_tagged(&self, rec: &SlotRecord, pid: u32) -> Result<()> {
+        let maps = self.maps();
+        let tag = maps.tag(pid)?;
+        if tag.is_some_and(|t| t.slot == rec.id) {
+            return Ok(());
+        }
+        let capacity = maps.tasks_capacity();
+        let why = if pid >= capacity {
+            format!(
+                "its pid is beyond the {capacity} tids the tasks array can tag \
+                 (kernel.pid_max was raised after the tracker loaded): `tracker unload`, then \
+                 load again"
+            )
+        } else if procfs::process::Process::new(pid as i32).is_err() {
+            "it exited during the adoption".to_owned()
+        } else {
+            "the kernel did not tag it (see tag_failures in `tracker status`)".to_owned()
+        };
+        Err(Error::NotTagged { pid, why })
+    }
+
+    /// Run the iterator until a pass tags nothing. A pass tags each task whose parent is
+    /// tagged by then; a child met before its parent is caught by the next pass. Every pass
+    /// but the last tags at least one task, so the tasks array's size bounds the passes.
     fn adopt_passes(&self) -> Result<Vec<AdoptRecord>> {
-        let mut all = self.run_adopt_iter()?;
-        for _ in 0..MAX_PASSES {
+        let bound = self.maps().tasks_capacity();
+        let mut all = vec![];
+        for _ in 0..bound {
             let more = self.run_adopt_iter()?;
             if more.is_empty() {
                 break;

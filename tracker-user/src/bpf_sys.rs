@@ -1,5 +1,5 @@
-//! The two raw bpf(2) commands aya 0.14 leaves out for us: a `bpf_link` for a cgroup device
-//! program (aya cannot turn that link into one it can pin), and pinning a descriptor.
+//! The two raw bpf(2) commands aya 0.14 leaves out for us: a `bpf_link` for a cgroup device or
+//! sysctl program (aya cannot turn those links into ones it can pin), and pinning a descriptor.
 use std::{
     ffi::CString,
     io,
@@ -13,6 +13,7 @@ use std::{
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
 pub const BPF_CGROUP_DEVICE: u32 = 6;
+pub const BPF_CGROUP_SYSCTL: u32 = 18;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<i64> {
     // SAFETY: `attr` is a zeroed union large enough for these commands.

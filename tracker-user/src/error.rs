@@ -72,6 +72,9 @@ pub enum Error {
     #[error("pid {pid} is already in slot {slot:?}")]
     AlreadyInSlot { pid: u32, slot: String },
 
+    #[error("pid {pid} could not be tagged, so it is not tracked: {why}")]
+    NotTagged { pid: u32, why: String },
+
     #[error("refusing to adopt pid {pid}: {why}")]
     RefusedAdopt { pid: u32, why: &'static str },
 

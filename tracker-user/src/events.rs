@@ -18,7 +18,7 @@ use std::{
 use aya::maps::{Array, Map, MapData, RingBuf};
 use serde::Serialize;
 use tracker_common::{
-    Config, EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_LEFT_CGROUP, EVENT_OOM, Event, map_name,
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_LEFT_CGROUP, EVENT_OOM, Event, Reader, map_name,
 };
 
 use crate::{
@@ -70,7 +70,8 @@ pub struct WatchEvent {
 pub struct Watcher {
     paths: Paths,
     ring: RingBuf<MapData>,
-    config: Array<MapData, Config>,
+    /// The reader record, ours alone (the loader writes the config record).
+    reader: Array<MapData, Reader>,
     maps: Maps,
     names: BTreeMap<u32, String>,
     /// The registry file `names` was read from (inode, mtime): slot ids are reused after a
@@ -112,14 +113,14 @@ impl Watcher {
         };
         let ring = RingBuf::try_from(open(map_name::EVENTS)?)
             .map_err(|e| Error::bpf("the event ring buffer", e))?;
-        let config = Array::try_from(open(map_name::CONFIG)?)
-            .map_err(|e| Error::bpf("the config map", e))?;
+        let reader = Array::try_from(open(map_name::READER)?)
+            .map_err(|e| Error::bpf("the reader map", e))?;
         let maps = Maps::open(paths)?;
         let lost_seen = maps.global()?.events_lost;
         let mut w = Self {
             paths: paths.clone(),
             ring,
-            config,
+            reader,
             maps,
             names: BTreeMap::new(),
             names_from: None,
@@ -136,9 +137,8 @@ impl Watcher {
     }
 
     fn set_wanted(&mut self, on: bool) -> Result<()> {
-        let mut c = self.config.get(&0, 0).map_err(|e| Error::bpf("reading the config", e))?;
-        c.events = u32::from(on);
-        self.config.set(0, c, 0).map_err(|e| Error::bpf("writing the config", e))
+        let r = Reader { events: u32::from(on), _pad0: 0 };
+        self.reader.set(0, r, 0).map_err(|e| Error::bpf("writing the reader record", e))
     }
 
     /// The descriptor that becomes readable when events are queued (for an async runtime).
@@ -228,9 +228,10 @@ impl Watcher {
     /// The slot's (generation, tasks started) if it has no live task now and had one since it
     /// was last reported empty.
     fn emptied_now(&self, slot: u32) -> Option<(u64, u64)> {
-        let ctl = self.maps.control(slot).ok().filter(|c| c.live_tasks == 0)?;
+        self.maps.state(slot).ok().filter(|c| c.live_tasks == 0)?;
+        let generation = self.maps.control(slot).ok()?.generation;
         let started = self.maps.counters(slot).ok()?.tasks_started;
-        let now = (ctl.generation, started);
+        let now = (generation, started);
         (self.emptied.get(&slot) != Some(&now)).then_some(now)
     }
 

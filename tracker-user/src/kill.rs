@@ -3,11 +3,14 @@
 //! 1. Doom the slot in the kernel and attach the doom program: from now on a task of the slot
 //!    dies at its next system call, and a fork or exec already under way kills the forker.
 //! 2. Freeze the slot's cgroup, so that what is in it stops where it is.
-//! 3. Kill: `cgroup.kill` when everything in the cgroup is tagged; and every tagged task, in
-//!    the cgroup or not (a root job may have left it), through a pidfd that is checked against
-//!    the kernel tag after it is opened, so a reused pid is never hit.
-//! 4. Thaw, and sweep until the kernel says the slot has no task left.
-//! 5. Report how long it took, how many were killed, and anything that survived.
+//! 3. Kill everything in the slot's own cgroup (`cgroup.kill`, or each process through a
+//!    pidfd where there is none): only the slot's processes, and what root put there, can be
+//!    in it, tagged or not. And every tagged task, in the cgroup or not (a root job may have
+//!    left it), through a pidfd that is checked against the kernel tag after it is opened.
+//!    Nothing else is signalled, and a reused pid is never hit.
+//! 4. Thaw, and sweep until no live task carries the slot's tag and its cgroup is empty.
+//! 5. Report how long it took, how many were killed, and anything that survived: a task that
+//!    is still alive when the time is up, never one that exited meanwhile.
 use std::{
     collections::BTreeSet,
     thread,
@@ -20,7 +23,7 @@ use tracker_common::{SLOT_DOOMED, TaskTag};
 
 use crate::{
     error::{Error, Result},
-    procinfo, programs,
+    pidfd, procinfo, programs,
     registry::SlotRecord,
     tracker::Tracker,
 };
@@ -107,8 +110,16 @@ impl Tracker {
         };
         let froze = rec.cgroups.freeze(FREEZE_TIMEOUT);
         let tags = self.maps().tags_of(rec.id)?;
-        if froze && self.cgroup_is_all_tagged(rec, &tags, &mut warnings) {
-            rec.cgroups.kill_all();
+        let strangers = untagged(&rec.cgroups.procs(), &tags);
+        if !strangers.is_empty() {
+            warnings.push(format!(
+                "untagged processes {strangers:?} were in the slot's cgroup (put there by \
+                 root?): killed with it"
+            ));
+        }
+        let by_cgroup = rec.cgroups.kill_all();
+        if !by_cgroup {
+            kill_cgroup_procs(rec);
         }
         self.signal_tags(&tags, rec.id, libc::SIGKILL);
         rec.cgroups.thaw();
@@ -116,14 +127,22 @@ impl Tracker {
         let deadline = start + opts.timeout;
         let mut pause = Duration::from_micros(200);
         let remaining = loop {
-            let tags = self.maps().tags_of(rec.id)?;
-            if tags.is_empty() {
-                break tags;
+            // A tag that names no living task is not waited for: the task exited between
+            // the scan and the check (its exit program clears it), or the tag is stale.
+            let tags: Vec<(u32, TaskTag)> =
+                self.maps().tags_of(rec.id)?.into_iter().filter(|(t, tag)| alive(*t, tag)).collect();
+            let procs: Vec<u32> =
+                rec.cgroups.procs().into_iter().filter(|p| process_alive(*p)).collect();
+            if tags.is_empty() && procs.is_empty() {
+                break vec![];
             }
             if Instant::now() >= deadline {
-                break tags;
+                break self.survivors(rec, &tags);
             }
             self.signal_tags(&tags, rec.id, libc::SIGKILL);
+            if !procs.is_empty() && !rec.cgroups.kill_all() {
+                kill_cgroup_procs(rec);
+            }
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         };
@@ -148,39 +167,85 @@ impl Tracker {
             elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
             froze,
             doom_kills: after.doom_kills - before.doom_kills,
-            survivors: remaining.iter().map(|(tid, tag)| survivor(*tid, tag)).collect(),
+            survivors: remaining,
             warnings,
         })
     }
 
-    /// Whether every process in the slot's cgroups is tagged with the slot, so that
-    /// `cgroup.kill` cannot hit a process that is not the job's.
-    fn cgroup_is_all_tagged(
-        &self,
-        rec: &SlotRecord,
-        tags: &[(u32, TaskTag)],
-        warnings: &mut Vec<String>,
-    ) -> bool {
-        let tagged: BTreeSet<u32> = tags.iter().map(|(_, t)| t.tgid).collect();
-        let strangers: Vec<u32> =
-            rec.cgroups.procs().into_iter().filter(|p| !tagged.contains(p)).collect();
-        if !strangers.is_empty() {
-            warnings.push(format!(
-                "untagged processes {strangers:?} are in the slot's cgroup: they were left alone"
-            ));
+    /// What is alive of the slot when the time is up: each task of `tags` that still is the
+    /// tagged task and has not exited, and each process of the slot's cgroup (tagged or not).
+    /// Described after the check, and dropped if it exited meanwhile.
+    fn survivors(&self, rec: &SlotRecord, tags: &[(u32, TaskTag)]) -> Vec<Survivor> {
+        let mut out: Vec<Survivor> = tags.iter().filter_map(|(t, tag)| survivor(*t, tag)).collect();
+        let seen: BTreeSet<u32> = out.iter().map(|s| s.pid).collect();
+        for pid in rec.cgroups.procs() {
+            if seen.contains(&pid) {
+                continue;
+            }
+            if let Some(s) = procinfo::describe_any(pid).filter(|i| !is_dead(&i.state)).map(|i| {
+                Survivor {
+                    pid,
+                    tgid: pid,
+                    state: i.state,
+                    comm: i.comm,
+                    wchan: procinfo::wchan(pid),
+                    stack: procinfo::kernel_stack(pid),
+                }
+            }) {
+                out.push(s);
+            }
         }
-        strangers.is_empty()
+        out
     }
 }
 
-fn survivor(tid: u32, tag: &TaskTag) -> Survivor {
-    let info = procinfo::describe(tid, tag);
-    Survivor {
+/// The processes of `procs` that carry no tag of `tags`.
+fn untagged(procs: &[u32], tags: &[(u32, TaskTag)]) -> Vec<u32> {
+    let tagged: BTreeSet<u32> = tags.iter().map(|(_, t)| t.tgid).collect();
+    procs.iter().copied().filter(|p| !tagged.contains(p)).collect()
+}
+
+/// SIGKILL each process of the slot's cgroup through a pidfd, where `cgroup.kill` is not
+/// available. A pid is signalled only if it is still in the cgroup after its pidfd was
+/// opened: a pid reused meanwhile by a process outside the slot is never hit (a new process
+/// in the slot's cgroup is the slot's).
+fn kill_cgroup_procs(rec: &SlotRecord) {
+    let before = rec.cgroups.procs();
+    let fds: Vec<(u32, std::os::fd::OwnedFd)> =
+        before.iter().filter_map(|p| pidfd::open_process(*p).ok().map(|fd| (*p, fd))).collect();
+    let now: BTreeSet<u32> = rec.cgroups.procs().into_iter().collect();
+    for (pid, fd) in fds {
+        if now.contains(&pid) {
+            let _ = pidfd::send_signal(&fd, libc::SIGKILL);
+        }
+    }
+}
+
+/// A dead task's `/proc` state: zombie, or dead.
+fn is_dead(state: &str) -> bool {
+    matches!(state, "Z" | "X" | "x")
+}
+
+/// Whether process `pid` exists and has not exited.
+fn process_alive(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
+}
+
+/// Whether task `tid` is still the task `tag` names, and has not exited.
+fn alive(tid: u32, tag: &TaskTag) -> bool {
+    procinfo::state_of(tid, tag.start_ns).is_some_and(|s| !matches!(s, 'Z' | 'X' | 'x'))
+}
+
+fn survivor(tid: u32, tag: &TaskTag) -> Option<Survivor> {
+    let info = procinfo::describe(tid, tag).filter(|i| !is_dead(&i.state))?;
+    Some(Survivor {
         pid: tid,
         tgid: tag.tgid,
-        state: info.as_ref().map(|i| i.state.clone()).unwrap_or_default(),
-        comm: info.map(|i| i.comm).unwrap_or_default(),
+        state: info.state,
+        comm: info.comm,
         wchan: procinfo::wchan(tid),
         stack: procinfo::kernel_stack(tid),
-    }
+    })
 }

@@ -18,7 +18,8 @@ use aya::{
     Btf, EbpfLoader,
     maps::{Array, MapError},
     programs::{
-        BtfTracePoint, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Iter,
+        BtfTracePoint, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        CgroupSysctl, Iter,
         ProgramError,
         links::{CgroupAttachMode, FdLink},
     },
@@ -108,6 +109,8 @@ fn load_locked(
     let generation = previous + 1;
     let pid_max = read_pid_max()?;
     let max_slots = opts.max_slots.max(2);
+    // An upgrade keeps the pinned tasks array, and so its size.
+    let capacity = if fresh { pid_max } else { Maps::open(paths)?.tasks_capacity() };
 
     let map_pins: Vec<(&str, std::path::PathBuf)> =
         SHAPES.iter().map(|s| (s.name, paths.map_pin(s.name))).collect();
@@ -116,10 +119,12 @@ fn load_locked(
         .btf(Some(kernel_btf))
         .override_global(global_name::OFFSETS, offsets, true)
         .override_global(global_name::GENERATION, &generation, true)
-        .map_max_entries(map_name::TASKS, pid_max)
-        .map_max_entries(map_name::MM_RSS, pid_max)
+        .override_global(global_name::TASKS_CAPACITY, &u64::from(capacity), true)
+        .map_max_entries(map_name::TASKS, capacity)
+        .map_max_entries(map_name::MM_RSS, capacity)
         .map_max_entries(map_name::CGROUP_SLOTS, max_slots)
         .map_max_entries(map_name::SLOTS, max_slots)
+        .map_max_entries(map_name::SLOT_STATE, max_slots)
         .map_max_entries(map_name::COUNTERS, max_slots);
     for (name, pin) in &map_pins {
         loader.map_pin_path(name, pin.as_path());
@@ -139,9 +144,12 @@ fn load_locked(
             None
         }
     };
+    // The pid_max guard attaches to the root of the cgroup v2 hierarchy, for every process.
+    let cgroup_root = Cgroups::detect(paths).ok().and_then(|c| c.mounts().unified.clone());
+    let dirs = CgroupDirs { instance: cgroup_dir.as_deref(), root: cgroup_root.as_deref() };
     let mut staged = vec![];
     for spec in PROGRAMS {
-        match stage_program(paths, &mut ebpf, spec, kernel_btf, cgroup_dir.as_deref()) {
+        match stage_program(paths, &mut ebpf, spec, kernel_btf, &dirs) {
             Ok(pin) => staged.push(pin),
             Err(e) if !spec.required => warnings.push(format!("{} disabled: {e}", spec.name)),
             Err(e) => {
@@ -160,10 +168,11 @@ fn load_locked(
     })?;
     let mut config: Array<_, Config> =
         Array::try_from(config_map).map_err(|e: MapError| Error::bpf("config map", e))?;
-    // Keep the rest of the config (whether a reader wants events) as it was.
-    let mut current = config.get(&0, 0).map_err(|e| Error::bpf("reading the config", e))?;
-    current.active_generation = generation;
-    config.set(0, current, 0).map_err(|e| Error::bpf("activating the new programs", e))?;
+    // The config record is the loader's alone (the event reader has its own record), so
+    // writing it whole loses nothing.
+    config
+        .set(0, Config { active_generation: generation }, 0)
+        .map_err(|e| Error::bpf("activating the new programs", e))?;
 
     // Replacing a link's pin drops the old link, which detaches the old program.
     for (staging, pin) in &staged {
@@ -171,6 +180,16 @@ fn load_locked(
     }
     if fresh {
         registry::reset_locked(paths)?;
+    }
+    // Checked after the guard is attached: a raise before it is seen here, one after it is
+    // refused.
+    let pid_max = read_pid_max()?;
+    if pid_max > capacity {
+        warnings.push(format!(
+            "kernel.pid_max is {pid_max}, above the {capacity} tids the tasks array can tag: \
+             a task with a higher tid cannot be tagged (tag_failures counts it, run and adopt \
+             refuse it); `tracker unload`, then load again, to size the array to pid_max"
+        ));
     }
     let slots_kept = registry::read_locked(paths)?.slots.len();
     Ok(LoadReport {
@@ -181,14 +200,23 @@ fn load_locked(
     })
 }
 
+/// The cgroup v2 directories programs attach to.
+struct CgroupDirs<'a> {
+    /// The instance's own directory (the slots' parent).
+    instance: Option<&'a Path>,
+    /// The hierarchy's root.
+    root: Option<&'a Path>,
+}
+
 /// Load one program and pin it (or its link) at a staging path. Returns (staging, final).
 fn stage_program(
     paths: &Paths,
     ebpf: &mut aya::Ebpf,
     spec: &ProgramSpec,
     kernel_btf: &Btf,
-    cgroup_dir: Option<&Path>,
+    dirs: &CgroupDirs<'_>,
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let cgroup_dir = dirs.instance;
     let failed = |e: ProgramError| Error::ProgramLoad { program: spec.name, detail: describe(&e) };
     let prog = ebpf.program_mut(spec.name).ok_or(Error::ProgramLoad {
         program: spec.name,
@@ -251,6 +279,20 @@ fn stage_program(
             let prog_fd = p.fd().map_err(failed)?;
             let link =
                 bpf_sys::cgroup_link(prog_fd.as_fd(), cgroup.as_fd(), bpf_sys::BPF_CGROUP_DEVICE)
+                    .map_err(|e| Error::ProgramLoad {
+                    program: spec.name,
+                    detail: format!("link_create: {e}"),
+                })?;
+            bpf_sys::pin(link.as_fd(), &staging)
+                .ctx(|| format!("pinning {}", staging.display()))?;
+        }
+        Kind::CgroupSysctl => {
+            let root = open_cgroup(spec, dirs.root)?;
+            let p: &mut CgroupSysctl = prog.try_into().map_err(failed)?;
+            p.load().map_err(failed)?;
+            let prog_fd = p.fd().map_err(failed)?;
+            let link =
+                bpf_sys::cgroup_link(prog_fd.as_fd(), root.as_fd(), bpf_sys::BPF_CGROUP_SYSCTL)
                     .map_err(|e| Error::ProgramLoad {
                     program: spec.name,
                     detail: format!("link_create: {e}"),
@@ -348,7 +390,7 @@ pub fn unload(paths: &Paths, force: bool) -> Result<UnloadReport> {
         let live: Vec<&str> = reg
             .slots
             .iter()
-            .filter(|s| maps.control(s.id).is_ok_and(|c| c.live_tasks > 0))
+            .filter(|s| maps.state(s.id).is_ok_and(|c| c.live_tasks > 0))
             .map(|s| s.name.as_str())
             .collect();
         if !live.is_empty() && !force {

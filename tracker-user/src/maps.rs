@@ -9,7 +9,7 @@ use aya::maps::lpm_trie::Key;
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
 use tracker_common::{
     AdoptRequest, AllowPorts, Config, DeviceKey, GlobalCounters, MmRss, Net4, Net6, NetPolicy,
-    SlotControl, SlotCounters, TAG_EXITED, TaskTag, UsageRequest, map_name,
+    Reader, SlotControl, SlotCounters, SlotState, TAG_EXITED, TaskTag, UsageRequest, map_name,
 };
 
 use crate::{
@@ -28,9 +28,11 @@ pub struct MapShape {
 pub const SHAPES: &[MapShape] = &[
     shape::<u32, TaskTag>(map_name::TASKS, MapType::Array),
     shape::<u32, SlotControl>(map_name::SLOTS, MapType::Array),
+    shape::<u32, SlotState>(map_name::SLOT_STATE, MapType::Array),
     shape::<u32, SlotCounters>(map_name::COUNTERS, MapType::PerCpuArray),
     shape::<u32, AdoptRequest>(map_name::ADOPT, MapType::Hash),
     shape::<u32, Config>(map_name::CONFIG, MapType::Array),
+    shape::<u32, Reader>(map_name::READER, MapType::Array),
     shape::<u32, GlobalCounters>(map_name::GLOBAL, MapType::PerCpuArray),
     shape::<u32, MmRss>(map_name::MM_RSS, MapType::Hash),
     shape::<u32, UsageRequest>(map_name::USAGE, MapType::Hash),
@@ -76,10 +78,14 @@ impl MapShape {
     }
 }
 
-/// The pinned maps of a loaded tracker.
+/// The pinned maps of a loaded tracker. Each map value has one writer: user space writes
+/// `slots` (flags), `config` (the loader) and the reader map (the event reader); the kernel
+/// writes `slot_state`, `counters`, `global`, `mm_rss` and the tasks array, which user space
+/// only reads (and zeroes for a slot id that no task carries, when a slot is created).
 pub struct Maps {
     tasks: TasksView,
     pub slots: Array<MapData, SlotControl>,
+    slot_state: Array<MapData, SlotState>,
     pub counters: PerCpuArray<MapData, SlotCounters>,
     pub adopt: HashMap<MapData, u32, AdoptRequest>,
     pub config: Array<MapData, Config>,
@@ -110,6 +116,7 @@ impl Maps {
         Ok(Self {
             tasks: TasksView::open(paths)?,
             slots: typed!(paths, map_name::SLOTS),
+            slot_state: typed!(paths, map_name::SLOT_STATE),
             counters: typed!(paths, map_name::COUNTERS),
             adopt: typed!(paths, map_name::ADOPT),
             config: typed!(paths, map_name::CONFIG),
@@ -153,14 +160,35 @@ impl Maps {
         self.slots.set(slot, ctl, 0).map_err(|e| Error::bpf(format!("writing slot {slot}"), e))
     }
 
-    /// Change only the flags of a slot. The kernel changes `live_tasks` and `peak_tasks`
-    /// concurrently, and an array update rewrites the whole value, so the other fields are
-    /// re-read immediately before: the window in which a concurrent change is lost is the
-    /// length of one syscall, and flags change only when a slot is created, killed or released.
+    /// Change only the flags of a slot. The record is user space's alone (the kernel counts
+    /// in `SlotState`), so rewriting it loses no kernel update.
     pub fn set_flags(&mut self, slot: u32, set: u32, clear: u32) -> Result<()> {
         let mut ctl = self.control(slot)?;
         ctl.flags = (ctl.flags | set) & !clear;
         self.set_control(slot, ctl)
+    }
+
+    /// What the kernel counts for a slot now (live tasks, memory).
+    pub fn state(&self, slot: u32) -> Result<SlotState> {
+        self.slot_state.get(&slot, 0).map_err(|e| Error::bpf(format!("reading slot {slot}"), e))
+    }
+
+    /// Zero the kernel's records of slot id `slot` for a new slot. Only for an id that no
+    /// task carries (checked here), so that no kernel program can be changing them.
+    pub fn reset_kernel_records(&mut self, slot: u32) -> Result<()> {
+        if !self.tasks.scan(|s| s == slot).is_empty() {
+            return Err(Error::Bpf {
+                what: format!("slot id {slot}"),
+                detail: "still has tagged tasks; refusing to reuse it".into(),
+            });
+        }
+        // The memory entries (keyed by tgid, so never more than pid_max) are not deleted: a
+        // delete races with the kernel handing the entry to a new process with that tgid,
+        // whose bytes would then never leave its slot. An entry of a gone process is empty.
+        self.slot_state
+            .set(slot, SlotState::default(), 0)
+            .map_err(|e| Error::bpf(format!("resetting slot {slot}"), e))?;
+        self.reset_counters(slot)
     }
 
     /// A slot's counters summed over CPUs.
@@ -179,28 +207,13 @@ impl Maps {
             .map_err(|e| Error::bpf(format!("resetting counters of slot {slot}"), e))
     }
 
-    /// Delete the memory entries of `slot`'s processes (the kernel empties them at exit, and
-    /// leaves the deleting to us, off its hot path).
-    pub fn forget_memory_of(&mut self, slot: u32) -> Result<()> {
-        let keys: Vec<u32> = self
-            .mm_rss
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .filter(|(_, v)| v.slot == slot)
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
-            let _ = self.mm_rss.remove(&k);
-        }
-        Ok(())
-    }
-
     pub fn global(&self) -> Result<GlobalCounters> {
         let per_cpu =
             self.global.get(&0, 0).map_err(|e| Error::bpf("reading global counters", e))?;
         Ok(per_cpu.iter().fold(GlobalCounters::default(), |mut acc, c| {
             acc.tag_failures += c.tag_failures;
             acc.events_lost += c.events_lost;
+            acc.pid_max_refused += c.pid_max_refused;
             acc
         }))
     }

@@ -32,15 +32,32 @@ pub fn start_ticks(start_ns: u64) -> u64 {
 
 /// Read `/proc` for a tagged task, if it is still the task the tag names.
 pub fn describe(tid: u32, tag: &TaskTag) -> Option<ProcessInfo> {
+    read(tid, Some(tag.start_ns))
+}
+
+/// Read `/proc` for a process known by its pid alone (one found in a slot's cgroup).
+pub fn describe_any(pid: u32) -> Option<ProcessInfo> {
+    read(pid, None)
+}
+
+/// The `/proc` state letter of task `tid`, if it is still the task that started at
+/// `start_ns`: one read of its `stat`.
+pub fn state_of(tid: u32, start_ns: u64) -> Option<char> {
+    let stat = procfs::process::Process::new(tid as i32).ok()?.stat().ok()?;
+    (stat.starttime == start_ticks(start_ns)).then_some(stat.state)
+}
+
+fn read(tid: u32, start_ns: Option<u64>) -> Option<ProcessInfo> {
     let proc = procfs::process::Process::new(tid as i32).ok()?;
     let stat = proc.stat().ok()?;
-    if stat.starttime != start_ticks(tag.start_ns) {
+    if start_ns.is_some_and(|s| stat.starttime != start_ticks(s)) {
         return None;
     }
+    let ticks_ns = 1_000_000_000 / procfs::ticks_per_second().max(1);
     Some(ProcessInfo {
         pid: tid,
         ppid: stat.ppid.max(0) as u32,
-        start_time_ns: tag.start_ns,
+        start_time_ns: start_ns.unwrap_or(stat.starttime * ticks_ns),
         state: stat.state.to_string(),
         comm: stat.comm,
         uid: proc.uid().unwrap_or(u32::MAX),

@@ -38,6 +38,8 @@ pub enum Kind {
     CgroupSockAddr(SockAddrHook),
     /// A `cgroup_device` program on the instance's cgroup v2 directory.
     CgroupDevice,
+    /// A `cgroup_sysctl` program on the root of the cgroup v2 hierarchy (every process).
+    CgroupSysctl,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,15 +95,17 @@ pub const NET_EGRESS: &str = "trk_net_egress";
 pub const CGROUP_MOVE: &str = "trk_cgroup_move";
 pub const DEVICE: &str = "trk_device";
 pub const OOM: &str = "trk_oom";
+pub const PID_MAX_GUARD: &str = "trk_pid_max";
 
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: FORK,
-        kind: Kind::BtfTracePoint("sched_process_fork"),
+        // Not `sched_process_fork`: `create_io_thread` (io-wq, SQPOLL) does not fire it.
+        kind: Kind::BtfTracePoint("task_newtask"),
         attach: Attach::Pinned,
         required: true,
         needs: &[Need::TpBtf, Need::SendSignal],
-        purpose: "tags the children of tagged tasks before they run",
+        purpose: "tags every task a tagged task creates (threads, io_uring workers) before it runs",
     },
     ProgramSpec {
         name: EXIT,
@@ -196,6 +200,16 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::Cgroup2],
         purpose: "refuses a slot the devices on its deny-list (--deny-device)",
+    },
+    ProgramSpec {
+        name: PID_MAX_GUARD,
+        kind: Kind::CgroupSysctl,
+        attach: Attach::Pinned,
+        // Without it a raised pid_max leaves tasks untaggable: the load warns, `tag_failures`
+        // counts them and run/adopt refuse a first task that could not be tagged.
+        required: false,
+        needs: &[Need::Cgroup2],
+        purpose: "refuses a kernel.pid_max above what the tasks array can tag",
     },
     ProgramSpec {
         name: DOOM,

@@ -31,6 +31,8 @@ pub struct Status {
     pub max_slots: u32,
     pub slots: usize,
     pub tag_failures: u64,
+    /// Writes of `kernel.pid_max` above `max_tasks` that the guard refused.
+    pub pid_max_refused: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,6 +79,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
                     Kind::CgroupSkb { ingress: false } => "cgroup_skb/egress".into(),
                     Kind::CgroupSockAddr(h) => h.describe().into(),
                     Kind::CgroupDevice => "cgroup/dev".into(),
+                    Kind::CgroupSysctl => "cgroup/sysctl (v2 root)".into(),
                 },
                 ready: info.is_some(),
                 on_demand: spec.attach == Attach::OnDemand,
@@ -87,14 +90,14 @@ pub fn status(paths: &Paths) -> Result<Status> {
             }
         })
         .collect();
-    let (generation, max_tasks, max_slots, tag_failures) = match &maps {
+    let (generation, max_tasks, max_slots, global) = match &maps {
         Some(m) => (
             m.active_generation().unwrap_or(0),
             m.tasks_capacity(),
             m.max_slots(),
-            m.global().map(|g| g.tag_failures).unwrap_or(0),
+            m.global().unwrap_or_default(),
         ),
-        None => (0, 0, 0, 0),
+        None => (0, 0, 0, Default::default()),
     };
     let slots = if loaded { registry::read(paths).map(|r| r.slots.len()).unwrap_or(0) } else { 0 };
     Ok(Status {
@@ -108,7 +111,8 @@ pub fn status(paths: &Paths) -> Result<Status> {
         max_tasks,
         max_slots,
         slots,
-        tag_failures,
+        tag_failures: global.tag_failures,
+        pid_max_refused: global.pid_max_refused,
     })
 }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tracker_common::{SLOT_ACTIVE, SlotControl, TaskTag};
+use tracker_common::{SLOT_ACTIVE, SlotControl, SlotCounters, SlotState, TaskTag};
 
 use crate::{
     cgroup::{Cgroups, SlotCgroups},
@@ -136,7 +136,7 @@ impl Tracker {
                     .insert(cg, id, 0)
                     .map_err(|e| Error::bpf("recording the slot's cgroup", e))?;
             }
-            maps.reset_counters(id)?;
+            maps.reset_kernel_records(id)?;
             maps.set_control(
                 id,
                 SlotControl { flags: SLOT_ACTIVE, generation, ..Default::default() },
@@ -169,14 +169,15 @@ impl Tracker {
     fn status_of(&self, rec: &SlotRecord, usage: &Usage) -> Result<SlotStatus> {
         let maps = self.maps();
         let ctl = maps.control(rec.id)?;
+        let st = maps.state(rec.id)?;
         let c = maps.counters(rec.id)?;
         Ok(SlotStatus {
             name: rec.name.clone(),
             id: rec.id,
             owner_uid: rec.owner_uid,
             created_unix_ms: rec.created_unix_ms,
-            tasks_live: ctl.live_tasks,
-            tasks_peak: ctl.peak_tasks,
+            tasks_live: st.live_tasks,
+            tasks_peak: st.peak_tasks,
             tasks_started: c.tasks_started,
             procs_started: c.procs_started,
             procs_exited: c.procs_exited,
@@ -206,6 +207,14 @@ impl Tracker {
             .collect::<Result<_>>()?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// What the kernel counts for slot `name` now, raw (no clamping of a transiently negative
+    /// memory figure): its shared state and its per-CPU counters summed. For health checks.
+    pub fn kernel_counts(&self, name: &str) -> Result<(SlotState, SlotCounters)> {
+        let rec = self.slot(name)?;
+        let maps = self.maps();
+        Ok((maps.state(rec.id)?, maps.counters(rec.id)?))
     }
 
     /// The tagged tasks of a slot, as the kernel has them now.
@@ -247,8 +256,6 @@ impl Tracker {
             }
             self.cgroups.remove(&rec.cgroups)?;
             maps.set_control(rec.id, SlotControl::default())?;
-            maps.reset_counters(rec.id)?;
-            maps.forget_memory_of(rec.id)?;
             PolicyMaps::open(&self.paths)?.clear(rec.id)?;
             isolation::remove_scratch(&self.paths, name)?;
             reg.slots.retain(|s| s.name != name);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tracker_common::{
-    IoCounters, SlotControl, SlotCounters, USAGE_LEADER, UsageRecord, UsageRequest,
+    IoCounters, SlotCounters, SlotState, USAGE_LEADER, UsageRecord, UsageRequest,
 };
 
 use crate::{
@@ -103,18 +103,18 @@ pub fn split(sum: u64, utime: u64, stime: u64) -> (u64, u64) {
     }
 }
 
-fn build(rec: &SlotRecord, ctl: &SlotControl, c: &SlotCounters, live: &Live) -> Usage {
+fn build(rec: &SlotRecord, st: &SlotState, c: &SlotCounters, live: &Live) -> Usage {
     let secs = |ns: u64| ns as f64 / 1e9;
     let mut io = c.io;
     io.add(&live.io);
     // `mem_current` moves with atomic adds of signed deltas; a transient negative reads huge.
-    let mem_current = if (ctl.mem_current as i64) < 0 { 0 } else { ctl.mem_current };
+    let mem_current = if (st.mem_current as i64) < 0 { 0 } else { st.mem_current };
     Usage {
         slot: rec.name.clone(),
         cpu_user_seconds: secs(c.cpu_user_ns + live.user_ns),
         cpu_system_seconds: secs(c.cpu_system_ns + live.system_ns),
         memory_current_bytes: mem_current,
-        memory_peak_bytes: ctl.mem_peak.max(mem_current),
+        memory_peak_bytes: st.mem_peak.max(mem_current),
         max_process_rss_bytes: c.max_rss_bytes.max(live.max_rss),
         read_bytes: io.read_bytes,
         write_bytes: io.write_bytes,
@@ -129,9 +129,9 @@ fn build(rec: &SlotRecord, ctl: &SlotControl, c: &SlotCounters, live: &Live) -> 
         net_tx_bytes: c.net_tx_bytes,
         net_rx_packets: c.net_rx_packets,
         net_tx_packets: c.net_tx_packets,
-        tasks_live: ctl.live_tasks,
+        tasks_live: st.live_tasks,
         tasks_started: c.tasks_started,
-        tasks_peak: ctl.peak_tasks,
+        tasks_peak: st.peak_tasks,
         processes_live: live.processes,
         processes_started: c.procs_started,
         execs: c.execs,
@@ -161,7 +161,7 @@ impl Tracker {
 
     fn usage_of(&self, rec: &SlotRecord, live: Live) -> Result<Usage> {
         let maps = self.maps();
-        Ok(build(rec, &maps.control(rec.id)?, &maps.counters(rec.id)?, &live))
+        Ok(build(rec, &maps.state(rec.id)?, &maps.counters(rec.id)?, &live))
     }
 
     /// Run the usage iterator for slot `slot` (0: every slot); sums per slot id.

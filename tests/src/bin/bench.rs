@@ -246,7 +246,7 @@ fn set_state(paths: &Paths, state: State) {
 /// The tracker's programs that run on every fork, exec, exit, switch and memory change, each
 /// with its tracepoint and the name of the empty program the bench puts beside it.
 const HOOKS: [(&str, &str, &str); 5] = [
-    (programs::FORK, "sched_process_fork", "empty_fork"),
+    (programs::FORK, "task_newtask", "empty_fork"),
     (programs::EXEC, "sched_process_exec", "empty_exec"),
     (programs::EXIT, "sched_process_exit", "empty_exit"),
     (programs::SWITCH, "sched_switch", "empty_switch"),

@@ -257,8 +257,14 @@ impl Collector for KernelCollector {
                 single(
                     &mut enc,
                     "tracker_tag_failures",
-                    "Forks whose child could not be tagged (should stay 0)",
+                    "New tasks of a slot that could not be tagged (should stay 0)",
                     ConstCounter::new(st.tag_failures),
+                )?;
+                single(
+                    &mut enc,
+                    "tracker_pid_max_refused",
+                    "Writes of kernel.pid_max above what the tasks array can tag, refused",
+                    ConstCounter::new(st.pid_max_refused),
                 )?;
             }
             Err(e) => tracing::error!("metrics: status: {e}"),

@@ -52,6 +52,7 @@ pub fn status_of(e: Error) -> Status {
         Error::SlotBusy { .. }
         | Error::AlreadyInSlot { .. }
         | Error::RefusedAdopt { .. }
+        | Error::NotTagged { .. }
         | Error::LimitUnavailable { .. } => Code::FailedPrecondition,
         Error::SlotsFull(_) => Code::ResourceExhausted,
         Error::EventsBusy => Code::Unavailable,

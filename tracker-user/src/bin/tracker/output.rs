@@ -80,11 +80,13 @@ fn status_body(st: &Status) {
     println!("pinned under {} (root only)", st.pin_dir.display());
     if st.loaded {
         println!(
-            "capacity: {} tasks (pid_max), {} slots; {} slot(s) in use; tag failures: {}",
+            "capacity: {} tasks (pid_max), {} slots; {} slot(s) in use; tag failures: {}; \
+             pid_max raises refused: {}",
             st.max_tasks,
             st.max_slots.saturating_sub(1),
             st.slots,
-            st.tag_failures
+            st.tag_failures,
+            st.pid_max_refused
         );
     }
     println!("programs:");
