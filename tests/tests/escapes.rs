@@ -5,11 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    collections::BTreeSet,
-    fs,
-    os::unix::fs::PermissionsExt as _,
-    process::Command,
-    time::Duration,
+    collections::BTreeSet, fs, os::unix::fs::PermissionsExt as _, process::Command, time::Duration,
 };
 
 use tracker::KillOptions;
@@ -70,9 +66,14 @@ fn io_uring_threads_are_tagged_and_bound_by_the_slot() {
         &[out.to_str().unwrap()],
     );
     let report = || fs::read_to_string(&out).unwrap_or_default();
-    assert!(wait_for(T, || report().contains("ready\n")), "helper: {}", report());
+    let done = |r: String| r.contains("ready\n") || r.starts_with("setup");
+    assert!(wait_for(T, || done(report())), "helper: {}", report());
     let report = report();
-    assert!(!report.starts_with("setup"), "io_uring unavailable to the job: {report}");
+    if report.starts_with("setup") {
+        // kernel.io_uring_disabled, or a kernel without io_uring: nothing to escape through.
+        tracker_tests::skip(&format!("io_uring is not available to an ordinary user: {report}"));
+        return;
+    }
     for who in ["sqpoll", "async"] {
         assert!(report.contains(&format!("{who} open -1\n")), "{who} opened /dev/zero: {report}");
     }

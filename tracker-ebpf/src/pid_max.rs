@@ -45,8 +45,9 @@ pub fn trk_pid_max(ctx: SysctlContext) -> i32 {
     }
     let mut value = [0u8; 32];
     // SAFETY: as above; the value is NUL-terminated within the buffer, or the call fails.
-    let len =
-        unsafe { bpf_sysctl_get_new_value(ctx.sysctl, value.as_mut_ptr().cast(), value.len() as u64) };
+    let len = unsafe {
+        bpf_sysctl_get_new_value(ctx.sysctl, value.as_mut_ptr().cast(), value.len() as u64)
+    };
     if len < 0 {
         // Longer than any number that fits: refuse rather than guess.
         return refuse();

@@ -13,7 +13,7 @@ use tracker_common::{AdoptRecord, AdoptRequest, PF_KTHREAD};
 use crate::{
     error::{Error, Result},
     iter::{self, current_tid},
-    pidfd, programs,
+    pidfd, procinfo, programs,
     registry::{SlotRecord, StateLock},
     tracker::Tracker,
 };
@@ -98,7 +98,8 @@ impl Tracker {
     fn check_tagged(&self, rec: &SlotRecord, pid: u32) -> Result<()> {
         let maps = self.maps();
         let tag = maps.tag(pid)?;
-        if tag.is_some_and(|t| t.slot == rec.id) {
+        // The tag must be the target's, not one left at its pid by an earlier process.
+        if tag.is_some_and(|t| t.slot == rec.id && procinfo::state_of(pid, t.start_ns).is_some()) {
             return Ok(());
         }
         let capacity = maps.tasks_capacity();

@@ -129,8 +129,12 @@ impl Tracker {
         let remaining = loop {
             // A tag that names no living task is not waited for: the task exited between
             // the scan and the check (its exit program clears it), or the tag is stale.
-            let tags: Vec<(u32, TaskTag)> =
-                self.maps().tags_of(rec.id)?.into_iter().filter(|(t, tag)| alive(*t, tag)).collect();
+            let tags: Vec<(u32, TaskTag)> = self
+                .maps()
+                .tags_of(rec.id)?
+                .into_iter()
+                .filter(|(t, tag)| alive(*t, tag))
+                .collect();
             let procs: Vec<u32> =
                 rec.cgroups.procs().into_iter().filter(|p| process_alive(*p)).collect();
             if tags.is_empty() && procs.is_empty() {
@@ -182,16 +186,16 @@ impl Tracker {
             if seen.contains(&pid) {
                 continue;
             }
-            if let Some(s) = procinfo::describe_any(pid).filter(|i| !is_dead(&i.state)).map(|i| {
-                Survivor {
+            if let Some(s) =
+                procinfo::describe_any(pid).filter(|i| !is_dead(&i.state)).map(|i| Survivor {
                     pid,
                     tgid: pid,
                     state: i.state,
                     comm: i.comm,
                     wchan: procinfo::wchan(pid),
                     stack: procinfo::kernel_stack(pid),
-                }
-            }) {
+                })
+            {
                 out.push(s);
             }
         }

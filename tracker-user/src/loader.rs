@@ -18,9 +18,8 @@ use aya::{
     Btf, EbpfLoader,
     maps::{Array, MapError},
     programs::{
-        BtfTracePoint, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        CgroupSysctl, Iter,
-        ProgramError,
+        BtfTracePoint, CgroupDevice, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSysctl,
+        Iter, ProgramError,
         links::{CgroupAttachMode, FdLink},
     },
 };
@@ -111,6 +110,7 @@ fn load_locked(
     let max_slots = opts.max_slots.max(2);
     // An upgrade keeps the pinned tasks array, and so its size.
     let capacity = if fresh { pid_max } else { Maps::open(paths)?.tasks_capacity() };
+    let capacity_global = u64::from(capacity);
 
     let map_pins: Vec<(&str, std::path::PathBuf)> =
         SHAPES.iter().map(|s| (s.name, paths.map_pin(s.name))).collect();
@@ -119,7 +119,7 @@ fn load_locked(
         .btf(Some(kernel_btf))
         .override_global(global_name::OFFSETS, offsets, true)
         .override_global(global_name::GENERATION, &generation, true)
-        .override_global(global_name::TASKS_CAPACITY, &u64::from(capacity), true)
+        .override_global(global_name::TASKS_CAPACITY, &capacity_global, true)
         .map_max_entries(map_name::TASKS, capacity)
         .map_max_entries(map_name::MM_RSS, capacity)
         .map_max_entries(map_name::CGROUP_SLOTS, max_slots)
@@ -294,9 +294,9 @@ fn stage_program(
             let link =
                 bpf_sys::cgroup_link(prog_fd.as_fd(), root.as_fd(), bpf_sys::BPF_CGROUP_SYSCTL)
                     .map_err(|e| Error::ProgramLoad {
-                    program: spec.name,
-                    detail: format!("link_create: {e}"),
-                })?;
+                        program: spec.name,
+                        detail: format!("link_create: {e}"),
+                    })?;
             bpf_sys::pin(link.as_fd(), &staging)
                 .ctx(|| format!("pinning {}", staging.display()))?;
         }
