@@ -2,7 +2,7 @@
 //! slot (as `tracker ps` shows) and dies with `tracker kill`, with nothing left anywhere.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::BTreeSet, fs, process::Command, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use tracker_tests::{ESCAPE, Instance, cgroups_of, marker, processes_named, wait_for};
 
@@ -208,31 +208,4 @@ fn without_cgroups_tagging_and_kill_work_by_the_tag_alone() {
     let report = inst.kill_clean("nocg");
     assert_eq!(report["froze"], false, "{report}");
     assert!(wait_for(T, || processes_named(&m).is_empty()));
-}
-
-#[test]
-fn kill_takes_what_root_put_in_the_slots_cgroup_and_nothing_else() {
-    let Some(inst) = Instance::start() else {
-        return;
-    };
-    inst.cli_ok(&["create", "stray"]);
-    let rec = inst.tracker().slot("stray").unwrap();
-    let Some(dir) = rec.cgroups.dirs().next().cloned() else {
-        tracker_tests::skip("the slot has no cgroup on this machine");
-        return;
-    };
-    let m = marker("stray");
-    let m2 = marker("bystand");
-    // Two untagged processes of ours; root puts one in the slot's own cgroup.
-    let mut stray = Command::new(ESCAPE).args(["sleep", &m]).spawn().unwrap();
-    let mut bystander = Command::new(ESCAPE).args(["sleep", &m2]).spawn().unwrap();
-    assert!(wait_for(T, || processes_named(&m).len() == 1 && processes_named(&m2).len() == 1));
-    fs::write(dir.join("cgroup.procs"), stray.id().to_string()).unwrap();
-    assert!(inst.ps("stray").is_empty(), "it is not tagged");
-    let report = inst.kill_clean("stray");
-    let status = tracker_tests::wait_exit(&mut stray, T);
-    assert!(status.is_some(), "the process in the slot's cgroup survived the kill: {report}");
-    assert!(bystander.try_wait().unwrap().is_none(), "a process outside the slot was hit");
-    let _ = bystander.kill();
-    let _ = bystander.wait();
 }

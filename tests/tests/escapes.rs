@@ -152,7 +152,7 @@ fn a_hundred_kills_of_a_churning_job_leave_every_counter_consistent() {
     let t = inst.tracker();
     let m = marker("churn");
     inst.cli_ok(&["create", "churn"]);
-    let opts = KillOptions { timeout: T };
+    let opts = KillOptions { timeout: tracker_tests::scaled(T) };
     for i in 0..100u64 {
         let (_, c) = t.kernel_counts("churn").unwrap();
         let mut cmd = Command::new(ESCAPE);
