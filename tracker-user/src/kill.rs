@@ -5,7 +5,8 @@
 //! 2. Freeze the slot's cgroup, so that what is in it stops where it is.
 //! 3. Kill everything in the slot's own cgroup (`cgroup.kill`, or each process through a
 //!    pidfd where there is none): only the slot's processes, and what root put there, can be
-//!    in it, tagged or not. And every tagged task, in the cgroup or not (a root job may have
+//!    in it, tagged or not. (A cgroup the slot is bound to is the batch system's: there only
+//!    the tagged tasks are killed, by `cgroup.kill` when nothing else is in it.) And every tagged task, in the cgroup or not (a root job may have
 //!    left it), through a pidfd that is checked against the kernel tag after it is opened.
 //!    Nothing else is signalled, and a reused pid is never hit.
 //! 4. Thaw, and sweep until no live task carries the slot's tag and its cgroup is empty.
@@ -111,15 +112,26 @@ impl Tracker {
         let froze = rec.cgroups.freeze(FREEZE_TIMEOUT);
         let tags = self.maps().tags_of(rec.id)?;
         let strangers = untagged(&rec.cgroups.procs(), &tags);
-        if !strangers.is_empty() {
+        // A bound slot's cgroup is the batch system's (its step daemons, or this very process
+        // as a job wrapper, may be in it): only the tagged tasks are the slot's there.
+        let own = rec.cgroups.bound.is_none();
+        if own {
+            if !strangers.is_empty() {
+                warnings.push(format!(
+                    "untagged processes {strangers:?} were in the slot's cgroup (put there by \
+                     root?): killed with it"
+                ));
+            }
+            if !rec.cgroups.kill_all() {
+                kill_cgroup_procs(rec);
+            }
+        } else if strangers.is_empty() {
+            rec.cgroups.kill_all();
+        } else {
             warnings.push(format!(
-                "untagged processes {strangers:?} were in the slot's cgroup (put there by \
-                 root?): killed with it"
+                "untagged processes {strangers:?} are in the batch system's cgroup the slot is \
+                 bound to: they were left alone"
             ));
-        }
-        let by_cgroup = rec.cgroups.kill_all();
-        if !by_cgroup {
-            kill_cgroup_procs(rec);
         }
         self.signal_tags(&tags, rec.id, libc::SIGKILL);
         rec.cgroups.thaw();
@@ -135,8 +147,11 @@ impl Tracker {
                 .into_iter()
                 .filter(|(t, tag)| alive(*t, tag))
                 .collect();
-            let procs: Vec<u32> =
-                rec.cgroups.procs().into_iter().filter(|p| process_alive(*p)).collect();
+            let procs: Vec<u32> = if own {
+                rec.cgroups.procs().into_iter().filter(|p| process_alive(*p)).collect()
+            } else {
+                vec![]
+            };
             if tags.is_empty() && procs.is_empty() {
                 break vec![];
             }
@@ -182,7 +197,8 @@ impl Tracker {
     fn survivors(&self, rec: &SlotRecord, tags: &[(u32, TaskTag)]) -> Vec<Survivor> {
         let mut out: Vec<Survivor> = tags.iter().filter_map(|(t, tag)| survivor(*t, tag)).collect();
         let seen: BTreeSet<u32> = out.iter().map(|s| s.pid).collect();
-        for pid in rec.cgroups.procs() {
+        let own = if rec.cgroups.bound.is_none() { rec.cgroups.procs() } else { vec![] };
+        for pid in own {
             if seen.contains(&pid) {
                 continue;
             }
