@@ -11,7 +11,7 @@
 #
 # Settings, from the first readable of: $TRACKER_SLURM_CONF, tracker.conf next to the
 # slurm.conf slurmd uses (it passes SLURM_CONF), /etc/slurm/tracker.conf - a shell file:
-#   TRACKER=/usr/local/bin/tracker        the tracker binary
+#   TRACKER=/usr/local/bin/tracker        the tracker binary (default: that, else /usr/bin/tracker)
 #   TRACKER_INSTANCE=                     the tracker instance (empty: the default one)
 #   TRACKER_USAGE_DIR=/var/lib/tracker/slurm   where <jobid>.json records go
 #   TRACKER_KILL_TIMEOUT=30               seconds the kill may take to empty the slot
@@ -26,7 +26,12 @@ for conf in "${TRACKER_SLURM_CONF:-}" "$(dirname "${SLURM_CONF:-/etc/slurm/slurm
         break
     fi
 done
-tracker=${TRACKER:-/usr/local/bin/tracker}
+# Unset: build-and-load's /usr/local/bin/tracker, else the packages' /usr/bin/tracker.
+tracker=${TRACKER:-}
+if [ -z "$tracker" ]; then
+    tracker=/usr/local/bin/tracker
+    [ -x "$tracker" ] || tracker=/usr/bin/tracker
+fi
 usage_dir=${TRACKER_USAGE_DIR:-/var/lib/tracker/slurm}
 kill_timeout=${TRACKER_KILL_TIMEOUT:-30}
 log_file=${TRACKER_EPILOG_LOG:-}

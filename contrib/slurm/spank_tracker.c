@@ -25,7 +25,8 @@
  * ESPANK_ERROR (3000), as "failed with rc=3000" and then runs the task anyway.
  *
  * plugstack.conf options (all optional):
- *   tracker=PATH      the tracker binary (default /usr/local/bin/tracker)
+ *   tracker=PATH      the tracker binary (default /usr/local/bin/tracker; /usr/bin/tracker
+ *                     in the .deb and .rpm packages)
  *   instance=NAME     the tracker instance (`tracker --instance NAME`; default: the default one)
  *   timeout=SECONDS   how long one tracker command may take before it is killed (default 60)
  *
@@ -50,7 +51,10 @@
 
 SPANK_PLUGIN(tracker, 1);
 
+/* The packages build with -DDEFAULT_TRACKER='"/usr/bin/tracker"'; build-and-load installs here. */
+#ifndef DEFAULT_TRACKER
 #define DEFAULT_TRACKER "/usr/local/bin/tracker"
+#endif
 #define DEFAULT_TIMEOUT_S 60
 #define OUTPUT_MAX 1024
 

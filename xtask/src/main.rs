@@ -2,9 +2,11 @@
 //! - `build-and-load`: install what is missing, build, install `tracker` on PATH, load it;
 //! - `test`: every check and test, unit and real-kernel (what CI runs);
 //! - `check`: formatting, lints and unit tests as any user, without the BPF toolchain;
-//! - `bench`: overhead and kill-time benchmarks against a no-tracker baseline.
+//! - `bench`: overhead and kill-time benchmarks against a no-tracker baseline;
+//! - `package`: the .deb and .rpm packages sites install (and the Python client's wheel).
 mod bench;
 mod check;
+mod package;
 mod prereqs;
 mod python;
 mod run;
@@ -46,6 +48,9 @@ enum Task {
         #[arg(long, default_value_t = 15)]
         rounds: u32,
     },
+    /// Build the .deb and .rpm packages (target/tracker-package/dist) and the Python client's
+    /// wheel
+    Package,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
         Task::Test { filter } => test::run(filter.as_deref()),
         Task::Check => check::run(),
         Task::Bench { rounds } => bench::run(rounds),
+        Task::Package => package(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,4 +78,14 @@ fn build_and_load(bin_dir: &std::path::Path, load_args: &[String]) -> anyhow::Re
     let installed = run::install(&built, bin_dir)?;
     println!("xtask: installed {}", installed.display());
     run::status(std::process::Command::new(&installed).arg("load").args(load_args))
+}
+
+fn package() -> anyhow::Result<()> {
+    prereqs::ensure_toolchain()?;
+    let packages = package::build()?;
+    let wheel = python::build_client_wheel()?;
+    for p in [&packages.deb, &packages.rpm, &wheel] {
+        println!("{}", p.display());
+    }
+    Ok(())
 }

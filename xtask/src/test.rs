@@ -30,6 +30,14 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     if let Some(python) = crate::python::ensure_venv() {
         test.env("TRACKER_TEST_PYTHON", python);
     }
+    if wanted(filter, PYTHON_CLIENT_TESTS)
+        && let Some((python, wheel)) = crate::python::ensure_client()
+    {
+        test.env("TRACKER_TEST_CLIENT_PYTHON", python).env("TRACKER_TEST_CLIENT_WHEEL", wheel);
+    }
+    if wanted(filter, PACKAGE_TESTS) {
+        package_tests(&mut test);
+    }
     if strict {
         test.env("TRACKER_TEST_STRICT", "1");
         println!("xtask: CI: kernel tests may not skip");
@@ -38,6 +46,37 @@ pub fn run(filter: Option<&str>) -> Result<()> {
         test.arg(f);
     }
     run::status(&mut test)
+}
+
+/// The tests that need the packages (tests/tests/package.rs), a release build and minutes
+/// of CPU, and those that need the client's wheel (tests/tests/python_client.rs): built only
+/// when a test that uses them is to run.
+const PACKAGE_TESTS: &[&str] = &[
+    "package_deb_installs_runs_a_contained_job_and_removes_without_a_pin",
+    "package_rpm_holds_every_file_and_its_scriptlets_unload_on_erase",
+];
+const PYTHON_CLIENT_TESTS: &[&str] =
+    &["python_client_package_passes_its_tests_against_a_real_daemon"];
+
+/// Whether `cargo test FILTER` runs any of `tests` (it runs those whose name contains it).
+fn wanted(filter: Option<&str>, tests: &[&str]) -> bool {
+    filter.is_none_or(|f| tests.iter().any(|t| t.contains(f)))
+}
+
+fn package_tests(test: &mut Command) {
+    let built = crate::package::build().and_then(|p| {
+        crate::package::ensure_rpm_tool()?;
+        Ok(p)
+    });
+    match built {
+        Ok(p) => {
+            test.env("TRACKER_TEST_DEB", p.deb).env("TRACKER_TEST_RPM", p.rpm);
+        }
+        Err(e) => println!(
+            "xtask: packages: cannot build them ({}); the package tests will skip (fail under CI)",
+            format!("{e:#}").lines().next().unwrap_or_default()
+        ),
+    }
 }
 
 fn cargo() -> Command {

@@ -156,6 +156,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Docs(DocsCommand),
+}
+
+/// Commands about the command line itself: they need no tracker instance (and no root).
+#[derive(Debug, Subcommand)]
+pub enum DocsCommand {
+    /// Print a completion script for SHELL (e.g. `tracker completions bash > /etc/bash_completion.d/tracker`)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for tracker and one for each of its commands into DIR
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]

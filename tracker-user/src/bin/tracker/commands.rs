@@ -15,15 +15,24 @@ use tracker::{
 
 use crate::{
     cli::{Cli, Command},
-    output,
+    docs, output,
 };
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
-    let paths = match &cli.instance {
+    match cli.command {
+        // From the CLI definition alone: a bad $TRACKER_INSTANCE must not stop them.
+        Command::Docs(d) => docs::run(d),
+        command => with_instance(cli.instance.as_deref(), command),
+    }
+}
+
+fn with_instance(instance: Option<&str>, command: Command) -> Result<ExitCode> {
+    let paths = match instance {
         Some(name) => Paths::new(name)?,
         None => Paths::from_env()?,
     };
-    match cli.command {
+    match command {
+        Command::Docs(d) => docs::run(d),
         Command::Load { max_slots, json } => load(&paths, max_slots, json),
         Command::Status { json } => {
             output::status(&status::status(&paths)?, json)?;

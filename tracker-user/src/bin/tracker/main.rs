@@ -1,6 +1,7 @@
 //! The `tracker` command: a thin face over the tracker library.
 mod cli;
 mod commands;
+mod docs;
 mod output;
 
 use std::process::ExitCode;
