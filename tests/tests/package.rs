@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -15,7 +16,7 @@ use std::{
 };
 
 use tracker::Paths;
-use tracker_tests::{ESCAPE, marker, processes_named, skip, wait_for};
+use tracker_tests::{ESCAPE, marker, processes_named, skip, test_dir, tracker_bin, wait_for};
 
 const BIN: &str = "/usr/bin/tracker";
 const CONFIG: &str = "/etc/tracker/tracker.toml";
@@ -201,68 +202,65 @@ fn package_deb_installs_runs_a_contained_job_and_removes_without_a_pin() {
     drop(guard);
 }
 
+/// `rpm -q --scripts` output: each scriptlet's body by name ("postinstall", ...).
+fn scriptlets(text: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut current = None;
+    for line in text.lines() {
+        let header = line.strip_suffix("):").and_then(|l| l.split_once(" scriptlet (using "));
+        if let Some((name, _interpreter)) = header {
+            current = Some(name.to_owned());
+            map.insert(name.to_owned(), String::new());
+        } else if let Some(body) = current.as_ref().and_then(|c| map.get_mut(c)) {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    map
+}
+
 #[test]
 fn package_rpm_holds_every_file_and_its_scriptlets_unload_on_erase() {
     let Some(rpm) = package("TRACKER_TEST_RPM") else { return };
     let out = Command::new("rpm").args(["-qlp"]).arg(&rpm).output().unwrap();
     assert!(out.status.success(), "rpm -qlp: {}", text(&out));
-    let files = String::from_utf8(out.stdout).unwrap();
+    let files: BTreeSet<String> =
+        String::from_utf8(out.stdout).unwrap().lines().map(Into::into).collect();
     for f in RPM_FILES {
-        assert!(files.lines().any(|l| l == *f), "{f} not in the rpm:\n{files}");
+        assert!(files.contains(*f), "{f} not in the rpm: {files:?}");
     }
-    let pages = files.lines().filter(|l| l.starts_with("/usr/share/man/man8/tracker")).count();
-    let help = String::from_utf8(
-        Command::new(std::env::var("TRACKER_BIN").unwrap_or_else(|_| "tracker".into()))
-            .arg("--help")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let commands = help
-        .split("Commands:")
-        .nth(1)
-        .unwrap_or_default()
-        .split("Options:")
-        .next()
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("  ") && !l.trim_start().starts_with("help "))
-        .count();
-    assert!(commands > 10, "{help}");
-    assert_eq!(pages, commands + 1, "one man page per command and one for tracker:\n{files}");
+    // Exactly the man pages the binary under test writes: one per command, one for tracker.
+    let dir = test_dir("man");
+    let man = Command::new(tracker_bin()).arg("man").arg(&dir).output().unwrap();
+    assert!(man.status.success(), "tracker man: {}", text(&man));
+    let want: BTreeSet<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| format!("/usr/share/man/man8/{}.gz", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    let have: BTreeSet<String> =
+        files.iter().filter(|f| f.starts_with("/usr/share/man/")).cloned().collect();
+    assert!(want.len() > 10, "{want:?}");
+    assert_eq!(have, want);
+    fs::remove_dir_all(&dir).unwrap();
 
     let config = Command::new("rpm").args(["-qcp"]).arg(&rpm).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&config.stdout).trim(), CONFIG);
 
     let out = Command::new("rpm").args(["-q", "--scripts", "-p"]).arg(&rpm).output().unwrap();
     assert!(out.status.success(), "rpm -q --scripts: {}", text(&out));
-    let scripts = String::from_utf8(out.stdout).unwrap();
-    let section = |name: &str| -> String {
-        let start = scripts.find(name).unwrap_or_else(|| panic!("no {name}:\n{scripts}"));
-        let body = &scripts[start..];
-        let body = body.split_once('\n').map(|b| b.1).unwrap_or_default();
-        body.split("scriptlet (using")
-            .next()
-            .unwrap_or_default()
-            .rsplitn(2, '\n')
-            .last()
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let post = section("postinstall scriptlet");
-    let preun = section("preuninstall scriptlet");
-    let postun = section("postuninstall scriptlet");
-    assert!(
-        post.contains("package-hook upgraded") && post.contains("preset tracker.service"),
-        "{post}"
-    );
-    assert!(preun.contains("package-hook removing") && preun.contains("disable --now"), "{preun}");
-    assert!(preun.contains("[ \"$1\" -eq 0 ]"), "erase only, not on upgrade: {preun}");
+    let scripts = scriptlets(&String::from_utf8(out.stdout).unwrap());
+    let names: Vec<&str> = scripts.keys().map(String::as_str).collect();
+    assert_eq!(names, ["postinstall", "postuninstall", "preuninstall"], "{scripts:?}");
+    let (post, preun, postun) =
+        (&scripts["postinstall"], &scripts["preuninstall"], &scripts["postuninstall"]);
+    assert!(post.contains("package-hook upgraded") && post.contains("preset tracker.service"));
+    // On erase only ($1 is 0), not on an upgrade: stop and disable, then unload (or fail).
+    assert!(preun.contains("if [ \"$1\" -eq 0 ]; then"), "{preun}");
+    assert!(preun.contains("disable --now tracker.service"), "{preun}");
+    assert!(preun.contains("package-hook removing || exit 1"), "{preun}");
     assert!(postun.contains("try-restart tracker.service"), "{postun}");
-    // Each is valid sh, and (without systemd, as here) works with the argument rpm gives.
-    for (name, body) in [("post", &post), ("preun", &preun), ("postun", &postun)] {
+    for (name, body) in &scripts {
         let st = Command::new("sh").args(["-n", "-c", body]).status().unwrap();
-        assert!(st.success(), "{name} is not valid sh:\n{body}");
+        assert!(st.success(), "the {name} scriptlet is not valid sh:\n{body}");
     }
 }

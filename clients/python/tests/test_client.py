@@ -163,18 +163,33 @@ def test_watch_sees_a_jobs_life_in_order(client, slot):
     client.release(slot)
 
 
-def test_watch_accounts_for_every_lost_event(client, slot):
-    """A client that reads nothing while ~1,600 events come (the daemon keeps 64 for it) is
-    told how many it lost, and that is exactly the gaps in the numbering it sees."""
+FORKS = 5000
+FORK_STORM = f"""
+import os
+for _ in range({FORKS}):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_watch_accounts_for_every_lost_event(socket, client, slot):
+    """A client that reads nothing while 10,000 events come is told how many it lost, and
+    that is exactly the gaps in the numbering it sees. Events wait in the daemon's queue for
+    the client (64 here) and in HTTP/2's flow-control window (64 KiB with the window fixed:
+    gRPC's C core otherwise grows it as data comes), ~800 KB is well beyond both."""
     client.create(slot)
-    with client.watch("", timeout=120) as w:
-        job = adopted_job(client, slot, "/bin/true; read go2; for i in $(seq 400); do /bin/true; done")
+    slow = tc.Client(grpc_channel=tc.channel(socket, [("grpc.http2.bdp_probe", 0)]), timeout=30)
+    with slow, slow.watch("", timeout=300) as w:
+        storm = f"{sys.executable} -c '{FORK_STORM}'"
+        job = adopted_job(client, slot, f"/bin/true; read go2; {storm}")
         events = iter(w)
         # Read up to the first /bin/true: every event after this one is accounted for.
         base = next(e for e in events if e.kind == "EXEC" and e.comm == "true").seq
         job.stdin.write(b"go2\n")
         job.stdin.close()
-        job.wait(timeout=60)
+        job.wait(timeout=120)
         wait_until(lambda: client.usage(slot).tasks_live == 0, "the slot to empty")
         seen = []
         for e in events:
@@ -187,6 +202,7 @@ def test_watch_accounts_for_every_lost_event(client, slot):
     gaps = sum(b - a - 1 for a, b in zip(numbered, numbered[1:]))
     assert gaps == w.lost["CLIENT_TOO_SLOW"], (gaps, w.lost)
     assert w.received > len(seen), "the events before the base were counted too"
+    assert client.usage(slot).processes_started >= FORKS
     client.release(slot)
 
 
