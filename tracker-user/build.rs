@@ -46,7 +46,10 @@ fn main() -> anyhow::Result<()> {
 /// The daemon's gRPC code (src/daemon), from proto/ at the workspace root. protox compiles the
 /// .proto in Rust, so no `protoc` is needed; the descriptor set is kept for server reflection.
 fn compile_protos() -> anyhow::Result<()> {
-    let proto_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time: `env!` would bake in the checkout the build script was compiled in,
+    // and a target/ copied from another checkout would then compile that checkout's .proto.
+    let proto_root =
+        std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../proto");
     println!("cargo:rerun-if-changed={}", proto_root.display());
     let fds = protox::compile(["tracker/v1/tracker.proto"], [&proto_root])
         .map_err(|e| anyhow!("compiling the .proto files: {e:?}"))?;

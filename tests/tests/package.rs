@@ -20,12 +20,12 @@ use tracker_tests::{ESCAPE, marker, processes_named, skip, test_dir, tracker_bin
 
 const BIN: &str = "/usr/bin/tracker";
 const CONFIG: &str = "/etc/tracker/tracker.toml";
-/// Every file the packages install (the rpm's unit is under /usr/lib, the zsh completion in
-/// site-functions; the deb's man pages are checked one per command below).
+/// Every file the packages install (the zsh completion is in site-functions in the rpm; the
+/// man pages are checked one per command below).
 const DEB_FILES: &[&str] = &[
     BIN,
     CONFIG,
-    "/lib/systemd/system/tracker.service",
+    "/usr/lib/systemd/system/tracker.service",
     "/usr/libexec/tracker/package-hook",
     "/usr/libexec/tracker/slurm-epilog",
     "/usr/lib/tracker/spank_tracker.so",
@@ -149,7 +149,7 @@ fn package_deb_installs_runs_a_contained_job_and_removes_without_a_pin() {
     let conffiles =
         Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "tracker"]).output().unwrap();
     assert!(String::from_utf8_lossy(&conffiles.stdout).contains(CONFIG), "{CONFIG} not a conffile");
-    let unit = fs::read_to_string("/lib/systemd/system/tracker.service").unwrap();
+    let unit = fs::read_to_string("/usr/lib/systemd/system/tracker.service").unwrap();
     assert!(unit.contains(&format!("ExecStart={BIN} daemon")), "{unit}");
     // The plugin exports SPANK's hooks and runs the packaged binary by default.
     let so = "/usr/lib/tracker/spank_tracker.so";
@@ -207,7 +207,8 @@ fn scriptlets(text: &str) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     let mut current = None;
     for line in text.lines() {
-        let header = line.strip_suffix("):").and_then(|l| l.split_once(" scriptlet (using "));
+        // "postinstall scriptlet:", or "... scriptlet (using /bin/sh):"
+        let header = line.strip_suffix(':').and_then(|l| l.split_once(" scriptlet"));
         if let Some((name, _interpreter)) = header {
             current = Some(name.to_owned());
             map.insert(name.to_owned(), String::new());
