@@ -84,6 +84,19 @@ impl BatchCgroup {
 
 impl Drop for BatchCgroup {
     fn drop(&mut self) {
+        // After a failure the test's own job may still be in it: an empty cgroup only can go.
+        let procs = || -> Vec<i32> {
+            self.dirs("step_0")
+                .iter()
+                .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+                .flat_map(|t| t.lines().filter_map(|l| l.parse().ok()).collect::<Vec<i32>>())
+                .collect()
+        };
+        for pid in procs() {
+            // SAFETY: kill has no memory effects; the pid is in the test's own batch cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        wait_for(T, || procs().is_empty());
         let top = self.rel.split('/').next().unwrap().to_owned();
         for r in &self.roots {
             for sub in [format!("{}/step_0", self.rel), self.rel.clone(), top.clone()] {
