@@ -235,3 +235,29 @@ fn kill_reports_what_it_did() {
     assert_eq!(v["killed"], 0);
     assert!(v["elapsed_ms"].as_f64().is_some());
 }
+
+#[test]
+fn status_before_any_load_sees_the_kernels_cgroup_features() {
+    // An instance that was never loaded: its cgroup directory does not exist, which must not
+    // make cgroup.freeze and cgroup.kill look absent (the root cgroup has neither file).
+    let name = format!("t-{}-never", std::process::id());
+    let out = Command::new(tracker_tests::tracker_bin())
+        .args(["status", "--json"])
+        .env("TRACKER_INSTANCE", &name)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["loaded"], false);
+    let feature = |n: &str| {
+        st["features"].as_array().unwrap().iter().find(|f| f["name"] == n).cloned().unwrap()
+    };
+    if feature("cgroup2")["present"] != true {
+        return tracker_tests::skip("no cgroup2 hierarchy");
+    }
+    // cgroup.freeze is 5.2+, cgroup.kill 5.14+: every kernel the tracker loads on has both.
+    assert_eq!(feature("cgroup.freeze")["present"], true, "{st}");
+    assert_eq!(feature("cgroup.kill")["present"], true, "{st}");
+    // The kernel's differences are shown whether or not anything is loaded.
+    assert!(st["features"].to_string().contains("sched_process_exit group_dead"), "{st}");
+}

@@ -332,12 +332,15 @@ pub struct KernelOffsets {
     pub task_min_flt: u32,
     pub task_maj_flt: u32,
     pub signal_maxrss: u32,
-    /// `mm_struct.rss_stat`, an array of `percpu_counter`.
+    /// `mm_struct.rss_stat`: 6.2+ an array of `percpu_counter`, before a struct holding an
+    /// array of `atomic_long_t` (see `KF_RSS_ATOMIC`).
     pub mm_rss_stat: u32,
     pub mm_owner: u32,
     pub mm_hiwater_rss: u32,
-    pub percpu_counter_count: u32,
-    pub percpu_counter_size: u32,
+    /// Where the value of counter 0 is within `rss_stat` (`percpu_counter.count`, or 0), and
+    /// the distance between two counters (`sizeof(struct percpu_counter)`, or 8).
+    pub rss_counter_value: u32,
+    pub rss_counter_stride: u32,
     pub page_shift: u32,
     pub cgroup_kn: u32,
     pub cgroup_root: u32,
@@ -345,8 +348,25 @@ pub struct KernelOffsets {
     pub cgroup_root_hierarchy_id: u32,
     /// `task_struct.comm`, 16 bytes.
     pub task_comm: u32,
-    pub _reserved: [u32; 5],
+    /// `KF_*`: how this kernel differs, chosen at load from its BTF. Constants of the frozen
+    /// `.rodata`, so the verifier prunes the branches of the other kernels unchecked.
+    pub features: u32,
+    /// `signal_struct.live`, the thread group's live thread count (`atomic_t`).
+    pub signal_live: u32,
+    /// `task_struct.group_leader`.
+    pub task_group_leader: u32,
+    pub _reserved: [u32; 2],
 }
+
+/// `sched_process_exit` has its `group_dead` argument (recent kernels: 6.18 has it, 6.12
+/// not); before, the group's death is read from `signal->live`.
+pub const KF_EXIT_GROUP_DEAD: u32 = 1;
+/// `sched_switch` has its `prev_state` argument (5.18+); before, it is read from the task.
+pub const KF_SWITCH_PREV_STATE: u32 = 1 << 1;
+/// The RSS counters are `atomic_long_t` (before 6.2), which the verifier does not let a
+/// plain load reach (`Type 'atomic_long_t' is not a struct`): they are read with
+/// `bpf_probe_read_kernel`.
+pub const KF_RSS_ATOMIC: u32 = 1 << 2;
 
 impl KernelOffsets {
     /// All zero: the placeholder the kernel object is built with.

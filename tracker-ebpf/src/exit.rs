@@ -2,9 +2,14 @@
 //! pid can be reused. Its I/O and page faults are final here and are harvested; its CPU time
 //! is not (the running slice is not yet added): `switch.rs` harvests that at the task's final
 //! context switch.
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    macros::{btf_tracepoint, map},
+    maps::LruHashMap,
+    programs::BtfTracePointContext,
+};
 
-use tracker_common::EVENT_EXIT;
+use tracker_common::{EVENT_EXIT, KF_EXIT_GROUP_DEAD, KernelOffsets};
 
 use crate::{
     events,
@@ -23,8 +28,7 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
     }
     let off = offsets();
     let task = Task::of(current_task());
-    let group_dead: u64 = ctx.arg(1);
-    let group_dead = group_dead & 0xff != 0;
+    let (gone, group_dead) = group_end(&ctx, &off, task, tag.tgid);
     // The event before the live count drops: a reader that sees the slot's count at 0 has
     // every exit event of it in the ring (see the user side's `Watcher::drain`).
     events::emit(EVENT_EXIT, tag.slot, |e| {
@@ -38,8 +42,10 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
     let faults = task.faults(&off);
     // exit_code holds the signal number in its low 7 bits when a signal ended the group.
     let by_signal = group_dead && task.exit_code(&off).is_some_and(|code| code & 0x7f != 0);
-    let maxrss =
-        if group_dead { task.maxrss_pages(&off).unwrap_or(0) << off.page_shift } else { 0 };
+    // Every thread that finds the group gone takes the peak (a max, so taking it twice is
+    // harmless): on older kernels the one that counts the group may get here before the one
+    // whose `do_exit` wrote `signal->maxrss`, never after it.
+    let maxrss = if gone { task.maxrss_pages(&off).unwrap_or(0) << off.page_shift } else { 0 };
     slot::with_counters(tag.slot, |c| {
         if let Some(io) = &io {
             c.io.add(io);
@@ -53,13 +59,44 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
             if by_signal {
                 c.exits_by_signal += 1;
             }
-            if maxrss > c.max_rss_bytes {
-                c.max_rss_bytes = maxrss;
-            }
+        }
+        if maxrss > c.max_rss_bytes {
+            c.max_rss_bytes = maxrss;
         }
     });
-    if group_dead {
+    if gone {
         rss::process_gone(tag.tgid);
     }
     0
+}
+
+/// Groups whose death was counted, by (tgid, leader's start time), on kernels whose tracepoint
+/// has no `group_dead`. Every thread of a group that dies at once (exit_group kills them all
+/// together) can find `signal->live` at 0 here; the first to insert the group's key is the one
+/// that counts it: the insert is atomic. An entry is needed only for the microseconds the
+/// group's threads take to pass this point; the LRU map forgets it later.
+#[map(name = "TRK_GROUP_GONE")]
+static GROUP_GONE: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// (whether the exiting task's thread group is gone, whether this task is the one that counts
+/// its end: exactly one task per group).
+#[inline(always)]
+fn group_end(
+    ctx: &BtfTracePointContext,
+    off: &KernelOffsets,
+    task: Task,
+    tgid: u32,
+) -> (bool, bool) {
+    // A constant of the frozen `.rodata`: the verifier walks one branch only, so the argument
+    // that this kernel's tracepoint lacks is never read where it would be refused.
+    if off.features & KF_EXIT_GROUP_DEAD != 0 {
+        let group_dead: u64 = ctx.arg(1);
+        let dead = group_dead & 0xff != 0;
+        return (dead, dead);
+    }
+    if task.group_live_is_zero(off) != Some(true) {
+        return (false, false);
+    }
+    let key = [u64::from(tgid), task.leader_start_ns(off).unwrap_or(0)];
+    (true, GROUP_GONE.insert(&key, &1, u64::from(BPF_NOEXIST)).is_ok())
 }

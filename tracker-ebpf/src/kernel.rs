@@ -8,11 +8,11 @@
 use aya_ebpf::{
     bindings::{seq_file, task_struct},
     helpers::{
-        bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_seq_write},
     },
 };
-use tracker_common::{IoCounters, KernelOffsets};
+use tracker_common::{IoCounters, KF_RSS_ATOMIC, KernelOffsets};
 
 use crate::maps::CONFIG;
 
@@ -148,6 +148,32 @@ impl Task {
         Task(sig).read(off.signal_maxrss)
     }
 
+    /// Whether every thread of the task's group has passed `do_exit`'s count of the live
+    /// threads (`signal->live` is 0): the group is gone, or going.
+    #[inline(always)]
+    pub fn group_live_is_zero(self, off: &KernelOffsets) -> Option<bool> {
+        let sig: *const u8 = self.read(off.task_signal)?;
+        if sig.is_null() {
+            return None;
+        }
+        // An `atomic_t`, which older verifiers do not let a plain load walk into; this runs
+        // once per exiting task of older kernels only.
+        // SAFETY: a read the helper checks.
+        let live =
+            unsafe { bpf_probe_read_kernel(sig.add(off.signal_live as usize).cast::<i32>()) };
+        Some(live.ok()? == 0)
+    }
+
+    /// The start time of the task's group leader: with the tgid, the process's identity.
+    #[inline(always)]
+    pub fn leader_start_ns(self, off: &KernelOffsets) -> Option<u64> {
+        let leader: *const u8 = self.read(off.task_group_leader)?;
+        if leader.is_null() {
+            return None;
+        }
+        Task(leader).start_ns(off)
+    }
+
     /// (sum_exec_runtime, utime, stime), in nanoseconds.
     #[inline(always)]
     pub fn cpu(self, off: &KernelOffsets) -> Option<(u64, u64, u64)> {
@@ -200,8 +226,8 @@ impl Mm {
         Self(p)
     }
 
-    /// Counter `member` (file, anon, swap entries, shmem) in bytes. The shared part of the
-    /// per-CPU counter only: up to a batch of pages per CPU behind.
+    /// Counter `member` (file, anon, swap entries, shmem) in bytes. Of a per-CPU counter, the
+    /// shared part only: up to a batch of pages per CPU behind.
     #[inline(always)]
     pub fn counter_bytes(self, off: &KernelOffsets, member: u32) -> Option<u64> {
         // The four are read and one picked: the verifier allows no variable offset.
@@ -213,9 +239,13 @@ impl Mm {
     #[inline(always)]
     fn counters(self, off: &KernelOffsets) -> [u64; NR_MM_COUNTERS as usize] {
         let at = |m: u32| {
-            let pages: i64 = Task(self.0)
-                .read(off.mm_rss_stat + m * off.percpu_counter_size + off.percpu_counter_count)
-                .unwrap_or(0);
+            let at = off.mm_rss_stat + m * off.rss_counter_stride + off.rss_counter_value;
+            let pages: i64 = if off.features & KF_RSS_ATOMIC != 0 {
+                // SAFETY: a read the helper checks; 0 where it faults.
+                unsafe { bpf_probe_read_kernel(self.0.add(at as usize).cast::<i64>()) }.unwrap_or(0)
+            } else {
+                Task(self.0).read(at).unwrap_or(0)
+            };
             (pages.max(0) as u64) << off.page_shift
         };
         [at(0), at(1), at(2), at(3)]

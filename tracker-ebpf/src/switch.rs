@@ -3,7 +3,7 @@
 //! of its life. Every context switch on the machine runs this program; all but the final ones
 //! of dead tasks return on the first comparison, which reads only the program's arguments.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracker_common::TASK_DEAD;
+use tracker_common::{KF_SWITCH_PREV_STATE, TASK_DEAD};
 
 use crate::{
     kernel::{Task, is_active, offsets},
@@ -12,13 +12,20 @@ use crate::{
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn trk_switch(ctx: BtfTracePointContext) -> u32 {
-    let prev_state: u64 = ctx.arg(3);
-    if prev_state as u32 != TASK_DEAD || !is_active() {
+    let off = offsets();
+    let prev: *mut task_struct = ctx.arg(1);
+    let task = Task::of(prev);
+    // A constant of the frozen `.rodata`: before 5.18 the tracepoint has no `prev_state` (the
+    // verifier would refuse reading it) and the task's own state is the same value here.
+    let prev_state = if off.features & KF_SWITCH_PREV_STATE != 0 {
+        let state: u64 = ctx.arg(3);
+        state as u32
+    } else {
+        task.state(&off).unwrap_or(0)
+    };
+    if prev_state != TASK_DEAD || !is_active() {
         return 0;
     }
-    let prev: *mut task_struct = ctx.arg(1);
-    let off = offsets();
-    let task = Task::of(prev);
     let (Some((tid, _)), Some(start)) = (task.ids(&off), task.start_ns(&off)) else {
         return 0;
     };

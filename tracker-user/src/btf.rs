@@ -8,7 +8,9 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use tracker_common::{IoCounters, KernelOffsets};
+use tracker_common::{
+    IoCounters, KF_EXIT_GROUP_DEAD, KF_RSS_ATOMIC, KF_SWITCH_PREV_STATE, KernelOffsets,
+};
 
 use crate::error::{Error, Result};
 
@@ -20,6 +22,15 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     let btf = Btf::from_file(path)
         .map_err(|e| Error::Btf(format!("cannot parse {}: {e}", path.display())))?;
     let r = Resolver { btf: &btf };
+    // Every program reads the current task through this helper (5.11+): without it nothing
+    // loads, so it is named before anything else.
+    if !r.has_helper("get_current_task_btf")? {
+        return Err(Error::Btf(
+            "this kernel lacks the bpf_get_current_task_btf helper (Linux 5.11+); the tracker \
+             needs Linux 5.14 or later"
+                .into(),
+        ));
+    }
     let task = "task_struct";
     let pid = r.field(task, &["pid"], 4)?;
     let tgid = r.field(task, &["tgid"], 4)?;
@@ -34,6 +45,17 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     }
     // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let rss = r.rss_counters()?;
+    let mut features = rss.feature;
+    // sched_process_exit(struct task_struct *p, bool group_dead)
+    if r.tracepoint_int_arg("sched_process_exit", 1)? == Some(1) {
+        features |= KF_EXIT_GROUP_DEAD;
+    }
+    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
+    //              unsigned int prev_state)
+    if r.tracepoint_int_arg("sched_switch", 3)? == Some(4) {
+        features |= KF_SWITCH_PREV_STATE;
+    }
     Ok(KernelOffsets {
         task_pid: pid,
         task_tgid: tgid,
@@ -51,19 +73,53 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         task_min_flt: r.field(task, &["min_flt"], 8)?,
         task_maj_flt: r.field(task, &["maj_flt"], 8)?,
         signal_maxrss: r.field("signal_struct", &["maxrss"], 8)?,
-        mm_rss_stat: r.field("mm_struct", &["rss_stat"], 4 * r.struct_size("percpu_counter")?)?,
+        mm_rss_stat: r.field("mm_struct", &["rss_stat"], rss.size)?,
         mm_owner: r.field("mm_struct", &["owner"], 8)?,
         mm_hiwater_rss: r.field("mm_struct", &["hiwater_rss"], 8)?,
-        percpu_counter_count: r.field("percpu_counter", &["count"], 8)?,
-        percpu_counter_size: r.struct_size("percpu_counter")? as u32,
+        rss_counter_value: rss.value,
+        rss_counter_stride: rss.stride,
         page_shift: page.trailing_zeros(),
         cgroup_kn: r.field("cgroup", &["kn"], 8)?,
         cgroup_root: r.field("cgroup", &["root"], 8)?,
         kernfs_node_id: r.field("kernfs_node", &["id"], 8)?,
         cgroup_root_hierarchy_id: r.field("cgroup_root", &["hierarchy_id"], 4)?,
         task_comm: r.field(task, &["comm"], 16)?,
-        _reserved: [0; 5],
+        features,
+        signal_live: r.field("signal_struct", &["live"], 4)?,
+        task_group_leader: r.field(task, &["group_leader"], 8)?,
+        _reserved: [0; 2],
     })
+}
+
+/// The kernel differences the programs choose between, for `tracker status` and load reports:
+/// (what, whether this kernel has it, what is used instead when not).
+pub fn describe_features(features: u32) -> Vec<(&'static str, bool, &'static str)> {
+    vec![
+        (
+            "sched_process_exit group_dead",
+            features & KF_EXIT_GROUP_DEAD != 0,
+            "the group's end is read from signal->live, counted once per group",
+        ),
+        (
+            "sched_switch prev_state",
+            features & KF_SWITCH_PREV_STATE != 0,
+            "the dead task's state is read from the task (before 5.18)",
+        ),
+        (
+            "percpu_counter RSS counters",
+            features & KF_RSS_ATOMIC == 0,
+            "atomic_long_t counters (before 6.2), read with bpf_probe_read_kernel",
+        ),
+    ]
+}
+
+/// Where the RSS counters are in `mm_struct.rss_stat`, by their shape in this kernel.
+struct RssCounters {
+    /// Size of `rss_stat`.
+    size: usize,
+    value: u32,
+    stride: u32,
+    feature: u32,
 }
 
 struct Resolver<'a> {
@@ -103,6 +159,88 @@ impl Resolver<'_> {
             )));
         }
         Ok(bits / 8)
+    }
+
+    /// 6.2+: `struct percpu_counter rss_stat[NR_MM_COUNTERS]`; before: `struct mm_rss_stat {
+    /// atomic_long_t count[NR_MM_COUNTERS]; } rss_stat`. Anything else is refused by name.
+    fn rss_counters(&self) -> Result<RssCounters> {
+        let (_, ty) = self
+            .find_member(&self.struct_of("mm_struct")?, "rss_stat")?
+            .ok_or_else(|| Error::Btf("mm_struct.rss_stat not found in this kernel".into()))?;
+        match self.strip(ty)? {
+            Type::Array(_) => {
+                let size = self.struct_size("percpu_counter")?;
+                Ok(RssCounters {
+                    size: 4 * size,
+                    value: self.field("percpu_counter", &["count"], 8)?,
+                    stride: size as u32,
+                    feature: 0,
+                })
+            }
+            Type::Struct(_) => {
+                // `count` must be 4 counters of 8 bytes at the start of the struct.
+                let at = self.field("mm_rss_stat", &["count"], 32)?;
+                if at != 0 {
+                    return Err(Error::Btf(format!("mm_rss_stat.count is at {at}, not 0")));
+                }
+                Ok(RssCounters { size: 32, value: 0, stride: 8, feature: KF_RSS_ATOMIC })
+            }
+            _ => {
+                Err(Error::Btf("mm_struct.rss_stat has a shape this version does not know".into()))
+            }
+        }
+    }
+
+    /// The size of argument `n` (from 0) of BTF-typed tracepoint `tp` if it has one and it is
+    /// an integer, from its prototype `btf_trace_<tp>` (a pointer to a function whose first
+    /// parameter is the probe's data). The parameters of a prototype have no names in BTF:
+    /// position and type are what can be checked.
+    fn tracepoint_int_arg(&self, tp: &str, n: usize) -> Result<Option<usize>> {
+        let name = format!("btf_trace_{tp}");
+        let types = self
+            .btf
+            .resolve_types_by_name(&name)
+            .map_err(|e| Error::Btf(format!("tracepoint {tp}: {e}")))?;
+        let Some(Type::Typedef(t)) = types.into_iter().find(|t| matches!(t, Type::Typedef(_)))
+        else {
+            return Err(Error::Btf(format!("tracepoint {tp}: no {name} in this kernel")));
+        };
+        let bad = |e: btf_rs::Error| Error::Btf(format!("{name}: {e}"));
+        let proto = match self.btf.resolve_chained_type(&t).map_err(bad)? {
+            Type::Ptr(p) => self.btf.resolve_chained_type(&p).map_err(bad)?,
+            _ => return Err(Error::Btf(format!("{name} is not a function pointer"))),
+        };
+        let Type::FuncProto(proto) = proto else {
+            return Err(Error::Btf(format!("{name} is not a function pointer")));
+        };
+        let Some(param) = proto.parameters.get(n + 1) else { return Ok(None) };
+        let ty = self.strip(self.btf.resolve_chained_type(param).map_err(bad)?)?;
+        Ok(match ty {
+            Type::Int(i) => Some(i.size()),
+            _ => None,
+        })
+    }
+
+    /// Whether this kernel knows BPF helper `name` (`BPF_FUNC_<name>` in `enum bpf_func_id`).
+    fn has_helper(&self, name: &str) -> Result<bool> {
+        let want = format!("BPF_FUNC_{name}");
+        let types = self
+            .btf
+            .resolve_types_by_name("bpf_func_id")
+            .map_err(|e| Error::Btf(format!("enum bpf_func_id: {e}")))?;
+        Ok(types.iter().any(|t| match t {
+            Type::Enum(e) => {
+                e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == want))
+            }
+            _ => false,
+        }))
+    }
+
+    fn struct_of(&self, name: &str) -> Result<btf_rs::Struct> {
+        match self.named_struct(name)? {
+            Type::Struct(s) => Ok(s),
+            _ => Err(Error::Btf(format!("{name} is not a struct"))),
+        }
     }
 
     fn struct_size(&self, name: &str) -> Result<usize> {
@@ -194,10 +332,11 @@ impl Resolver<'_> {
 mod tests {
     use super::*;
 
-    /// A BTF blob with `int` and `struct task_struct { int pid; }` only: a kernel whose
-    /// task_struct lacks what the programs read.
-    fn tiny_btf() -> Vec<u8> {
-        let strings = b"\0int\0task_struct\0pid\0";
+    /// A BTF blob with `int`, `struct task_struct { int pid; }` and, if `helper`, `enum
+    /// bpf_func_id { BPF_FUNC_get_current_task_btf }`: a kernel that lacks what the programs
+    /// read.
+    fn tiny_btf(helper: bool) -> Vec<u8> {
+        let strings = b"\0int\0task_struct\0pid\0bpf_func_id\0BPF_FUNC_get_current_task_btf\0";
         let mut types = vec![];
         let mut put = |v: u32| types.extend_from_slice(&v.to_le_bytes());
         // [1] INT "int": 4 bytes, 32 bits.
@@ -212,6 +351,14 @@ mod tests {
         put(17);
         put(1);
         put(0);
+        if helper {
+            // [3] ENUM "bpf_func_id" { BPF_FUNC_get_current_task_btf = 158 }.
+            put(21);
+            put((6 << 24) | 1);
+            put(4);
+            put(33);
+            put(158);
+        }
         let mut out = vec![];
         out.extend_from_slice(&0xeb9f_u16.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
@@ -223,13 +370,25 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_kernel_without_a_field_is_a_clear_error_not_a_wrong_offset() {
-        let path = std::env::temp_dir().join(format!("tiny-btf-{}", std::process::id()));
-        std::fs::write(&path, tiny_btf()).unwrap();
+    fn offsets_of(blob: &[u8], name: &str) -> String {
+        let path = std::env::temp_dir().join(format!("tiny-btf-{name}-{}", std::process::id()));
+        std::fs::write(&path, blob).unwrap();
         let err = kernel_offsets(&path).unwrap_err().to_string();
         std::fs::remove_file(&path).unwrap();
+        err
+    }
+
+    #[test]
+    fn a_kernel_without_a_field_is_a_clear_error_not_a_wrong_offset() {
+        let err = offsets_of(&tiny_btf(true), "field");
         assert!(err.contains("task_struct.tgid not found in this kernel"), "{err}");
+    }
+
+    #[test]
+    fn a_kernel_without_the_current_task_helper_names_it_and_the_minimum() {
+        // Linux 5.10 (Debian 11): the first thing a site on it must read.
+        let err = offsets_of(&tiny_btf(false), "helper");
+        assert!(err.contains("bpf_get_current_task_btf") && err.contains("5.14"), "{err}");
     }
 
     #[test]
@@ -246,7 +405,30 @@ mod tests {
         }
         let off = kernel_offsets(vmlinux).unwrap();
         assert_eq!(off.task_tgid, off.task_pid + 4);
-        assert!(off.task_sum_exec > 0 && off.mm_rss_stat > 0 && off.percpu_counter_size > 0);
+        assert!(off.task_sum_exec > 0 && off.mm_rss_stat > 0 && off.rss_counter_stride > 0);
         assert!(off.page_shift >= 12, "page shift {}", off.page_shift);
+        assert!(off.signal_live > 0 && off.task_group_leader > 0);
+        let btf = Btf::from_file(vmlinux).unwrap();
+        let r = Resolver { btf: &btf };
+        // Arguments: sched_switch(bool preempt, prev, next, ...) on every kernel.
+        assert_eq!(r.tracepoint_int_arg("sched_switch", 0).unwrap(), Some(1));
+        assert_eq!(r.tracepoint_int_arg("sched_switch", 1).unwrap(), None, "a pointer");
+        assert_eq!(r.tracepoint_int_arg("sched_switch", 9).unwrap(), None, "no such argument");
+        // And what the kernel's version says: 6.2 made the RSS counters per-CPU, 5.18 added
+        // sched_switch's prev_state.
+        let release = rustix::system::uname().release().to_string_lossy().into_owned();
+        let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok());
+        let version: (u32, u32) = (v.next().unwrap(), v.next().unwrap());
+        let atomic = version < (6, 2);
+        assert_eq!(off.features & KF_SWITCH_PREV_STATE != 0, version >= (5, 18), "{release}");
+        // sched_process_exit's group_dead: 6.12 has not, 6.18 has (both seen).
+        let group_dead = off.features & KF_EXIT_GROUP_DEAD != 0;
+        if version <= (6, 12) {
+            assert!(!group_dead, "{release}");
+        }
+        if version >= (6, 18) {
+            assert!(group_dead, "{release}");
+        }
+        assert_eq!(off.features & KF_RSS_ATOMIC != 0, atomic);
     }
 }

@@ -143,16 +143,25 @@ impl Cgroups {
     fn make_v2(&self, mount: &Path, slot_name: &str, ctrls: &[String]) -> Result<PathBuf> {
         let parent = mount.join(self.paths.cgroup_parent());
         make_dir(&parent)?;
-        // On a pure v2 system the slot's controllers must be enabled top-down. Failure leaves
-        // the slot without them; a limit that needs one then fails with a clear error.
-        let enable: Vec<String> = V2_SLOT_CONTROLLERS
-            .iter()
-            .filter(|c| ctrls.iter().any(|v| v == *c))
-            .map(|c| format!("+{c}"))
-            .collect();
-        if !enable.is_empty() {
-            for dir in [mount, parent.as_path()] {
-                let _ = fs::write(dir.join("cgroup.subtree_control"), enable.join(" "));
+        // On a pure v2 system a controller reaches the slot only if it is enabled in the
+        // `cgroup.subtree_control` of every directory above it, top-down. Each is enabled on
+        // its own, so one the kernel refuses does not cost the others; a limit that needs a
+        // missing one then fails with an error naming it (`SlotCgroups::set`).
+        let wanted: Vec<&str> =
+            V2_SLOT_CONTROLLERS.iter().copied().filter(|c| ctrls.iter().any(|v| v == c)).collect();
+        let mut dir = mount.to_path_buf();
+        let mut levels = vec![dir.clone()];
+        for part in Path::new(self.paths.cgroup_parent()).components() {
+            dir.push(part);
+            levels.push(dir.clone());
+        }
+        for level in &levels {
+            let enabled =
+                fs::read_to_string(level.join("cgroup.subtree_control")).unwrap_or_default();
+            for c in &wanted {
+                if !enabled.split_whitespace().any(|e| e == *c) {
+                    let _ = fs::write(level.join("cgroup.subtree_control"), format!("+{c}"));
+                }
             }
         }
         let dir = self.paths.slot_cgroup(mount, slot_name);

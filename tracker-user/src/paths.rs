@@ -30,6 +30,8 @@ pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 pub const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
 const MOUNTINFO: &str = "/proc/self/mountinfo";
+/// This process's cgroups, one line per hierarchy (`0::/path` for cgroup2).
+pub const SELF_CGROUP: &str = "/proc/self/cgroup";
 
 /// Overrides where bpffs is expected (default `/sys/fs/bpf`).
 pub const BPFFS_ENV: &str = "TRACKER_BPFFS";

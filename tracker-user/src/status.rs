@@ -1,5 +1,8 @@
 //! What is loaded, where it is pinned, and which kernel features were found.
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use aya::programs::{
     ProgramInfo,
@@ -9,10 +12,11 @@ use aya::programs::{
 use serde::Serialize;
 
 use crate::{
+    btf,
     cgroup::{Cgroups, Layout},
     error::Result,
     maps::Maps,
-    paths::{BPF_STATS, LSM_LIST, Paths, TRACEFS},
+    paths::{BPF_STATS, LSM_LIST, Paths, SELF_CGROUP, TRACEFS},
     programs::{Attach, Kind, PROGRAMS},
     registry, sys,
 };
@@ -116,6 +120,22 @@ pub fn status(paths: &Paths) -> Result<Status> {
     })
 }
 
+/// A non-root cgroup2 directory to look for per-cgroup files in: the instance's parent if
+/// made, else this process's own cgroup, else any child of the root.
+fn non_root_cgroup(mount: &Path, paths: &Paths) -> Option<PathBuf> {
+    let parent = mount.join(paths.cgroup_parent());
+    if parent.is_dir() {
+        return Some(parent);
+    }
+    let own = fs::read_to_string(SELF_CGROUP).ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_start_matches('/').to_owned())
+    });
+    if let Some(own) = own.filter(|p| !p.is_empty()) {
+        return Some(mount.join(own));
+    }
+    fs::read_dir(mount).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())
+}
+
 fn program_by_id(id: u32) -> Option<ProgramInfo> {
     loaded_programs().flatten().find(|p| p.id() == id)
 }
@@ -142,10 +162,21 @@ fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
         mounts.unified.is_some(),
         mounts.unified.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
     );
-    let probe = mounts.unified.as_ref().map(|m| m.join(paths.cgroup_parent()));
+    // The root cgroup has neither file: look in a non-root one, the instance's own if made.
+    let probe = mounts.unified.as_deref().and_then(|m| non_root_cgroup(m, paths));
     let has = |file: &str| probe.as_ref().is_some_and(|d| d.join(file).exists());
     add("cgroup.freeze", has("cgroup.freeze"), "freeze a slot in one write (5.2+)".into());
     add("cgroup.kill", has("cgroup.kill"), "kill a slot in one write (5.14+)".into());
+    // How this kernel differs, as the programs were (or would be) chosen for it at load.
+    match btf::kernel_offsets(paths.btf()) {
+        Ok(off) => {
+            for (name, present, instead) in btf::describe_features(off.features) {
+                let detail = if present { String::new() } else { format!("instead: {instead}") };
+                add(name, present, detail);
+            }
+        }
+        Err(e) => add("kernel BTF offsets", false, e.to_string()),
+    }
     let v1: Vec<&str> = mounts.v1.keys().map(String::as_str).collect();
     add("cgroup v1 controllers", !v1.is_empty(), v1.join(" "));
     let lsm = fs::read_to_string(LSM_LIST);

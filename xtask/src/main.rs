@@ -4,6 +4,7 @@
 //! - `check`: formatting, lints and unit tests as any user, without the BPF toolchain;
 //! - `bench`: overhead and kill-time benchmarks against a no-tracker baseline;
 //! - `package`: the .deb and .rpm packages sites install (and the Python client's wheel).
+//! - `test-vm`: the real-kernel suites in a VM per kernel (Debian's 5.10, 6.1, 6.12), pure cgroup v2.
 mod bench;
 mod check;
 mod package;
@@ -12,6 +13,7 @@ mod python;
 mod run;
 mod slurm;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -51,6 +53,25 @@ enum Task {
     /// Build the .deb and .rpm packages (target/tracker-package/dist) and the Python client's
     /// wheel
     Package,
+    /// Run the real-kernel suites in a VM on each kernel (software emulation: slow), pure cgroup v2
+    TestVm {
+        /// Kernel series (5.10, 6.1, 6.12; comma-separated), or `all`
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Suites to run (tests/tests/<suite>.rs), comma-separated; default all
+        #[arg(long, value_delimiter = ',')]
+        suites: Vec<String>,
+        /// Only tests whose name contains this
+        #[arg(long)]
+        filter: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        #[arg(long, default_value = "3G")]
+        memory: String,
+        /// Minutes after which a guest is stopped and its run counted as failed
+        #[arg(long, default_value_t = 60)]
+        timeout_minutes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +81,9 @@ fn main() -> ExitCode {
         Task::Check => check::run(),
         Task::Bench { rounds } => bench::run(rounds),
         Task::Package => package(),
+        Task::TestVm { kernel, suites, filter, cpus, memory, timeout_minutes } => {
+            vm::run(&vm::Options { kernel, suites, filter, cpus, memory, timeout_minutes })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,603 @@
+//! `cargo xtask test-vm`: the real-kernel suites inside a VM, per kernel, on pure cgroup v2.
+//!
+//! Everything it needs it installs itself, as a fresh CI machine has none of it: QEMU (from
+//! bookworm-backports on Debian 12, whose QEMU utilities are that version already), virtme-ng
+//! (PyPI, in a virtual environment), Debian's own kernel packages (downloaded and unpacked,
+//! never installed: a private apt configuration, so the machine's sources stay as they were).
+//! The guest boots with the host's root read-only over 9p (`vng`) under software emulation:
+//! this machine's `/dev/kvm` is a nested PVM that hangs stock kernels. The test binaries are
+//! built here by cargo and run inside the guest; one line per kernel says how it went.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run::{quiet, workspace};
+
+/// Cache of everything downloaded or made (kernels, the venv, the disk images, the logs).
+const ROOT: &str = "/var/tmp/tracker-vm";
+/// The kernels `--kernel all` runs, oldest first: Debian 11, 12, 12's backports (13's, RHEL 10's).
+pub const KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
+/// virtme-ng, pinned: its command line and guest layout are what the guest script expects.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+const DEBIAN_ARCHIVE: &str = "http://deb.debian.org/debian";
+const DEBIAN_SECURITY: &str = "http://deb.debian.org/debian-security";
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Kernel series (`6.1`), or `all`.
+    pub kernel: String,
+    /// Suites (tests/tests/<suite>.rs) to run; empty: all.
+    pub suites: Vec<String>,
+    /// Only tests whose name contains this.
+    pub filter: Option<String>,
+    pub cpus: u32,
+    pub memory: String,
+    /// Minutes after which a guest that has not finished is stopped (a hang is a failure).
+    pub timeout_minutes: u64,
+}
+
+/// What one kernel's run came to.
+struct Outcome {
+    kernel: String,
+    passed: u32,
+    failed: u32,
+    skipped: u32,
+    /// Set when the run did not get as far as the tests (boot, setup) or a suite crashed.
+    problem: Option<String>,
+    minutes: f64,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    crate::prereqs::require_root()?;
+    let kernels: Vec<String> = if opts.kernel == "all" {
+        KERNELS.iter().map(|k| (*k).to_owned()).collect()
+    } else {
+        opts.kernel.split(',').map(str::to_owned).collect()
+    };
+    ensure_host_packages()?;
+    let vng = ensure_vng()?;
+    let tests = build_tests(&opts.suites)?;
+    let tracker = crate::run::build_tracker(false)?;
+    let mut outcomes = vec![];
+    for series in &kernels {
+        let kernel = ensure_kernel(series)?;
+        println!("xtask: booting {} ({} suite(s))", kernel.release, tests.len());
+        outcomes.push(run_guest(&vng, &kernel, &tests, &tracker, opts)?);
+    }
+    println!("xtask: test-vm results:");
+    for o in &outcomes {
+        println!(
+            "  {}: {} passed, {} failed, {} skipped ({:.1} min){}",
+            o.kernel,
+            o.passed,
+            o.failed,
+            o.skipped,
+            o.minutes,
+            o.problem.as_ref().map(|p| format!(": {p}")).unwrap_or_default()
+        );
+    }
+    let bad: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.failed > 0 || o.problem.is_some())
+        .map(|o| o.kernel.as_str())
+        .collect();
+    if !bad.is_empty() {
+        bail!("failures on {} (logs under {ROOT}/out/<kernel>/)", bad.join(", "));
+    }
+    Ok(())
+}
+
+/// QEMU, depmod (virtme-ng regenerates the modules' index), busybox (its initramfs),
+/// mkfs.ext4 (the guest's disk) and Python's venv module.
+fn ensure_host_packages() -> Result<()> {
+    let mut missing = vec![];
+    for (tool, package) in [
+        ("depmod", "kmod"),
+        ("busybox", "busybox-static"),
+        ("mkfs.ext4", "e2fsprogs"),
+        ("timeout", "coreutils"),
+    ] {
+        if !on_path(tool) {
+            missing.push(package);
+        }
+    }
+    if !venv_works() {
+        missing.push("python3-venv");
+    }
+    if !missing.is_empty() {
+        println!("xtask: installing {}", missing.join(" "));
+        crate::run::apt_install(&missing)?;
+    }
+    if on_path("qemu-system-x86_64") {
+        return Ok(());
+    }
+    if os_codename().as_deref() == Some("bookworm") {
+        // Bookworm's own QEMU conflicts with the backported qemu-utils this image has.
+        ensure_backports_source()?;
+        println!("xtask: installing qemu-system-x86 from bookworm-backports");
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "-qq",
+            "-t",
+            "bookworm-backports",
+            "qemu-system-x86",
+        ]);
+        quiet(&mut c)?;
+    } else {
+        println!("xtask: installing qemu-system-x86");
+        crate::run::apt_install(&["qemu-system-x86"])?;
+    }
+    Ok(())
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| d.join(tool).is_file())
+}
+
+fn venv_works() -> bool {
+    Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn os_codename() -> Option<String> {
+    let text = fs::read_to_string("/etc/os-release").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|v| v.trim().to_owned())
+}
+
+/// Add bookworm-backports to the machine's apt sources if no source names it, then update.
+fn ensure_backports_source() -> Result<()> {
+    let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        texts.extend(dir.flatten().filter_map(|e| fs::read_to_string(e.path()).ok()));
+    }
+    if !texts
+        .iter()
+        .any(|t| t.lines().any(|l| !l.starts_with('#') && l.contains("bookworm-backports")))
+    {
+        let file = "/etc/apt/sources.list.d/bookworm-backports.sources";
+        println!("xtask: adding {file}");
+        fs::write(
+            file,
+            format!(
+                "Types: deb\nURIs: {DEBIAN_ARCHIVE}\nSuites: bookworm-backports\nComponents: main\n\
+                 Signed-By: {DEBIAN_KEYRING}\n"
+            ),
+        )
+        .with_context(|| format!("writing {file}"))?;
+    }
+    let mut c = Command::new("apt-get");
+    c.args(["update", "-qq"]);
+    quiet(&mut c).map(|_| ())
+}
+
+/// virtme-ng in a virtual environment of its own; returns the `vng` script.
+fn ensure_vng() -> Result<PathBuf> {
+    let venv = Path::new(ROOT).join("venv");
+    let vng = venv.join("bin/vng");
+    let stamp = venv.join(".tracker-requirement");
+    if vng.exists() && fs::read_to_string(&stamp).is_ok_and(|s| s == VIRTME_NG) {
+        return Ok(vng);
+    }
+    println!("xtask: installing {VIRTME_NG} into {}", venv.display());
+    fs::create_dir_all(ROOT).with_context(|| format!("creating {ROOT}"))?;
+    quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    quiet(Command::new(venv.join("bin/pip")).args(["install", "--quiet", VIRTME_NG]))?;
+    fs::write(&stamp, VIRTME_NG).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(vng)
+}
+
+/// An unpacked Debian kernel.
+struct Kernel {
+    /// `6.1.0-57-amd64`
+    release: String,
+    /// Where the package was unpacked (`boot/`, `lib/modules/`).
+    dir: PathBuf,
+}
+
+impl Kernel {
+    fn image(&self) -> PathBuf {
+        self.dir.join("boot").join(format!("vmlinuz-{}", self.release))
+    }
+}
+
+/// The newest Debian kernel of `series` (`6.1`), downloaded and unpacked once.
+fn ensure_kernel(series: &str) -> Result<Kernel> {
+    let apt = PrivateApt::new()?;
+    let package = apt.newest_kernel(series)?;
+    let release = package.trim_start_matches("linux-image-").to_owned();
+    let dir = Path::new(ROOT).join("kernels").join(&release);
+    let kernel = Kernel { release: release.clone(), dir: dir.clone() };
+    if kernel.image().exists()
+        && dir.join("lib/modules").join(&release).join("modules.dep").exists()
+    {
+        return Ok(kernel);
+    }
+    println!("xtask: fetching {package}");
+    let debs = Path::new(ROOT).join("debs");
+    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    quiet(apt.command("apt-get").current_dir(&debs).args(["download", "-q", &package]))?;
+    let deb = fs::read_dir(&debs)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .with_context(|| format!("apt-get download left no {package} package"))?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    quiet(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    quiet(Command::new("depmod").arg("-b").arg(&dir).arg(&release))?;
+    if !kernel.image().exists() {
+        bail!("{package} holds no {}", kernel.image().display());
+    }
+    Ok(kernel)
+}
+
+/// apt with sources of its own (Debian 11 and 12 with their security and backports suites),
+/// its own lists and cache under ROOT: the machine's apt configuration is not touched.
+struct PrivateApt {
+    dir: PathBuf,
+}
+
+impl PrivateApt {
+    fn new() -> Result<Self> {
+        let dir = Path::new(ROOT).join("apt");
+        for sub in ["etc", "lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let sources: String = [
+            (DEBIAN_ARCHIVE, "bookworm"),
+            (DEBIAN_ARCHIVE, "bookworm-backports"),
+            (DEBIAN_SECURITY, "bookworm-security"),
+            (DEBIAN_ARCHIVE, "bullseye"),
+            (DEBIAN_SECURITY, "bullseye-security"),
+        ]
+        .iter()
+        .map(|(uri, suite)| format!("deb [signed-by={DEBIAN_KEYRING}] {uri} {suite} main\n"))
+        .collect();
+        let list = dir.join("etc/sources.list");
+        let apt = Self { dir };
+        let fresh = fs::metadata(apt.dir.join("lists"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 24 * 3600));
+        let same = fs::read_to_string(&list).is_ok_and(|s| s == sources);
+        let has_lists = fs::read_dir(apt.dir.join("lists")).is_ok_and(|d| {
+            d.flatten().any(|e| e.file_name().to_string_lossy().ends_with("Packages"))
+        });
+        if !(same && fresh && has_lists) {
+            fs::write(&list, &sources).with_context(|| format!("writing {}", list.display()))?;
+            println!("xtask: reading Debian's kernel package lists");
+            quiet(apt.command("apt-get").args(["update", "-qq"]))?;
+        }
+        Ok(apt)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let d = self.dir.display();
+        let mut c = Command::new(program);
+        c.args([
+            "-o".into(),
+            format!("Dir::Etc::SourceList={d}/etc/sources.list"),
+            "-o".into(),
+            "Dir::Etc::SourceParts=/dev/null".into(),
+            "-o".into(),
+            format!("Dir::State::Lists={d}/lists"),
+            "-o".into(),
+            format!("Dir::Cache={d}/cache"),
+            "-o".into(),
+            "Dir::State::status=/dev/null".into(),
+        ]);
+        c
+    }
+
+    /// `linux-image-<series>.<n>-<abi>-amd64` (Debian 11/12's naming) or
+    /// `linux-image-<series>.<n>+deb<m>-amd64` (the newer one), the highest version.
+    fn newest_kernel(&self, series: &str) -> Result<String> {
+        let out = quiet(self.command("apt-cache").args([
+            "search",
+            "--names-only",
+            &format!("^linux-image-{}\\.", series.replace('.', "\\.")),
+        ]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let best = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|name| is_kernel_package(name, series))
+            .max_by_key(|name| version_key(name));
+        best.map(str::to_owned).with_context(|| {
+            format!("no Debian kernel package for Linux {series} (known: {})", KERNELS.join(", "))
+        })
+    }
+}
+
+/// Whether `name` is the generic amd64 image of `series` (not cloud, rt, dbg or a backport
+/// to an older release).
+fn is_kernel_package(name: &str, series: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix("linux-image-")
+        .and_then(|n| n.strip_suffix("-amd64"))
+        .and_then(|n| n.strip_prefix(series))
+        .and_then(|n| n.strip_prefix('.'))
+    else {
+        return false;
+    };
+    let (minor, abi) = match rest.split_once(['-', '+']) {
+        Some(parts) => parts,
+        None => return false,
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(minor) && (digits(abi) || abi.strip_prefix("deb").is_some_and(digits))
+}
+
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
+}
+
+/// A test binary of tests/tests.
+struct TestBinary {
+    suite: String,
+    exe: PathBuf,
+}
+
+/// Build the integration test binaries here (the guest only runs them).
+fn build_tests(suites: &[String]) -> Result<Vec<TestBinary>> {
+    println!("xtask: building the test binaries");
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(workspace()).args([
+        "test",
+        "--package",
+        "tracker-tests",
+        "--no-run",
+        "--message-format=json",
+    ]);
+    for s in suites {
+        c.args(["--test", s]);
+    }
+    let out = quiet(&mut c)?;
+    let mut found = vec![];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let is_test =
+            msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        if msg["reason"] != "compiler-artifact" || !is_test {
+            continue;
+        }
+        if let (Some(name), Some(exe)) =
+            (msg["target"]["name"].as_str(), msg["executable"].as_str())
+        {
+            found.push(TestBinary { suite: name.to_owned(), exe: exe.into() });
+        }
+    }
+    found.sort_by(|a, b| a.suite.cmp(&b.suite));
+    if found.is_empty() {
+        bail!("cargo built no test binary for suites {suites:?}");
+    }
+    Ok(found)
+}
+
+/// The shell script the guest runs: the machine a pure cgroup v2 site has (systemd's default
+/// controllers, bpffs, tracefs), a real disk for temporary files, then each suite.
+fn guest_script(tests: &[TestBinary], tracker: &Path, opts: &Options, out: &Path) -> String {
+    let strict = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("TRACKER_TEST_STRICT").is_ok_and(|v| v == "1");
+    let filter = opts.filter.as_deref().map(shell_quote).unwrap_or_default();
+    let mut s = format!(
+        r#"#!/bin/sh
+# Written by `cargo xtask test-vm`; runs inside the guest.
+OUT={out}
+fail() {{ echo "$*" > "$OUT/setup-failed"; echo "setup failed: $*"; exit 1; }}
+exec > "$OUT/guest.log" 2>&1
+echo "kernel $(uname -r)"
+# Pure cgroup v2 with the controllers systemd enables at the root.
+[ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ] || fail "/sys/fs/cgroup is not cgroup2"
+for c in cpu io memory pids; do
+    echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || fail "cannot enable the $c controller"
+done
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || fail "cannot mount bpffs"
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing \
+    || fail "cannot mount tracefs"
+# Temporary files on a real ext4 disk: block I/O is counted, tmpfs has none.
+modprobe virtio_blk 2>/dev/null
+for i in $(seq 100); do
+    disk=$(ls /dev/vd? 2>/dev/null | head -n1)
+    [ -n "$disk" ] && break
+    sleep 0.1
+done
+[ -n "$disk" ] || fail "no disk (/dev/vd?)"
+mkdir -p /run/tracker-vm-disk
+mount -t ext4 "$disk" /run/tracker-vm-disk || fail "cannot mount $disk"
+mkdir -p /run/tracker-vm-disk/tmp && chmod 1777 /run/tracker-vm-disk/tmp
+export TMPDIR=/run/tracker-vm-disk/tmp
+# Slurm resolves the node's own name over IPv4.
+grep -q "^127\.0\.0\.1[[:space:]].*\b$(hostname)\b" /etc/hosts \
+    || echo "127.0.0.1 $(hostname)" >> /etc/hosts || fail "cannot add the hostname to /etc/hosts"
+export TRACKER_BIN={tracker}
+export TRACKER_TEST_STRICT={strict}
+unset TRACKER_LOG
+cd {tests_dir}
+# Whether this kernel loads the tracker at all, in one line, before the suites say it 60 ways.
+"$TRACKER_BIN" --instance vm-probe load > "$OUT/load.log" 2>&1 && echo ok >> "$OUT/load.log"
+"$TRACKER_BIN" --instance vm-probe status >> "$OUT/load.log" 2>&1
+"$TRACKER_BIN" --instance vm-probe unload --force > /dev/null 2>&1
+"#,
+        out = shell_quote(&out.display().to_string()),
+        tracker = shell_quote(&tracker.display().to_string()),
+        strict = u8::from(strict),
+        tests_dir = shell_quote(&workspace().join("tests").display().to_string()),
+    );
+    if let Some(python) = python_venv() {
+        s +=
+            &format!("export TRACKER_TEST_PYTHON={}\n", shell_quote(&python.display().to_string()));
+    }
+    for t in tests {
+        s += &format!(
+            "echo \"suite {suite}\"\n{exe} {filter} > \"$OUT/{suite}.log\" 2>&1\necho \"$?\" > \"$OUT/{suite}.status\"\n",
+            suite = t.suite,
+            exe = shell_quote(&t.exe.display().to_string()),
+        );
+    }
+    s += "echo done > \"$OUT/done\"\n";
+    s
+}
+
+fn python_venv() -> Option<PathBuf> {
+    let p = Path::new("/var/tmp/tracker-tests/python/bin/python3");
+    p.exists().then(|| p.to_path_buf())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Boot `kernel` and run the suites; the counts come from each suite's own summary line.
+fn run_guest(
+    vng: &Path,
+    kernel: &Kernel,
+    tests: &[TestBinary],
+    tracker: &Path,
+    opts: &Options,
+) -> Result<Outcome> {
+    let out = Path::new(ROOT).join("out").join(&kernel.release);
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let run_dir = Path::new(ROOT).join("run");
+    fs::create_dir_all(&run_dir)?;
+    let script = run_dir.join(format!("guest-{}.sh", kernel.release));
+    fs::write(&script, guest_script(tests, tracker, opts, &out))
+        .with_context(|| format!("writing {}", script.display()))?;
+    let disk = run_dir.join(format!("disk-{}.img", kernel.release));
+    let _ = fs::remove_file(&disk);
+    quiet(Command::new("truncate").args(["-s", "2G"]).arg(&disk))?;
+    quiet(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk))?;
+
+    let venv_bin = vng.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new("timeout");
+    cmd.env("PATH", path)
+        .arg("--kill-after=30")
+        .arg(format!("{}m", opts.timeout_minutes))
+        .arg(vng)
+        .arg("--run")
+        .arg(kernel.image())
+        .args(["--disable-kvm", "--cpus", &opts.cpus.to_string(), "--memory", &opts.memory])
+        // /var/tmp is an empty tmpfs in the guest: what it needs from there is passed in.
+        .arg(format!("--rodir={}", run_dir.display()))
+        .arg(format!("--rodir={}", kernel.dir.display()))
+        .arg(format!("--rwdir={}", out.display()))
+        .arg(format!("--disk={}", disk.display()))
+        .arg("--exec")
+        .arg(format!("sh {}", shell_quote(&script.display().to_string())))
+        .current_dir(workspace());
+    if let Some(venv) = python_venv().and_then(|p| p.ancestors().nth(2).map(Path::to_path_buf)) {
+        cmd.arg(format!("--rodir={}", venv.display()));
+    }
+    let started = Instant::now();
+    let console = cmd.output().with_context(|| format!("cannot start {}", vng.display()))?;
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    fs::write(out.join("console.log"), [&console.stdout[..], &console.stderr[..]].concat())?;
+    let mut o = Outcome {
+        kernel: kernel.release.clone(),
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        problem: None,
+        minutes,
+    };
+    if let Ok(why) = fs::read_to_string(out.join("setup-failed")) {
+        o.problem = Some(format!("guest setup: {}", why.trim()));
+        return Ok(o);
+    }
+    let load = fs::read_to_string(out.join("load.log")).unwrap_or_default();
+    if !load.lines().any(|l| l == "ok") {
+        let why = load.lines().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+        o.problem = Some(format!("tracker load failed: {why}"));
+    }
+    let mut crashed = vec![];
+    for t in tests {
+        let log = fs::read_to_string(out.join(format!("{}.log", t.suite))).unwrap_or_default();
+        let counts = libtest_counts(&log);
+        o.skipped += log.lines().filter(|l| l.starts_with("SKIP:")).count() as u32;
+        match counts {
+            Some((passed, failed)) => {
+                o.passed += passed;
+                o.failed += failed;
+            }
+            None => crashed.push(t.suite.as_str()),
+        }
+    }
+    if o.problem.is_some() {
+        // The load's own line says more than the suites' failures it causes.
+    } else if !out.join("done").exists() {
+        o.problem = Some(format!(
+            "the guest did not finish (timeout {} min, or it crashed: see console.log)",
+            opts.timeout_minutes
+        ));
+    } else if !crashed.is_empty() {
+        o.problem = Some(format!("no test summary from {}", crashed.join(", ")));
+    }
+    Ok(o)
+}
+
+/// (passed, failed) summed over a test binary's `test result:` lines.
+fn libtest_counts(log: &str) -> Option<(u32, u32)> {
+    let mut total = None;
+    for line in log.lines().filter(|l| l.starts_with("test result:")) {
+        let num = |word: &str| {
+            line.split(';')
+                .find(|p| p.trim_end().ends_with(word))
+                .and_then(|p| p.split_whitespace().rev().nth(1))
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        let (p, f) = total.unwrap_or((0, 0));
+        total = Some((p + num("passed"), f + num("failed")));
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_packages_are_told_from_their_variants() {
+        assert!(is_kernel_package("linux-image-6.1.0-57-amd64", "6.1"));
+        assert!(is_kernel_package("linux-image-6.12.117+deb12-amd64", "6.12"));
+        assert!(is_kernel_package("linux-image-5.10.0-46-amd64", "5.10"));
+        assert!(!is_kernel_package("linux-image-6.12.117+deb12-amd64", "6.1"));
+        assert!(!is_kernel_package("linux-image-6.1.0-57-cloud-amd64", "6.1"));
+        assert!(!is_kernel_package("linux-image-6.1.0-57-rt-amd64", "6.1"));
+        assert!(!is_kernel_package("linux-image-6.1.0-0.deb11.52-amd64", "6.1"));
+        assert!(!is_kernel_package("linux-image-6.12.90+deb12.1-amd64", "6.12"));
+        assert!(!is_kernel_package("linux-image-6.1.0-57-amd64-dbg", "6.1"));
+        let newest = ["linux-image-6.1.0-9-amd64", "linux-image-6.1.0-57-amd64"]
+            .into_iter()
+            .max_by_key(|n| version_key(n));
+        assert_eq!(newest, Some("linux-image-6.1.0-57-amd64"));
+    }
+
+    #[test]
+    fn libtest_summaries_are_summed() {
+        let log = "running 3 tests\ntest result: FAILED. 2 passed; 1 failed; 0 ignored; 0 \
+                   measured; 0 filtered out; finished in 3.1s\n\
+                   test result: ok. 4 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(libtest_counts(log), Some((6, 1)));
+        assert_eq!(libtest_counts("thread main panicked"), None);
+    }
+}
