@@ -91,6 +91,14 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     })
 }
 
+/// Whether the kernel whose BTF is at `path` has function `name` (false if unreadable).
+pub fn kernel_has_function(path: &Path, name: &str) -> bool {
+    Btf::from_file(path).is_ok_and(|btf| {
+        btf.resolve_types_by_name(name)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
+    })
+}
+
 /// The kernel differences the programs choose between, for `tracker status` and load reports:
 /// (what, whether this kernel has it, what is used instead when not).
 pub fn describe_features(features: u32) -> Vec<(&'static str, bool, &'static str)> {
@@ -389,6 +397,18 @@ mod tests {
         // Linux 5.10 (Debian 11): the first thing a site on it must read.
         let err = offsets_of(&tiny_btf(false), "helper");
         assert!(err.contains("bpf_get_current_task_btf") && err.contains("5.14"), "{err}");
+    }
+
+    #[test]
+    fn kernel_functions_are_found_by_name() {
+        let vmlinux = Path::new(crate::paths::BTF_VMLINUX);
+        if !vmlinux.exists() {
+            return;
+        }
+        // The handler of every cgroup's cgroup.freeze (5.2+; the minimum is 5.14).
+        assert!(kernel_has_function(vmlinux, "cgroup_freeze_write"));
+        assert!(!kernel_has_function(vmlinux, "no_such_kernel_function"));
+        assert!(!kernel_has_function(Path::new("/nonexistent/vmlinux"), "cgroup_freeze_write"));
     }
 
     #[test]

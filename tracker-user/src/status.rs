@@ -130,7 +130,9 @@ fn non_root_cgroup(mount: &Path, paths: &Paths) -> Option<PathBuf> {
     let own = fs::read_to_string(SELF_CGROUP).ok().and_then(|s| {
         s.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim_start_matches('/').to_owned())
     });
-    if let Some(own) = own.filter(|p| !p.is_empty()) {
+    if let Some(own) = own.filter(|p| !p.is_empty())
+        && mount.join(&own).is_dir()
+    {
         return Some(mount.join(own));
     }
     fs::read_dir(mount).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())
@@ -164,9 +166,22 @@ fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
     );
     // The root cgroup has neither file: look in a non-root one, the instance's own if made.
     let probe = mounts.unified.as_deref().and_then(|m| non_root_cgroup(m, paths));
-    let has = |file: &str| probe.as_ref().is_some_and(|d| d.join(file).exists());
-    add("cgroup.freeze", has("cgroup.freeze"), "freeze a slot in one write (5.2+)".into());
-    add("cgroup.kill", has("cgroup.kill"), "kill a slot in one write (5.14+)".into());
+    // With none to look in (nothing made yet beside the root), the kernel's BTF says whether
+    // it has the file's handler.
+    let has = |file: &str, handler: &str| match &probe {
+        Some(d) => d.join(file).exists(),
+        None => btf::kernel_has_function(paths.btf(), handler),
+    };
+    add(
+        "cgroup.freeze",
+        mounts.unified.is_some() && has("cgroup.freeze", "cgroup_freeze_write"),
+        "freeze a slot in one write (5.2+)".into(),
+    );
+    add(
+        "cgroup.kill",
+        mounts.unified.is_some() && has("cgroup.kill", "cgroup_kill_write"),
+        "kill a slot in one write (5.14+)".into(),
+    );
     // How this kernel differs, as the programs were (or would be) chosen for it at load.
     match btf::kernel_offsets(paths.btf()) {
         Ok(off) => {
