@@ -152,7 +152,9 @@ impl Instance {
 
     /// `tracker kill SLOT --json`, asserting exit 0 and no survivors.
     pub fn kill_clean(&self, slot: &str) -> serde_json::Value {
-        let out = self.cli_output(&["kill", slot, "--json"]);
+        // The CLI's default wait (10 s), stretched as every deadline is on a slow machine.
+        let timeout = (10 * slowness()).to_string();
+        let out = self.cli_output(&["kill", slot, "--json", "--timeout", &timeout]);
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("kill output is not JSON ({e}): {text}"));
