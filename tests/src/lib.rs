@@ -153,7 +153,7 @@ impl Instance {
     /// `tracker kill SLOT --json`, asserting exit 0 and no survivors.
     pub fn kill_clean(&self, slot: &str) -> serde_json::Value {
         // The CLI's default wait (10 s), stretched as every deadline is on a slow machine.
-        let timeout = (10 * slowness()).to_string();
+        let timeout = scaled(Duration::from_secs(10)).as_secs().to_string();
         let out = self.cli_output(&["kill", slot, "--json", "--timeout", &timeout]);
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(&text)
