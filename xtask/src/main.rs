@@ -61,9 +61,9 @@ enum Task {
         /// Suites to run (tests/tests/<suite>.rs), comma-separated; default all
         #[arg(long, value_delimiter = ',')]
         suites: Vec<String>,
-        /// Only tests whose name contains this
-        #[arg(long)]
-        filter: Option<String>,
+        /// Only tests whose name contains one of these (comma-separated)
+        #[arg(long, value_delimiter = ',')]
+        filter: Vec<String>,
         #[arg(long, default_value_t = 2)]
         cpus: u32,
         #[arg(long, default_value = "3G")]
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         Task::Bench { rounds } => bench::run(rounds),
         Task::Package => package(),
         Task::TestVm { kernel, suites, filter, cpus, memory, timeout_minutes } => {
-            vm::run(&vm::Options { kernel, suites, filter, cpus, memory, timeout_minutes })
+            vm::run(&vm::Options { kernel, suites, filters: filter, cpus, memory, timeout_minutes })
         }
     };
     match result {

@@ -34,8 +34,8 @@ pub struct Options {
     pub kernel: String,
     /// Suites (tests/tests/<suite>.rs) to run; empty: all.
     pub suites: Vec<String>,
-    /// Only tests whose name contains this.
-    pub filter: Option<String>,
+    /// Only tests whose name contains one of these.
+    pub filters: Vec<String>,
     pub cpus: u32,
     pub memory: String,
     /// Minutes after which a guest that has not finished is stopped (a hang is a failure).
@@ -396,7 +396,8 @@ fn build_tests(suites: &[String]) -> Result<Vec<TestBinary>> {
 fn guest_script(tests: &[TestBinary], tracker: &Path, opts: &Options, out: &Path) -> String {
     let strict = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
         || std::env::var("TRACKER_TEST_STRICT").is_ok_and(|v| v == "1");
-    let filter = opts.filter.as_deref().map(shell_quote).unwrap_or_default();
+    let filter: Vec<String> = opts.filters.iter().map(|f| shell_quote(f)).collect();
+    let filter = filter.join(" ");
     let mut s = format!(
         r#"#!/bin/sh
 # Written by `cargo xtask test-vm`; runs inside the guest.
