@@ -278,7 +278,7 @@ impl PrivateApt {
             .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 24 * 3600));
         let same = fs::read_to_string(&list).is_ok_and(|s| s == sources);
         let has_lists = fs::read_dir(apt.dir.join("lists")).is_ok_and(|d| {
-            d.flatten().any(|e| e.file_name().to_string_lossy().ends_with("Packages"))
+            d.flatten().any(|e| e.file_name().to_string_lossy().contains("_Packages"))
         });
         if !(same && fresh && has_lists) {
             fs::write(&list, &sources).with_context(|| format!("writing {}", list.display()))?;
