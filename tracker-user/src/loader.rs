@@ -8,7 +8,7 @@
 use std::{
     fs,
     os::{
-        fd::AsFd as _,
+        fd::{AsFd as _, BorrowedFd},
         unix::fs::{DirBuilderExt as _, MetadataExt as _},
     },
     path::Path,
@@ -275,30 +275,15 @@ fn stage_program(
             let cgroup = open_cgroup(spec, cgroup_dir)?;
             let p: &mut CgroupDevice = prog.try_into().map_err(failed)?;
             p.load().map_err(failed)?;
-            // aya cannot hand out this link to pin it: create and pin it ourselves.
             let prog_fd = p.fd().map_err(failed)?;
-            let link =
-                bpf_sys::cgroup_link(prog_fd.as_fd(), cgroup.as_fd(), bpf_sys::BPF_CGROUP_DEVICE)
-                    .map_err(|e| Error::ProgramLoad {
-                    program: spec.name,
-                    detail: format!("link_create: {e}"),
-                })?;
-            bpf_sys::pin(link.as_fd(), &staging)
-                .ctx(|| format!("pinning {}", staging.display()))?;
+            link_and_pin(spec, prog_fd.as_fd(), &cgroup, bpf_sys::BPF_CGROUP_DEVICE, &staging)?;
         }
         Kind::CgroupSysctl => {
             let root = open_cgroup(spec, dirs.root)?;
             let p: &mut CgroupSysctl = prog.try_into().map_err(failed)?;
             p.load().map_err(failed)?;
             let prog_fd = p.fd().map_err(failed)?;
-            let link =
-                bpf_sys::cgroup_link(prog_fd.as_fd(), root.as_fd(), bpf_sys::BPF_CGROUP_SYSCTL)
-                    .map_err(|e| Error::ProgramLoad {
-                        program: spec.name,
-                        detail: format!("link_create: {e}"),
-                    })?;
-            bpf_sys::pin(link.as_fd(), &staging)
-                .ctx(|| format!("pinning {}", staging.display()))?;
+            link_and_pin(spec, prog_fd.as_fd(), &root, bpf_sys::BPF_CGROUP_SYSCTL, &staging)?;
         }
         Kind::TaskIter => {
             let p: &mut Iter = prog.try_into().map_err(failed)?;
@@ -321,6 +306,21 @@ fn open_cgroup(spec: &ProgramSpec, dir: Option<&Path>) -> Result<fs::File> {
         detail: "no cgroup2 directory to attach to".into(),
     })?;
     fs::File::open(dir).ctx(|| format!("opening {}", dir.display()))
+}
+
+/// Attach program `prog` to `cgroup` through a link of our own making (aya hands out no link
+/// for these program types to pin) and pin the link at `pin`.
+fn link_and_pin(
+    spec: &ProgramSpec,
+    prog: BorrowedFd<'_>,
+    cgroup: &fs::File,
+    attach_type: u32,
+    pin: &Path,
+) -> Result<()> {
+    let link = bpf_sys::cgroup_link(prog, cgroup.as_fd(), attach_type).map_err(|e| {
+        Error::ProgramLoad { program: spec.name, detail: format!("link_create: {e}") }
+    })?;
+    bpf_sys::pin(link.as_fd(), pin).ctx(|| format!("pinning {}", pin.display()))
 }
 
 /// The verifier's log is long; keep its last lines, which say why.

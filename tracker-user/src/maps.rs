@@ -152,6 +152,12 @@ impl Maps {
         Ok(self.tasks.scan(|s| s == slot))
     }
 
+    /// Tasks of `slot` that have exited and await their last context switch, where their CPU
+    /// time is final and added to the slot's counters.
+    pub fn harvests_pending(&self, slot: u32) -> usize {
+        self.tasks.count_slot(slot | TAG_EXITED)
+    }
+
     pub fn control(&self, slot: u32) -> Result<SlotControl> {
         self.slots.get(&slot, 0).map_err(|e| Error::bpf(format!("reading slot {slot}"), e))
     }
@@ -305,6 +311,14 @@ impl TasksView {
     fn get(&self, i: usize) -> Option<TaskTag> {
         // SAFETY: in bounds of the mapping; the kernel writes concurrently, hence volatile.
         (i < self.len).then(|| unsafe { self.base.as_ptr().add(i).read_volatile() })
+    }
+
+    /// Entries whose slot field is exactly `slot`.
+    fn count_slot(&self, slot: u32) -> usize {
+        (0..self.len)
+            // SAFETY: in bounds; the kernel writes concurrently, hence volatile.
+            .filter(|&i| unsafe { (&raw const (*self.base.as_ptr().add(i)).slot).read_volatile() } == slot)
+            .count()
     }
 
     /// Every live entry whose slot satisfies `want`.

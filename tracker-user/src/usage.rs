@@ -1,6 +1,9 @@
 //! A slot's usage: what its exited tasks were harvested for in the kernel, plus what its live
 //! tasks hold now (read in the kernel by the usage iterator), in one read.
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 use tracker_common::{
@@ -145,6 +148,7 @@ impl Tracker {
     /// The usage of slot `name` now.
     pub fn usage(&self, name: &str) -> Result<Usage> {
         let rec = self.slot(name)?;
+        self.await_final_cpu(rec.id)?;
         let live = self.live_usage(rec.id)?;
         self.usage_of(&rec, live.get(&rec.id).copied().unwrap_or_default())
     }
@@ -162,6 +166,28 @@ impl Tracker {
     fn usage_of(&self, rec: &SlotRecord, live: Live) -> Result<Usage> {
         let maps = self.maps();
         Ok(build(rec, &maps.state(rec.id)?, &maps.counters(rec.id)?, &live))
+    }
+
+    /// An empty slot's usage is final: wait until its exited tasks have had their last
+    /// context switch, where their CPU time is added. Until then, a task that passed its exit
+    /// (no longer live) may hold seconds of CPU that neither the counters nor the iterator
+    /// show, and on a loaded machine the dying task can wait for a CPU for milliseconds.
+    /// Bounded, so that an entry nobody will harvest costs a second, not a hang.
+    fn await_final_cpu(&self, slot: u32) -> Result<()> {
+        const BOUND: Duration = Duration::from_secs(1);
+        let maps = self.maps();
+        if maps.state(slot)?.live_tasks != 0 {
+            return Ok(());
+        }
+        let start = Instant::now();
+        while maps.harvests_pending(slot) > 0 {
+            if start.elapsed() >= BOUND {
+                tracing::debug!("slot {slot}: exited tasks not harvested after {BOUND:?}");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Run the usage iterator for slot `slot` (0: every slot); sums per slot id.
