@@ -4,7 +4,6 @@
 //! before it runs; the slot is killed by dooming it in the kernel, freezing its cgroup and
 //! killing every tagged task. This library is the one API; the `tracker` CLI and daemon are
 //! thin faces over [`Tracker`] and the [`loader`].
-pub mod adopt;
 mod bpf_sys;
 pub mod btf;
 pub mod cgroup;
@@ -15,12 +14,9 @@ pub mod error;
 pub mod events;
 pub mod isolation;
 mod iter;
-pub mod kill;
-pub mod launch;
 pub mod limits;
 pub mod loader;
 pub mod maps;
-mod oom_guard;
 pub mod paths;
 mod pidfd;
 pub mod policy;
@@ -29,22 +25,18 @@ pub mod programs;
 pub mod registry;
 pub mod safe_open;
 mod seccomp;
-pub mod signal;
 pub mod status;
 pub mod sys;
-mod tracker;
-pub mod usage;
+pub mod tracker;
 pub mod user;
 
-pub use adopt::AdoptReport;
 pub use error::{Error, Result};
 pub use isolation::Isolation;
-pub use kill::{KillOptions, KillReport, Survivor};
-pub use launch::{RunOptions, RunOutcome, shell_status};
 pub use limits::Limits;
 pub use loader::{LoadOptions, LoadReport, UnloadReport};
 pub use paths::Paths;
 pub use procinfo::ProcessInfo;
-pub use signal::SuspendReport;
-pub use tracker::{SlotSpec, SlotStatus, Tracker, generated_slot_name, validate_slot_name};
-pub use usage::Usage;
+pub use tracker::{
+    AdoptReport, KillOptions, KillReport, RunOptions, RunOutcome, SlotSpec, SlotStatus, Survivor,
+    SuspendReport, Tracker, Usage, generated_slot_name, shell_status, validate_slot_name,
+};

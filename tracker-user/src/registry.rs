@@ -60,6 +60,13 @@ impl RegistryData {
         self.find(name).ok_or_else(|| Error::UnknownSlot(name.to_owned()))
     }
 
+    pub fn get_mut(&mut self, name: &str) -> Result<&mut SlotRecord> {
+        self.slots
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::UnknownSlot(name.to_owned()))
+    }
+
     /// The smallest free slot id in `1..max_slots` (0 means "no slot" in the kernel).
     pub fn free_id(&self, max_slots: u32) -> Result<u32> {
         (1..max_slots)
@@ -202,6 +209,14 @@ pub fn update<T>(paths: &Paths, f: impl FnOnce(&mut RegistryData) -> Result<T>) 
 }
 
 /// As `update`, for a caller that holds the exclusive lock already.
+/// Record whether slot `name` is suspended (a suspend, a resume, or a kill that thawed it).
+pub fn set_suspended(paths: &Paths, name: &str, on: bool) -> Result<()> {
+    update(paths, |reg| {
+        reg.get_mut(name)?.suspended = on;
+        Ok(())
+    })
+}
+
 pub fn update_locked<T>(
     paths: &Paths,
     f: impl FnOnce(&mut RegistryData) -> Result<T>,

@@ -27,7 +27,10 @@ use super::{
     hub::Hub,
     listen::Guarded,
 };
-use crate::{kill::KillReport, status, tracker::Tracker};
+use crate::{
+    status,
+    tracker::{KillReport, Tracker},
+};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -269,7 +272,7 @@ impl Collector for KernelCollector {
             }
             Err(e) => tracing::error!("metrics: status: {e}"),
         }
-        let kernel_lost = t.maps().global().map(|g| g.events_lost).unwrap_or_default();
+        let kernel_lost = t.global_counters().map(|g| g.events_lost).unwrap_or_default();
         family(
             &mut enc,
             "tracker_events_lost",

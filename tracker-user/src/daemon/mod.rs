@@ -251,7 +251,7 @@ fn peer_stream(
     tracker: &Arc<Tracker>,
 ) -> impl Fn(tokio::net::UnixStream) -> auth::PeerStream + use<> {
     let t = tracker.clone();
-    move |s| auth::PeerStream::new(s, &|pid| !matches!(t.maps().tag(pid), Ok(None)))
+    move |s| auth::PeerStream::new(s, &|pid| !matches!(t.tag_of(pid), Ok(None)))
 }
 
 /// A socket's file, and its listener registered with the runtime.

@@ -12,7 +12,7 @@ use crate::{
     cgroup,
     error::{Error, Result},
     events::{EventKind as Kind, WatchEvent},
-    kill, limits, procinfo, registry, tracker, usage,
+    limits, procinfo, registry, tracker,
 };
 
 impl TryFrom<Limits> for limits::Limits {
@@ -112,8 +112,8 @@ impl From<&tracker::SlotStatus> for SlotStatus {
     }
 }
 
-impl From<&usage::Usage> for Usage {
-    fn from(u: &usage::Usage) -> Self {
+impl From<&tracker::Usage> for Usage {
+    fn from(u: &tracker::Usage) -> Self {
         Self {
             slot: u.slot.clone(),
             cpu_user_seconds: u.cpu_user_seconds,
@@ -162,8 +162,8 @@ impl From<procinfo::ProcessInfo> for Process {
     }
 }
 
-impl From<&kill::KillReport> for KillReport {
-    fn from(r: &kill::KillReport) -> Self {
+impl From<&tracker::KillReport> for KillReport {
+    fn from(r: &tracker::KillReport) -> Self {
         Self {
             slot: r.slot.clone(),
             killed: r.killed,

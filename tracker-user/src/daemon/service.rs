@@ -16,10 +16,8 @@ use super::{
 use crate::{
     error::Error,
     events::EventKind,
-    kill::KillOptions,
     limits::Limits,
-    signal,
-    tracker::{SlotSpec, Tracker, validate_slot_name},
+    tracker::{KillOptions, SlotSpec, Tracker, check_signal, validate_slot_name},
 };
 
 /// Events a Watch client's connection may hold before the client counts as slow.
@@ -155,7 +153,7 @@ impl tracker_server::Tracker for Service {
         let who = caller(&req);
         let r = req.into_inner();
         slot_name(&r.slot)?;
-        signal::check_signal(r.signal).map_err(status_of)?;
+        check_signal(r.signal).map_err(status_of)?;
         let slot = r.slot.clone();
         let n = self.blocking(move |t| t.signal(&slot, r.signal)).await?;
         tracing::info!(

@@ -257,7 +257,7 @@ fn parse_devices(s: &str) -> Result<DeviceList, String> {
 }
 
 fn parse_signal(s: &str) -> Result<i32, String> {
-    tracker::signal::parse_signal(s).map_err(|e| e.to_string())
+    tracker::tracker::parse_signal(s).map_err(|e| e.to_string())
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

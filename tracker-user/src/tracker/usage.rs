@@ -10,12 +10,12 @@ use tracker_common::{
     IoCounters, SlotCounters, SlotState, USAGE_LEADER, UsageRecord, UsageRequest,
 };
 
+use super::instance::Instance;
 use crate::{
     error::{Error, Result},
     iter::{self, current_tid},
     programs,
     registry::{self, SlotRecord},
-    tracker::Tracker,
 };
 
 /// Everything a slot used, exited and live tasks together, in base units.
@@ -144,67 +144,62 @@ fn build(rec: &SlotRecord, st: &SlotState, c: &SlotCounters, live: &Live) -> Usa
     }
 }
 
-impl Tracker {
-    /// The usage of slot `name` now.
-    pub fn usage(&self, name: &str) -> Result<Usage> {
-        let rec = self.slot(name)?;
-        self.await_final_cpu(rec.id)?;
-        let live = self.live_usage(rec.id)?;
-        self.usage_of(&rec, live.get(&rec.id).copied().unwrap_or_default())
-    }
+/// The usage of slot `name` now.
+pub(super) fn of(t: &Instance, name: &str) -> Result<Usage> {
+    let rec = t.slot(name)?;
+    await_final_cpu(t, rec.id)?;
+    let live = live_usage(t, rec.id)?;
+    usage_of(t, &rec, live.get(&rec.id).copied().unwrap_or_default())
+}
 
-    /// The usage of every slot, with one pass over the kernel's tasks.
-    pub fn usage_all(&self) -> Result<Vec<Usage>> {
-        let reg = registry::read(self.paths())?;
-        let live = self.live_usage(0)?;
-        reg.slots
-            .iter()
-            .map(|r| self.usage_of(r, live.get(&r.id).copied().unwrap_or_default()))
-            .collect()
-    }
+/// The usage of every slot, with one pass over the kernel's tasks.
+pub(super) fn all(t: &Instance) -> Result<Vec<Usage>> {
+    let reg = registry::read(&t.paths)?;
+    let live = live_usage(t, 0)?;
+    reg.slots.iter().map(|r| usage_of(t, r, live.get(&r.id).copied().unwrap_or_default())).collect()
+}
 
-    fn usage_of(&self, rec: &SlotRecord, live: Live) -> Result<Usage> {
-        let maps = self.maps();
-        Ok(build(rec, &maps.state(rec.id)?, &maps.counters(rec.id)?, &live))
-    }
+fn usage_of(t: &Instance, rec: &SlotRecord, live: Live) -> Result<Usage> {
+    let maps = t.maps();
+    Ok(build(rec, &maps.state(rec.id)?, &maps.counters(rec.id)?, &live))
+}
 
-    /// An empty slot's usage is final: wait until its exited tasks have had their last
-    /// context switch, where their CPU time is added. Until then, a task that passed its exit
-    /// (no longer live) may hold seconds of CPU that neither the counters nor the iterator
-    /// show, and on a loaded machine the dying task can wait for a CPU for milliseconds.
-    /// Bounded, so that an entry nobody will harvest costs a second, not a hang.
-    fn await_final_cpu(&self, slot: u32) -> Result<()> {
-        const BOUND: Duration = Duration::from_secs(1);
-        let maps = self.maps();
-        if maps.state(slot)?.live_tasks != 0 {
-            return Ok(());
+/// An empty slot's usage is final: wait until its exited tasks have had their last
+/// context switch, where their CPU time is added. Until then, a task that passed its exit
+/// (no longer live) may hold seconds of CPU that neither the counters nor the iterator
+/// show, and on a loaded machine the dying task can wait for a CPU for milliseconds.
+/// Bounded, so that an entry nobody will harvest costs a second, not a hang.
+fn await_final_cpu(t: &Instance, slot: u32) -> Result<()> {
+    const BOUND: Duration = Duration::from_secs(1);
+    let maps = t.maps();
+    if maps.state(slot)?.live_tasks != 0 {
+        return Ok(());
+    }
+    let start = Instant::now();
+    while maps.harvests_pending(slot) > 0 {
+        if start.elapsed() >= BOUND {
+            tracing::debug!("slot {slot}: exited tasks not harvested after {BOUND:?}");
+            break;
         }
-        let start = Instant::now();
-        while maps.harvests_pending(slot) > 0 {
-            if start.elapsed() >= BOUND {
-                tracing::debug!("slot {slot}: exited tasks not harvested after {BOUND:?}");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
+        std::thread::sleep(Duration::from_millis(1));
     }
+    Ok(())
+}
 
-    /// Run the usage iterator for slot `slot` (0: every slot); sums per slot id.
-    fn live_usage(&self, slot: u32) -> Result<BTreeMap<u32, Live>> {
-        let tid = current_tid();
-        self.maps()
-            .usage
-            .insert(tid, UsageRequest { slot, _pad0: 0 }, 0)
-            .map_err(|e| Error::bpf("writing the usage request", e))?;
-        let records = iter::run::<UsageRecord>(self.paths(), programs::USAGE);
-        let _ = self.maps().usage.remove(&tid);
-        let mut out: BTreeMap<u32, Live> = BTreeMap::new();
-        for r in records? {
-            out.entry(r.slot).or_default().add(&r);
-        }
-        Ok(out)
+/// Run the usage iterator for slot `slot` (0: every slot); sums per slot id.
+fn live_usage(t: &Instance, slot: u32) -> Result<BTreeMap<u32, Live>> {
+    let tid = current_tid();
+    t.maps()
+        .usage
+        .insert(tid, UsageRequest { slot, _pad0: 0 }, 0)
+        .map_err(|e| Error::bpf("writing the usage request", e))?;
+    let records = iter::run::<UsageRecord>(&t.paths, programs::USAGE);
+    let _ = t.maps().usage.remove(&tid);
+    let mut out: BTreeMap<u32, Live> = BTreeMap::new();
+    for r in records? {
+        out.entry(r.slot).or_default().add(&r);
     }
+    Ok(out)
 }
 
 #[cfg(test)]

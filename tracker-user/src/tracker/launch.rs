@@ -17,15 +17,18 @@ use std::{
 use serde::Serialize;
 use signal_hook::{consts::signal, iterator::Signals};
 
+use super::{
+    adopt::{self, AdoptReport},
+    instance::Instance,
+    kill::{self, KillOptions, KillReport},
+    slots::{self, SlotSpec},
+    usage::{self, Usage},
+};
 use crate::{
-    adopt::AdoptReport,
     cgroup_events::OomWatch,
     error::{Error, IoContext, Result},
     isolation::{Isolation, Prepared},
-    kill::{KillOptions, KillReport},
     registry::SlotRecord,
-    tracker::{SlotSpec, Tracker},
-    usage::Usage,
 };
 
 /// How `Tracker::run` behaves.
@@ -56,127 +59,130 @@ pub struct RunOutcome {
 const FORWARDED: &[i32] =
     &[signal::SIGTERM, signal::SIGHUP, signal::SIGQUIT, signal::SIGUSR1, signal::SIGUSR2];
 
-impl Tracker {
-    /// Start `cmd` as the first task of slot `name`. `detach` puts it in a session of its own,
-    /// for a slot that outlives this process (its stdio is the caller's choice). No isolation,
-    /// but a command that keeps uid 0 runs under the root-job guard, as with `start`.
-    pub fn spawn(&self, name: &str, cmd: &mut Command, detach: bool) -> Result<Child> {
-        let rec = self.slot(name)?;
-        let iso = Isolation::default().prepare(self.paths(), name)?;
-        self.spawn_in(&rec, cmd, detach, iso).map(|(child, _)| child)
-    }
+/// Start `cmd` as the first task of slot `name`. `detach` puts it in a session of its own,
+/// for a slot that outlives this process (its stdio is the caller's choice). No isolation,
+/// but a command that keeps uid 0 runs under the root-job guard, as with `start`.
+pub(super) fn spawn(t: &Instance, name: &str, cmd: &mut Command, detach: bool) -> Result<Child> {
+    let rec = t.slot(name)?;
+    let iso = Isolation::default().prepare(&t.paths, name)?;
+    spawn_in(t, &rec, cmd, detach, iso).map(|(child, _)| child)
+}
 
-    /// Create slot `spec`, isolated as `iso` says, and start `cmd` as its first task. Bad
-    /// input (a limit, a user, a root directory) fails before anything exists; a failure
-    /// after that removes whatever was made.
-    pub fn start(
-        &self,
-        spec: &SlotSpec,
-        cmd: &mut Command,
-        iso: &Isolation,
-        detach: bool,
-    ) -> Result<(SlotRecord, Vec<String>, Child)> {
-        spec.limits.validate()?;
-        let prepared = iso.prepare(self.paths(), &spec.name)?;
-        let (rec, warnings) = self.create_slot(spec)?;
-        let started = prepared.make_dirs().and_then(|()| {
-            prepared.configure(cmd);
-            self.spawn_in(&rec, cmd, detach, prepared)
+/// Create slot `spec`, isolated as `iso` says, and start `cmd` as its first task. Bad
+/// input (a limit, a user, a root directory) fails before anything exists; a failure
+/// after that removes whatever was made.
+pub(super) fn start(
+    t: &Instance,
+    spec: &SlotSpec,
+    cmd: &mut Command,
+    iso: &Isolation,
+    detach: bool,
+) -> Result<(SlotRecord, Vec<String>, Child)> {
+    spec.limits.validate()?;
+    let prepared = iso.prepare(&t.paths, &spec.name)?;
+    let (rec, warnings) = slots::create(t, spec)?;
+    let started = prepared.make_dirs().and_then(|()| {
+        prepared.configure(cmd);
+        spawn_in(t, &rec, cmd, detach, prepared)
+    });
+    match started {
+        Ok((child, _)) => Ok((rec, warnings, child)),
+        Err(e) => {
+            let _ = kill::kill(t, &rec, &KillOptions::default());
+            let _ = slots::release(t, &rec.name);
+            Err(e)
+        }
+    }
+}
+
+fn spawn_in(
+    t: &Instance,
+    rec: &SlotRecord,
+    cmd: &mut Command,
+    detach: bool,
+    iso: Prepared,
+) -> Result<(Child, AdoptReport)> {
+    let (ready_r, ready_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let (ready_fd, go_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // system calls, on descriptors that stay open until spawn returns, and on data
+    // prepared before the fork. Isolation comes after the tag: nothing runs untagged.
+    unsafe {
+        cmd.pre_exec(move || {
+            handshake(ready_fd, go_fd, detach)?;
+            iso.enter()
+        })
+    };
+    thread::scope(|s| {
+        let helper = s.spawn(move || -> Result<AdoptReport> {
+            let pid = read_pid(&ready_r)?;
+            let adopted = adopt::adopt(t, rec, pid);
+            let _ = write_byte(&go_w, u8::from(adopted.is_ok()));
+            adopted
         });
-        match started {
-            Ok((child, _)) => Ok((rec, warnings, child)),
-            Err(e) => {
-                let _ = self.kill_slot(&rec, &KillOptions::default());
-                let _ = self.release(&rec.name);
-                Err(e)
-            }
+        let spawned = cmd.spawn();
+        // Now the helper sees EOF if the child never got as far as the handshake.
+        drop((ready_w, go_r));
+        let adopted = helper.join().unwrap_or_else(|_| {
+            Err(Error::io("tagging the command", io::Error::other("helper thread panicked")))
+        });
+        match (spawned, adopted) {
+            (Ok(child), Ok(report)) => Ok((child, report)),
+            // The adoption's error says more than the child's "permission denied".
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(Error::io(format!("starting {:?}", cmd.get_program()), e)),
         }
-    }
+    })
+}
 
-    fn spawn_in(
-        &self,
-        rec: &SlotRecord,
-        cmd: &mut Command,
-        detach: bool,
-        iso: Prepared,
-    ) -> Result<(Child, AdoptReport)> {
-        let (ready_r, ready_w) = pipe()?;
-        let (go_r, go_w) = pipe()?;
-        let (ready_fd, go_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls, on descriptors that stay open until spawn returns, and on data
-        // prepared before the fork. Isolation comes after the tag: nothing runs untagged.
-        unsafe {
-            cmd.pre_exec(move || {
-                handshake(ready_fd, go_fd, detach)?;
-                iso.enter()
-            })
-        };
-        thread::scope(|s| {
-            let helper = s.spawn(move || -> Result<AdoptReport> {
-                let pid = read_pid(&ready_r)?;
-                let adopted = self.adopt_into(rec, pid);
-                let _ = write_byte(&go_w, u8::from(adopted.is_ok()));
-                adopted
-            });
-            let spawned = cmd.spawn();
-            // Now the helper sees EOF if the child never got as far as the handshake.
-            drop((ready_w, go_r));
-            let adopted = helper.join().unwrap_or_else(|_| {
-                Err(Error::io("tagging the command", io::Error::other("helper thread panicked")))
-            });
-            match (spawned, adopted) {
-                (Ok(child), Ok(report)) => Ok((child, report)),
-                // The adoption's error says more than the child's "permission denied".
-                (_, Err(e)) => Err(e),
-                (Err(e), Ok(_)) => Err(Error::io(format!("starting {:?}", cmd.get_program()), e)),
-            }
-        })
+/// Create a slot, run `cmd` in it to the end, kill whatever is left of the slot, and
+/// release it (unless `opts.keep_slot`, or something survived the kill).
+pub(super) fn run(
+    t: &Instance,
+    spec: &SlotSpec,
+    cmd: &mut Command,
+    opts: &RunOptions,
+) -> Result<RunOutcome> {
+    let (rec, _warnings, mut child) = start(t, spec, cmd, &opts.isolation, false)?;
+    let (status, oom_fired) = wait_killing_on_oom(t, &rec, &mut child, &opts.kill)?;
+    let leftovers = kill::kill(t, &rec, &opts.kill)?;
+    let usage = usage::of(t, &rec.name)?;
+    let killed_for_memory = oom_fired || usage.oom_kills > 0;
+    let mut exit_code = shell_status(status);
+    if killed_for_memory && exit_code == 0 {
+        exit_code = 128 + libc::SIGKILL;
     }
+    let released =
+        !opts.keep_slot && leftovers.is_complete() && slots::release(t, &rec.name).is_ok();
+    Ok(RunOutcome { slot: rec.name, exit_code, leftovers, usage, killed_for_memory, released })
+}
 
-    /// Create a slot, run `cmd` in it to the end, kill whatever is left of the slot, and
-    /// release it (unless `opts.keep_slot`, or something survived the kill).
-    pub fn run(&self, spec: &SlotSpec, cmd: &mut Command, opts: &RunOptions) -> Result<RunOutcome> {
-        let (rec, _warnings, mut child) = self.start(spec, cmd, &opts.isolation, false)?;
-        let (status, oom_fired) = self.wait_killing_on_oom(&rec, &mut child, &opts.kill)?;
-        let leftovers = self.kill_slot(&rec, &opts.kill)?;
-        let usage = self.usage(&rec.name)?;
-        let killed_for_memory = oom_fired || usage.oom_kills > 0;
-        let mut exit_code = shell_status(status);
-        if killed_for_memory && exit_code == 0 {
-            exit_code = 128 + libc::SIGKILL;
+/// Wait for the command; meanwhile, where the kernel would OOM-kill only one process of
+/// the slot (cgroup v1), kill the whole slot when that happens. Returns the command's
+/// status and whether the slot was killed for memory here.
+fn wait_killing_on_oom(
+    t: &Instance,
+    rec: &SlotRecord,
+    child: &mut Child,
+    kill: &KillOptions,
+) -> Result<(ExitStatus, bool)> {
+    let watch = match OomWatch::new(&rec.cgroups) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("slot {}: no whole-slot OOM kill: {e}", rec.name);
+            None
         }
-        let released =
-            !opts.keep_slot && leftovers.is_complete() && self.release(&rec.name).is_ok();
-        Ok(RunOutcome { slot: rec.name, exit_code, leftovers, usage, killed_for_memory, released })
-    }
-
-    /// Wait for the command; meanwhile, where the kernel would OOM-kill only one process of
-    /// the slot (cgroup v1), kill the whole slot when that happens. Returns the command's
-    /// status and whether the slot was killed for memory here.
-    fn wait_killing_on_oom(
-        &self,
-        rec: &SlotRecord,
-        child: &mut Child,
-        kill: &KillOptions,
-    ) -> Result<(ExitStatus, bool)> {
-        let watch = match OomWatch::new(&rec.cgroups) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("slot {}: no whole-slot OOM kill: {e}", rec.name);
-                None
-            }
-        };
-        let Some(watch) = watch else { return Ok((wait_forwarding_signals(child)?, false)) };
-        let (stop_r, stop_w) = pipe()?;
-        thread::scope(|s| {
-            let watcher = s.spawn(|| watch.wait(&stop_r) && self.kill_slot(rec, kill).is_ok());
-            let status = wait_forwarding_signals(child);
-            let _ = write_byte(&stop_w, 1);
-            let fired = watcher.join().unwrap_or(false);
-            Ok((status?, fired))
-        })
-    }
+    };
+    let Some(watch) = watch else { return Ok((wait_forwarding_signals(child)?, false)) };
+    let (stop_r, stop_w) = pipe()?;
+    thread::scope(|s| {
+        let watcher = s.spawn(|| watch.wait(&stop_r) && kill::kill(t, rec, kill).is_ok());
+        let status = wait_forwarding_signals(child);
+        let _ = write_byte(&stop_w, 1);
+        let fired = watcher.join().unwrap_or(false);
+        Ok((status?, fired))
+    })
 }
 
 /// Wait for `child`, passing on the signals in `FORWARDED` to it.
