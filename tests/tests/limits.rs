@@ -350,7 +350,7 @@ fn assert_nothing_left(inst: &Instance) {
     assert_eq!(left, 0, "scratch directories left in {}", scratch.display());
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&inst.name), "a mount of the instance is left");
-    let mounts = tracker::paths::CgroupMounts::detect().unwrap();
+    let mounts = tracker::cgroup::CgroupMounts::detect().unwrap();
     for dir in mounts.unified.iter().chain(mounts.v1.values()) {
         let parent = dir.join(inst.paths.cgroup_parent());
         let children = fs::read_dir(&parent)
