@@ -1,13 +1,18 @@
 //! Limits a slot can carry, and parsing them from the command line. The slot's cgroups
 //! enforce them; a limit no controller can enforce is refused, never ignored.
-use std::net::IpAddr;
+//!
+//! Limits are checked once, where they enter (the CLI, the gRPC request, the state file):
+//! `RawLimits` is what arrives, `Limits` is what passed the check, and only a `Limits` reaches
+//! the tracker and the cgroups, which trust it.
+use std::{net::IpAddr, ops::Deref};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Limits as they arrive, not yet checked: turn them into `Limits` with `try_into`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
+pub struct RawLimits {
     /// At most this many live tasks (threads included): `pids.max`. A fork beyond it fails
     /// with EAGAIN in the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,27 +168,62 @@ impl DeviceRule {
     }
 }
 
+/// Limits that passed the check of values that are wrong whatever the machine (whether the
+/// machine can enforce them is for the cgroups and the policy maps to say). Read through
+/// `Deref` as `RawLimits`; made only by `Limits::try_from(RawLimits)` (or `Default`: none).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawLimits", into = "RawLimits")]
+pub struct Limits(RawLimits);
+
+impl Deref for Limits {
+    type Target = RawLimits;
+
+    fn deref(&self) -> &RawLimits {
+        &self.0
+    }
+}
+
+impl TryFrom<RawLimits> for Limits {
+    type Error = Error;
+
+    fn try_from(raw: RawLimits) -> Result<Self> {
+        raw.check()?;
+        Ok(Self(raw))
+    }
+}
+
+impl From<Limits> for RawLimits {
+    fn from(l: Limits) -> Self {
+        l.0
+    }
+}
+
 impl Limits {
     pub fn is_empty(&self) -> bool {
-        self == &Self::default()
+        self.0 == RawLimits::default()
     }
 
-    /// Take every limit `change` sets.
-    pub fn merge(&mut self, change: &Limits) {
-        self.tasks_max = change.tasks_max.or(self.tasks_max);
-        self.memory_max = change.memory_max.or(self.memory_max);
-        self.cpu_weight = change.cpu_weight.or(self.cpu_weight);
-        self.cpu_quota_percent = change.cpu_quota_percent.or(self.cpu_quota_percent);
+    /// These limits with every limit `change` sets taken from it. Each limit is checked on
+    /// its own, so two checked sets make a checked set.
+    pub fn merged(&self, change: &Limits) -> Limits {
+        let (mut new, change) = (self.0.clone(), &change.0);
+        new.tasks_max = change.tasks_max.or(new.tasks_max);
+        new.memory_max = change.memory_max.or(new.memory_max);
+        new.cpu_weight = change.cpu_weight.or(new.cpu_weight);
+        new.cpu_quota_percent = change.cpu_quota_percent.or(new.cpu_quota_percent);
         if change.network.is_some() {
-            self.network = change.network.clone();
+            new.network = change.network.clone();
         }
         if !change.deny_devices.is_empty() {
-            self.deny_devices = change.deny_devices.clone();
+            new.deny_devices = change.deny_devices.clone();
         }
+        Limits(new)
     }
+}
 
+impl RawLimits {
     /// Check values that are wrong whatever the machine.
-    pub fn validate(&self) -> Result<()> {
+    fn check(&self) -> Result<()> {
         if let Some(w) = self.cpu_weight
             && !(1..=10_000).contains(&w)
         {
@@ -281,17 +321,41 @@ mod tests {
         }
         let top = parse_devices("4095:1048575").unwrap();
         assert_eq!(top, vec![DeviceRule { major: 4095, minor: Some(1_048_575) }]);
-        let l = Limits {
+        let l = RawLimits {
             deny_devices: vec![DeviceRule { major: 1, minor: Some(u32::MAX) }],
             ..Default::default()
         };
-        assert!(l.validate().is_err(), "validate let an aliasing device through");
+        assert!(Limits::try_from(l).is_err(), "the check let an aliasing device through");
     }
 
     #[test]
     fn limits_are_checked() {
-        assert!(Limits { cpu_weight: Some(0), ..Default::default() }.validate().is_err());
-        assert!(Limits { cpu_quota_percent: Some(0.5), ..Default::default() }.validate().is_err());
-        assert!(Limits { cpu_weight: Some(200), ..Default::default() }.validate().is_ok());
+        let check = |raw: RawLimits| Limits::try_from(raw);
+        assert!(check(RawLimits { cpu_weight: Some(0), ..Default::default() }).is_err());
+        assert!(check(RawLimits { cpu_quota_percent: Some(0.5), ..Default::default() }).is_err());
+        assert!(check(RawLimits { cpu_weight: Some(200), ..Default::default() }).is_ok());
+    }
+
+    #[test]
+    fn a_state_file_with_a_bad_limit_is_refused_when_read() {
+        let bad = r#"{"cpu_weight": 0}"#;
+        assert!(serde_json::from_str::<Limits>(bad).is_err());
+        let good = r#"{"cpu_weight": 200}"#;
+        let l: Limits = serde_json::from_str(good).unwrap();
+        assert_eq!(l.cpu_weight, Some(200));
+        assert_eq!(serde_json::to_string(&l).unwrap(), good.replace(' ', ""));
+    }
+
+    #[test]
+    fn merging_takes_what_the_change_sets() {
+        let old =
+            check_ok(RawLimits { tasks_max: Some(5), cpu_weight: Some(50), ..Default::default() });
+        let change = check_ok(RawLimits { cpu_weight: Some(300), ..Default::default() });
+        let new = old.merged(&change);
+        assert_eq!((new.tasks_max, new.cpu_weight), (Some(5), Some(300)));
+    }
+
+    fn check_ok(raw: RawLimits) -> Limits {
+        Limits::try_from(raw).unwrap()
     }
 }

@@ -10,7 +10,6 @@ use crate::{
 impl SlotCgroups {
     /// Set the limits. A limit with no controller to enforce it is an error.
     pub fn apply(&self, limits: &Limits) -> Result<()> {
-        limits.validate()?;
         if let Some(max) = limits.tasks_max {
             self.set("tasks-max", "pids", ("pids.max", max.to_string()), None)?;
         }

@@ -31,16 +31,15 @@ impl TryFrom<Limits> for limits::Limits {
         } else {
             Some(limits::parse_allow_list(&l.allow_connect.join(","))?)
         };
-        let out = Self {
+        limits::RawLimits {
             tasks_max: l.tasks_max,
             memory_max: l.memory_max_bytes,
             cpu_weight: l.cpu_weight,
             cpu_quota_percent: l.cpu_quota_percent,
             network,
             deny_devices: limits::parse_devices(&l.deny_devices.join(","))?,
-        };
-        out.validate()?;
-        Ok(out)
+        }
+        .try_into()
     }
 }
 

@@ -69,7 +69,7 @@ pub(super) fn spawn(t: &Instance, name: &str, cmd: &mut Command, detach: bool) -
 }
 
 /// Create slot `spec`, isolated as `iso` says, and start `cmd` as its first task. Bad
-/// input (a limit, a user, a root directory) fails before anything exists; a failure
+/// input (a user, a root directory; limits are checked where they enter) fails before anything exists; a failure
 /// after that removes whatever was made.
 pub(super) fn start(
     t: &Instance,
@@ -78,7 +78,6 @@ pub(super) fn start(
     iso: &Isolation,
     detach: bool,
 ) -> Result<(SlotRecord, Vec<String>, Child)> {
-    spec.limits.validate()?;
     let prepared = iso.prepare(&t.paths, &spec.name)?;
     let (rec, warnings) = slots::create(t, spec)?;
     let started = prepared.make_dirs().and_then(|()| {

@@ -64,7 +64,6 @@ pub struct SlotStatus {
 /// Create a slot. Returns its record and any warnings (a cgroup that could not be made).
 pub(super) fn create(t: &Instance, spec: &SlotSpec) -> Result<(SlotRecord, Vec<String>)> {
     validate_slot_name(&spec.name)?;
-    spec.limits.validate()?;
     registry::update(&t.paths, |reg| {
         if reg.find(&spec.name).is_some() {
             return Err(Error::SlotExists(spec.name.clone()));
@@ -231,9 +230,7 @@ pub(super) fn set_limits(t: &Instance, name: &str, change: &Limits) -> Result<Li
         if rec.cgroups.bound.is_some() && !change.is_empty() {
             return Err(Error::BoundLimits(name.to_owned()));
         }
-        let mut new = rec.limits.clone();
-        new.merge(change);
-        new.validate()?;
+        let new = rec.limits.merged(change);
         policy::check_enforceable(&t.paths, change, rec.cgroups.unified.is_some())?;
         rec.cgroups.apply(change)?;
         PolicyMaps::open(&t.paths)?.apply(rec.id, &new)?;

@@ -265,8 +265,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 impl LimitArgs {
-    pub fn to_limits(&self) -> tracker::Limits {
-        tracker::Limits {
+    /// The limits given, checked.
+    pub fn to_limits(&self) -> tracker::Result<tracker::Limits> {
+        tracker::limits::RawLimits {
             tasks_max: self.tasks_max,
             memory_max: self.memory_max,
             cpu_weight: self.cpu_weight,
@@ -278,5 +279,6 @@ impl LimitArgs {
             },
             deny_devices: self.deny_device.clone().map(|d| d.0).unwrap_or_default(),
         }
+        .try_into()
     }
 }

@@ -48,7 +48,7 @@ fn with_instance(instance: Option<&str>, command: Command) -> Result<ExitCode> {
             let spec = SlotSpec {
                 name: slot,
                 owner_uid: owner.unwrap_or_else(caller_uid),
-                limits: limits.to_limits(),
+                limits: limits.to_limits()?,
                 cgroup,
             };
             match t.create_slot(&spec) {
@@ -77,7 +77,7 @@ fn with_instance(instance: Option<&str>, command: Command) -> Result<ExitCode> {
             let spec = SlotSpec {
                 name: slot.unwrap_or_else(generated_slot_name),
                 owner_uid: caller_uid(),
-                limits: limits.to_limits(),
+                limits: limits.to_limits()?,
                 cgroup,
             };
             let mut cmd = std::process::Command::new(&command[0]);
@@ -157,7 +157,7 @@ fn with_instance(instance: Option<&str>, command: Command) -> Result<ExitCode> {
             }
         }
         Command::Set { slot, limits } => {
-            let now = Tracker::open(paths)?.set_limits(&slot, &limits.to_limits())?;
+            let now = Tracker::open(paths)?.set_limits(&slot, &limits.to_limits()?)?;
             println!("{}", serde_json::to_string(&now)?);
             Ok(ExitCode::SUCCESS)
         }
