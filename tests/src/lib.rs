@@ -59,7 +59,8 @@ fn kernel_ready() -> Option<()> {
         skip("the kernel has no BTF");
         return None;
     }
-    if !tracker::sys::fs_magic_is(Path::new("/sys/fs/bpf"), tracker::sys::BPF_FS_MAGIC) {
+    if !tracker::preflight::fs_magic_is(Path::new("/sys/fs/bpf"), tracker::preflight::BPF_FS_MAGIC)
+    {
         skip("bpffs is not mounted at /sys/fs/bpf (cargo xtask test mounts it)");
         return None;
     }

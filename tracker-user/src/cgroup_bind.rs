@@ -18,9 +18,8 @@ use std::{
 use crate::{
     cgroup::{Cgroups, SlotCgroups},
     error::{Error, Result},
-    paths,
+    paths, preflight,
     registry::RegistryData,
-    sys,
 };
 
 /// The v1 controllers whose directories a bound slot uses: the freezer to stop it, the others
@@ -110,8 +109,8 @@ fn existing(mount: &Path, rel: &Path, bad: &dyn Fn(&str) -> Error) -> Result<Opt
 }
 
 fn is_cgroup(dir: &Path) -> bool {
-    sys::fs_magic_is(dir, sys::CGROUP_SUPER_MAGIC)
-        || sys::fs_magic_is(dir, sys::CGROUP2_SUPER_MAGIC)
+    preflight::fs_magic_is(dir, preflight::CGROUP_SUPER_MAGIC)
+        || preflight::fs_magic_is(dir, preflight::CGROUP2_SUPER_MAGIC)
 }
 
 /// The path without `.` components.

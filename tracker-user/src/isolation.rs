@@ -44,10 +44,10 @@ use rustix::{
 };
 
 use crate::{
+    accounts::{self, UserIds},
     error::{Error, IoContext as _, Result},
     paths::Paths,
     seccomp,
-    user::{self, UserIds},
 };
 
 /// How a job is isolated; the default is not at all (but a job that keeps uid 0 is guarded).
@@ -124,8 +124,8 @@ impl Isolation {
     /// directory or mount exists.
     pub fn prepare(&self, paths: &Paths, slot_name: &str) -> Result<Prepared> {
         let mut p = Prepared { pid_ns: self.pid_ns, ..Default::default() };
-        p.user = self.user.as_deref().map(user::resolve).transpose()?;
-        let keeps_root = p.user.as_ref().map_or_else(crate::sys::is_root, |u| u.uid == 0);
+        p.user = self.user.as_deref().map(accounts::resolve).transpose()?;
+        let keeps_root = p.user.as_ref().map_or_else(crate::preflight::is_root, |u| u.uid == 0);
         if keeps_root && !self.no_root_guard {
             p.guard =
                 Some(RootGuard { bpffs: bpffs_mounts()?, filter: seccomp::root_guard_filter() });

@@ -4,6 +4,8 @@
 //! before it runs; the slot is killed by dooming it in the kernel, freezing its cgroup and
 //! killing every tagged task. This library is the one API; the `tracker` CLI and daemon are
 //! thin faces over [`Tracker`] and the [`loader`].
+pub mod access_rules;
+pub mod accounts;
 mod bpf_sys;
 pub mod btf;
 pub mod cgroup;
@@ -13,22 +15,20 @@ pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod isolation;
-mod iter;
 pub mod limits;
 pub mod loader;
 pub mod maps;
 pub mod paths;
 mod pidfd;
-pub mod policy;
+pub mod preflight;
 pub mod procinfo;
 pub mod programs;
 pub mod registry;
 pub mod safe_open;
 mod seccomp;
 pub mod status;
-pub mod sys;
+mod task_iter;
 pub mod tracker;
-pub mod user;
 
 pub use error::{Error, Result};
 pub use isolation::Isolation;

@@ -32,9 +32,9 @@ use crate::{
     error::{Error, IoContext, Result},
     maps::{Maps, SHAPES},
     paths::{PID_MAX, Paths},
+    preflight,
     programs::{Attach, Kind, PROGRAMS, ProgramSpec},
     registry::{self, StateLock},
-    sys,
 };
 
 /// The kernel programs, built by build.rs from tracker-ebpf; empty in a build made without
@@ -74,8 +74,8 @@ pub struct LoadReport {
 }
 
 pub fn load(paths: &Paths, opts: &LoadOptions) -> Result<LoadReport> {
-    sys::require_root()?;
-    sys::require_bpffs(paths.bpffs_root())?;
+    preflight::require_root()?;
+    preflight::require_bpffs(paths.bpffs_root())?;
     let offsets = btf::kernel_offsets(paths.btf())?;
     let kernel_btf = Btf::parse_file(paths.btf(), aya::Endianness::default())
         .map_err(|e| Error::Btf(e.to_string()))?;
@@ -378,7 +378,7 @@ pub struct UnloadReport {
 /// Detach every program and remove every pin, cgroup and state file of the instance.
 /// Refused while a slot has live tasks, unless `force`.
 pub fn unload(paths: &Paths, force: bool) -> Result<UnloadReport> {
-    sys::require_root()?;
+    preflight::require_root()?;
     if !paths.pin_dir().exists() {
         return Ok(UnloadReport::default());
     }

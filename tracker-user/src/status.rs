@@ -17,8 +17,9 @@ use crate::{
     error::Result,
     maps::Maps,
     paths::{BPF_STATS, LSM_LIST, Paths, SELF_CGROUP, TRACEFS},
+    preflight,
     programs::{Attach, Kind, PROGRAMS},
-    registry, sys,
+    registry,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -148,12 +149,12 @@ fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
     add("btf", paths.btf().exists(), paths.btf().display().to_string());
     add(
         "bpffs",
-        sys::fs_magic_is(paths.bpffs_root(), sys::BPF_FS_MAGIC),
+        preflight::fs_magic_is(paths.bpffs_root(), preflight::BPF_FS_MAGIC),
         paths.bpffs_root().display().to_string(),
     );
     add(
         "tracefs",
-        sys::fs_magic_is(TRACEFS.as_ref(), sys::TRACEFS_MAGIC),
+        preflight::fs_magic_is(TRACEFS.as_ref(), preflight::TRACEFS_MAGIC),
         format!("{TRACEFS} (not needed by tp_btf programs)"),
     );
     let stats = fs::read_to_string(BPF_STATS).map(|s| s.trim() == "1").unwrap_or(false);

@@ -14,10 +14,10 @@ use serde::Deserialize;
 
 use super::listen::Guard;
 use crate::{
+    accounts,
     error::{Error, Result},
     loader::DEFAULT_MAX_SLOTS,
     paths::Paths,
-    user,
 };
 
 /// The `[daemon]` table, as written.
@@ -140,7 +140,7 @@ impl DaemonConfig {
                 .map(Some)
                 .map_err(|_| bad(format!("{key} = {v:?} is not an address such as 127.0.0.1:9813")))
         };
-        let group_gid = user::resolve_group(&s.group)
+        let group_gid = accounts::resolve_group(&s.group)
             .map_err(|e| bad(format!("group = {:?}: {e}", s.group)))?;
         let token =
             |listen: &Option<SocketAddr>, key: &str, file: &Option<PathBuf>| match (listen, file) {

@@ -36,14 +36,14 @@ use crate::{
     events::EventKind,
     loader::{self, LoadOptions},
     paths::Paths,
+    preflight,
     registry::StateLock,
-    sys,
     tracker::Tracker,
 };
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub fn run(paths: Paths, config: DaemonConfig) -> Result<()> {
-    sys::require_root()?;
+    preflight::require_root()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tracker-daemon")

@@ -13,9 +13,9 @@ use tracker_common::{AdoptRecord, AdoptRequest, PF_KTHREAD};
 use super::instance::Instance;
 use crate::{
     error::{Error, Result},
-    iter::{self, current_tid},
     pidfd, procinfo, programs,
     registry::{SlotRecord, StateLock},
+    task_iter::{self, current_tid},
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -117,7 +117,7 @@ fn adopt_passes(t: &Instance) -> Result<Vec<AdoptRecord>> {
     let bound = t.maps().tasks_capacity();
     let mut all = vec![];
     for _ in 0..bound {
-        let more: Vec<AdoptRecord> = iter::run(&t.paths, programs::ADOPT)?;
+        let more: Vec<AdoptRecord> = task_iter::run(&t.paths, programs::ADOPT)?;
         if more.is_empty() {
             break;
         }

@@ -7,8 +7,8 @@ use crate::{
     error::Result,
     maps::Maps,
     paths::Paths,
+    preflight,
     registry::{self, SlotRecord},
-    sys,
 };
 
 pub(crate) struct Instance {
@@ -19,7 +19,7 @@ pub(crate) struct Instance {
 
 impl Instance {
     pub fn open(paths: Paths) -> Result<Self> {
-        sys::require_root()?;
+        preflight::require_root()?;
         let maps = Maps::open(&paths)?;
         let cgroups = Cgroups::detect(&paths)?;
         Ok(Self { paths, maps: Mutex::new(maps), cgroups })

@@ -68,9 +68,9 @@ pub(super) fn spawn(t: &Instance, name: &str, cmd: &mut Command, detach: bool) -
     spawn_in(t, &rec, cmd, detach, iso).map(|(child, _)| child)
 }
 
-/// Create slot `spec`, isolated as `iso` says, and start `cmd` as its first task. Bad
-/// input (a user, a root directory; limits are checked where they enter) fails before anything exists; a failure
-/// after that removes whatever was made.
+/// Create slot `spec`, isolated as `iso` says, and start `cmd` as its first task. Bad input
+/// (a user, a root directory; limits were checked where they entered) fails before anything
+/// exists; a failure after that removes whatever was made.
 pub(super) fn start(
     t: &Instance,
     spec: &SlotSpec,

@@ -13,12 +13,12 @@ use super::{
     usage::{self, Usage},
 };
 use crate::{
+    access_rules::{self, AccessMaps},
     cgroup::SlotCgroups,
     cgroup_bind,
     error::{Error, Result},
     isolation,
     limits::Limits,
-    policy::{self, PolicyMaps},
     procinfo::{self, ProcessInfo},
     registry::{self, SlotRecord},
 };
@@ -84,8 +84,8 @@ pub(super) fn create(t: &Instance, spec: &SlotSpec) -> Result<(SlotRecord, Vec<S
             None => t.cgroups.create(&spec.name, &spec.limits)?,
         };
         let has_cgroup2 = cgroups.unified.is_some();
-        if let Err(e) = policy::check_enforceable(&t.paths, &spec.limits, has_cgroup2)
-            .and_then(|()| PolicyMaps::open(&t.paths))
+        if let Err(e) = access_rules::check_enforceable(&t.paths, &spec.limits, has_cgroup2)
+            .and_then(|()| AccessMaps::open(&t.paths))
             .and_then(|mut p| p.apply(id, &spec.limits))
         {
             let _ = t.cgroups.remove(&cgroups);
@@ -211,7 +211,7 @@ pub(super) fn release(t: &Instance, name: &str) -> Result<()> {
         }
         t.cgroups.remove(&rec.cgroups)?;
         maps.set_control(rec.id, SlotControl::default())?;
-        PolicyMaps::open(&t.paths)?.clear(rec.id)?;
+        AccessMaps::open(&t.paths)?.clear(rec.id)?;
         isolation::remove_scratch(&t.paths, name)?;
         reg.slots.retain(|s| s.name != name);
         Ok(())
@@ -231,9 +231,9 @@ pub(super) fn set_limits(t: &Instance, name: &str, change: &Limits) -> Result<Li
             return Err(Error::BoundLimits(name.to_owned()));
         }
         let new = rec.limits.merged(change);
-        policy::check_enforceable(&t.paths, change, rec.cgroups.unified.is_some())?;
+        access_rules::check_enforceable(&t.paths, change, rec.cgroups.unified.is_some())?;
         rec.cgroups.apply(change)?;
-        PolicyMaps::open(&t.paths)?.apply(rec.id, &new)?;
+        AccessMaps::open(&t.paths)?.apply(rec.id, &new)?;
         rec.limits = new.clone();
         Ok(new)
     })

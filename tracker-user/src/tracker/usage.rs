@@ -13,9 +13,9 @@ use tracker_common::{
 use super::instance::Instance;
 use crate::{
     error::{Error, Result},
-    iter::{self, current_tid},
     programs,
     registry::{self, SlotRecord},
+    task_iter::{self, current_tid},
 };
 
 /// Everything a slot used, exited and live tasks together, in base units.
@@ -193,7 +193,7 @@ fn live_usage(t: &Instance, slot: u32) -> Result<BTreeMap<u32, Live>> {
         .usage
         .insert(tid, UsageRequest { slot, _pad0: 0 }, 0)
         .map_err(|e| Error::bpf("writing the usage request", e))?;
-    let records = iter::run::<UsageRecord>(&t.paths, programs::USAGE);
+    let records = task_iter::run::<UsageRecord>(&t.paths, programs::USAGE);
     let _ = t.maps().usage.remove(&tid);
     let mut out: BTreeMap<u32, Live> = BTreeMap::new();
     for r in records? {

@@ -1,4 +1,5 @@
-//! Small system facts and checks: privilege, filesystems.
+//! Checks before acting, and the facts they rest on: privilege, and that a directory is the
+//! filesystem it should be (bpffs, tracefs, cgroupfs).
 use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
 
 use crate::error::{Error, Result};

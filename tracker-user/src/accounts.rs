@@ -1,5 +1,6 @@
-//! Resolving `--user` to ids before anything starts: an unknown user is an error while
-//! nothing exists yet, and the child, between fork and exec, only makes system calls.
+//! Unix accounts: resolving `--user` (and the daemon's group) to ids before anything starts:
+//! an unknown user is an error while nothing exists yet, and the child, between fork and
+//! exec, only makes system calls.
 use std::ffi::{CStr, CString};
 
 use crate::error::{Error, Result};

@@ -1,4 +1,4 @@
-//! A slot's network and device policy, written into the maps the `cgroup_sock_addr` and
+//! A slot's network and device access rules (its limits `network` and `deny_devices`), written into the maps the `cgroup_sock_addr` and
 //! `cgroup_device` programs read.
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// The policy maps of a loaded tracker.
-pub struct PolicyMaps {
+pub struct AccessMaps {
     net: HashMap<MapData, u32, NetPolicy>,
     allow4: LpmTrie<MapData, Net4, AllowPorts>,
     allow6: LpmTrie<MapData, Net6, AllowPorts>,
@@ -60,7 +60,7 @@ pub fn check_enforceable(paths: &Paths, limits: &Limits, has_cgroup2: bool) -> R
     Ok(())
 }
 
-impl PolicyMaps {
+impl AccessMaps {
     pub fn open(paths: &Paths) -> Result<Self> {
         let m = |e| Error::bpf("a policy map", e);
         Ok(Self {
