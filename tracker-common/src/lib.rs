@@ -10,8 +10,8 @@ use core::mem::{offset_of, size_of};
 
 /// Map names, which are also the file names of the pins under `<bpffs dir>/maps/`.
 pub mod map_name {
-    /// `tid -> TaskTag`, an array sized to `pid_max` (slot 0: untagged), mmapable: what every
-    /// program checks on every call, and what user space scans to list a slot's tasks.
+    /// `tid -> TaskTag`, an array sized to `pid_max` (slot 0: untagged): what every program
+    /// checks on every call. User space reads single entries, never the whole array.
     pub const TASKS: &str = "TRK_TASKS";
     /// `slot id -> SlotControl`: what user space decides about a slot (flags); the kernel
     /// only reads it.
@@ -63,12 +63,10 @@ pub const SLOT_ACTIVE: u32 = 1 << 0;
 /// `SlotControl::flags`: the slot is being killed; its tasks may not fork, exec or make syscalls.
 pub const SLOT_DOOMED: u32 = 1 << 1;
 
-/// `TaskTag::slot` bit: the task passed `do_exit` and waits for its final context switch,
-/// where its CPU time is final and is harvested. Not a live task any more.
+/// `TaskTag::slot` bit: the task passed `do_exit` and waits to be freed
+/// (`sched_process_free`, after its final context switch), where its CPU time is final and is
+/// harvested. Not a live task any more.
 pub const TAG_EXITED: u32 = 1 << 31;
-
-/// `task_struct.__state` of a task in its final context switch.
-pub const TASK_DEAD: u32 = 0x0000_0080;
 
 /// `PF_KTHREAD` from `include/linux/sched.h`: kernel threads are never adopted.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
@@ -77,8 +75,6 @@ pub const PF_EXITING: u32 = 0x0000_0004;
 /// `TASK_NEW` (`task_struct.__state`): a child between `copy_process` and its first wake-up,
 /// which the fork program tags; the adopt iterator leaves it alone so they never both do.
 pub const TASK_NEW: u32 = 0x0000_0800;
-/// `BPF_F_MMAPABLE`: user space maps the tasks array to scan it without a syscall per entry.
-pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 pub const SIGKILL: u32 = 9;
 
@@ -145,7 +141,7 @@ pub struct SlotCounters {
     pub doom_kills: u64,
     /// Children of a tagged task that could not be tagged (a tid beyond the tasks array).
     pub tag_failures: u64,
-    /// CPU time of exited tasks, harvested at their final context switch, when it is final.
+    /// CPU time of exited tasks, harvested when they are freed, after their final switch.
     pub cpu_user_ns: u64,
     pub cpu_system_ns: u64,
     /// I/O of exited tasks (`task_io_accounting`), harvested at exit.
@@ -159,7 +155,12 @@ pub struct SlotCounters {
     pub net_tx_bytes: u64,
     pub net_rx_packets: u64,
     pub net_tx_packets: u64,
-    pub _reserved: [u64; 7],
+    /// Tasks of the slot whose exited entry was closed: at their free, where their CPU time
+    /// was harvested, or dropped (an entry left by a task gone without its free, or taken by a
+    /// tid that came round first). `tasks_exited - tasks_finished` exited tasks wait for
+    /// their free, which comes a grace period after their last context switch.
+    pub tasks_finished: u64,
+    pub _reserved: [u64; 6],
 }
 
 /// `struct task_io_accounting`, in the kernel's field order (checked against BTF at load).
@@ -211,8 +212,12 @@ pub struct UsageRequest {
 
 /// `UsageRecord::flags`: the task leads its thread group; its RSS fields are the process's.
 pub const USAGE_LEADER: u32 = 1;
+/// `UsageRecord::flags`: the task has exited (its exit program harvested all but its CPU) and
+/// is not freed yet: a zombie its parent has not reaped, or one in its last moments. Only its
+/// CPU time is the record's to add; it is no live task.
+pub const USAGE_EXITED: u32 = 2;
 
-/// One record written by the usage iterator per live tagged task.
+/// One record written by the usage iterator per tagged task that is not freed yet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UsageRecord {
@@ -220,6 +225,8 @@ pub struct UsageRecord {
     pub tgid: u32,
     pub slot: u32,
     pub flags: u32,
+    /// The task's start time, as in its tag: `(tid, start_ns)` names it.
+    pub start_ns: u64,
     pub sum_exec_ns: u64,
     pub utime_ns: u64,
     pub stime_ns: u64,
@@ -361,8 +368,8 @@ pub struct KernelOffsets {
 /// `sched_process_exit` has its `group_dead` argument (recent kernels: 6.18 has it, 6.12
 /// not); before, the group's death is read from `signal->live`.
 pub const KF_EXIT_GROUP_DEAD: u32 = 1;
-/// `sched_switch` has its `prev_state` argument (5.18+); before, it is read from the task.
-pub const KF_SWITCH_PREV_STATE: u32 = 1 << 1;
+// 1 << 1 was `sched_switch`'s `prev_state`, for the CPU harvest that is now at
+// `sched_process_free`.
 /// The RSS counters are `atomic_long_t` (before 6.2), which the verifier does not let a
 /// plain load reach (`Type 'atomic_long_t' is not a struct`): they are read with
 /// `bpf_probe_read_kernel`.
@@ -453,25 +460,27 @@ assert_layout!(
     net_tx_bytes = 168,
     net_rx_packets = 176,
     net_tx_packets = 184,
+    tasks_finished = 192,
 );
 assert_layout!(IoCounters, 56, rchar = 0, wchar = 8, read_bytes = 32, cancelled_write_bytes = 48);
 assert_layout!(MmRss, 48, slot = 0, mm = 8, bytes = 16);
 assert_layout!(UsageRequest, 8, slot = 0);
 assert_layout!(
     UsageRecord,
-    128,
+    136,
     tid = 0,
     tgid = 4,
     slot = 8,
     flags = 12,
-    sum_exec_ns = 16,
-    utime_ns = 24,
-    stime_ns = 32,
-    io = 40,
-    min_flt = 96,
-    maj_flt = 104,
-    rss_bytes = 112,
-    hiwater_rss_bytes = 120,
+    start_ns = 16,
+    sum_exec_ns = 24,
+    utime_ns = 32,
+    stime_ns = 40,
+    io = 48,
+    min_flt = 104,
+    maj_flt = 112,
+    rss_bytes = 120,
+    hiwater_rss_bytes = 128,
 );
 assert_layout!(GlobalCounters, 64, tag_failures = 0, events_lost = 8, pid_max_refused = 16);
 assert_layout!(Config, 8, active_generation = 0);

@@ -1,7 +1,7 @@
 //! `sched_process_exit`: a tagged task leaves its slot when it passes `do_exit`, before its
 //! pid can be reused. Its I/O and page faults are final here and are harvested; its CPU time
-//! is not (the running slice is not yet added): `switch.rs` harvests that at the task's final
-//! context switch.
+//! is not (the running slice is not yet added): `free.rs` harvests that when the task is
+//! freed, after its final context switch.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::{btf_tracepoint, map},

@@ -16,6 +16,7 @@ mod events;
 mod exec;
 mod exit;
 mod fork;
+mod free;
 mod kernel;
 mod maps;
 mod net;
@@ -24,7 +25,7 @@ mod pid_max;
 mod policy;
 mod rss;
 mod slot;
-mod switch;
+
 mod usage;
 
 #[cfg(not(test))]

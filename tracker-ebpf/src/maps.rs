@@ -6,17 +6,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use tracker_common::{
-    AdoptRequest, AllowPorts, BPF_F_MMAPABLE, Config, DeviceKey, GlobalCounters, MmRss, Net4, Net6,
-    NetPolicy, Reader, SlotControl, SlotCounters, SlotState, TaskTag, UsageRequest,
+    AdoptRequest, AllowPorts, Config, DeviceKey, GlobalCounters, MmRss, Net4, Net6, NetPolicy,
+    Reader, SlotControl, SlotCounters, SlotState, TaskTag, UsageRequest,
 };
 
 /// `tid -> TaskTag`, slot 0 meaning untagged. An array lookup is inlined by the verifier into
 /// a bounds check and a load, so the untagged path of every program is one memory access, and
 /// tagging never allocates (a hash map insert measured ~350 ns here, task-local storage
-/// ~2 µs). Every tid has its entry, so the map can never be full. Mmapable: user space scans
-/// it in place.
+/// ~2 µs). Every tid has its entry, so the map can never be full. User space never scans it
+/// (at pid_max 4194304 it is 64 MiB): a slot's tasks come from the usage iterator, in
+/// proportion to the machine's tasks, and its counts from `SLOT_STATE` and `COUNTERS`.
 #[map(name = "TRK_TASKS")]
-pub static TASKS: Array<TaskTag> = Array::with_max_entries(32768, BPF_F_MMAPABLE);
+pub static TASKS: Array<TaskTag> = Array::with_max_entries(32768, 0);
 
 /// Written by user space (flags), only read here.
 #[map(name = "TRK_SLOTS")]

@@ -3,7 +3,7 @@ use aya_ebpf::helpers::bpf_send_signal;
 use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters, TAG_EXITED, TaskTag};
 
 use crate::{
-    kernel::{Task, current_task, offsets},
+    kernel::{Task, current_task, is_active, offsets},
     maps::{COUNTERS, GLOBAL, SLOT_STATE, SLOTS, TASKS},
 };
 
@@ -25,6 +25,7 @@ pub fn current_tag(tid: u32) -> Option<TaskTag> {
         // SAFETY: as above.
         unsafe { *entry = TaskTag::default() };
         task_left(tag.slot);
+        with_counters(tag.slot, |c| c.tasks_finished += 1);
         return None;
     }
     Some(tag)
@@ -63,24 +64,38 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
         if old.start_ns == tag.start_ns {
             return false;
         }
-        // A stale entry of an earlier task with this tid (left and counted already if it
-        // exited; its CPU time, not yet harvested, is lost: the tid came round very fast).
+        // A stale entry of an earlier task with this tid: a live one (adopted at the instant
+        // it exited) leaves its slot now.
         if old.slot & TAG_EXITED == 0 {
             task_left(old.slot);
+            with_counters(old.slot, |c| c.tasks_finished += 1);
         }
     }
     // SAFETY: as above. The slot is written last, so a reader that sees it sees the rest.
     unsafe {
         (*entry).tgid = tag.tgid;
         (*entry).start_ns = tag.start_ns;
-        core::ptr::write_volatile(&raw mut (*entry).slot, tag.slot);
     }
+    // An exited entry is an earlier task with this tid whose free has not come yet (the tid
+    // is released before the task is freed). Whichever of this tag and that free swaps the
+    // slot word first closes the entry; the other sees it changed. So the free never wipes
+    // this tag, and the exited task is closed exactly once (its CPU is lost if the tag wins:
+    // the tid came round within a grace period).
+    if old.slot & TAG_EXITED != 0 {
+        if slot_cmpxchg(entry, old.slot, tag.slot) {
+            with_counters(old.slot & !TAG_EXITED, |c| c.tasks_finished += 1);
+            task_entered(tag.slot, tid == tag.tgid);
+            return true;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut (*entry).slot, tag.slot) };
     task_entered(tag.slot, tid == tag.tgid);
     true
 }
 
 /// Task `tid` of `slot` passed `do_exit`: it leaves the slot now; its entry stays, marked
-/// exited, until its final context switch harvests its CPU time and clears it.
+/// exited, until the task is freed (`free.rs`), where its CPU time is final and harvested.
 #[inline(always)]
 pub fn mark_exited(tid: u32, slot: u32) {
     if let Some(entry) = TASKS.get_ptr_mut(tid) {
@@ -90,19 +105,62 @@ pub fn mark_exited(tid: u32, slot: u32) {
     }
 }
 
-/// The final context switch of task `tid` (started at `start_ns`): its slot, if it exited
-/// tagged, after clearing its entry.
+/// Task `tid` (started at `start_ns`) is being freed: its slot, if its entry is its exited
+/// one, after closing the entry. The untagged path is one array load.
+///
+/// The tid was released before this free (at `release_task`), so a new task may be tagged
+/// under it at any moment, on another CPU. Closing is a compare-and-exchange of the slot word
+/// from exactly this exited value to 0: it fails if a tag came first (that tag closed the
+/// entry, see `tag`), and a tag that comes after finds 0 and writes over it. A plain write of
+/// the whole entry could wipe a new task's tag written between our read and our write.
 #[inline(always)]
 pub fn finish(tid: u32, start_ns: u64) -> Option<u32> {
     let entry = TASKS.get_ptr_mut(tid)?;
     // SAFETY: an array element, valid for the map's lifetime.
-    let tag = unsafe { *entry };
-    if tag.slot & TAG_EXITED == 0 || tag.start_ns != start_ns {
+    let word = unsafe { core::ptr::read_volatile(&raw const (*entry).slot) };
+    if word & TAG_EXITED == 0 {
         return None;
     }
     // SAFETY: as above.
-    unsafe { *entry = TaskTag::default() };
-    Some(tag.slot & !TAG_EXITED)
+    if unsafe { core::ptr::read_volatile(&raw const (*entry).start_ns) } != start_ns {
+        return None;
+    }
+    // During an upgrade the old generation's program runs too: only the active one closes.
+    if !is_active() || !slot_cmpxchg(entry, word, 0) {
+        return None;
+    }
+    let slot = word & !TAG_EXITED;
+    with_counters(slot, |c| c.tasks_finished += 1);
+    Some(slot)
+}
+
+/// Swap the slot word of `entry` from `old` to `new`; whether it was `old`.
+///
+/// A compare-and-exchange (`BPF_CMPXCHG`, kernel 5.12+) of the 64-bit word that holds the
+/// slot and the tgid, keeping the tgid as read: the BPF target has 32-bit atomics only with
+/// ALU32 (`-mcpu=v3`), which this build does not use. The tgid half is written only by
+/// `tag`, with a plain store before it swaps the slot itself; so a swap that fails because
+/// the tgid moved is one that a tag in progress would win anyway, and the slot word changes
+/// exactly as a 32-bit compare-and-exchange would change it.
+#[inline(always)]
+fn slot_cmpxchg(entry: *mut TaskTag, old: u32, new: u32) -> bool {
+    let word = entry.cast::<u64>();
+    // SAFETY: `entry` points into the tasks array, which lives as long as the map; a tag is
+    // 8-byte aligned (its `start_ns`), and `slot` (offset 0) is the low half on the
+    // little-endian BPF target.
+    unsafe {
+        let seen = core::ptr::read_volatile(word);
+        if seen as u32 != old {
+            return false;
+        }
+        let want = (seen & !0xffff_ffff) | u64::from(new);
+        core::intrinsics::atomic_cxchg::<
+            u64,
+            { core::intrinsics::AtomicOrdering::SeqCst },
+            { core::intrinsics::AtomicOrdering::SeqCst },
+        >(word, seen, want)
+        .1
+    }
 }
 
 /// A thread that was not its process's leader exec'd: `de_thread` gave it the leader's pid
@@ -112,9 +170,12 @@ pub fn finish(tid: u32, start_ns: u64) -> Option<u32> {
 /// the task stays one live task of its slot.
 ///
 /// The leader's entry at `tid` is marked exited (its exit program ran before `de_thread`
-/// could go on). If the leader has not had its final context switch yet, that switch comes
-/// under `old_tid` (`de_thread` swapped the two pids), so its exited entry moves there to be
-/// harvested; otherwise `old_tid` is cleared.
+/// could go on). `de_thread` swapped the two pids, so the leader will be freed under
+/// `old_tid`: unless its free came already, its exited entry moves there to be harvested.
+/// The free may run on another CPU at this moment, looking under `old_tid` and then under its
+/// group's tid (see `free.rs`): the copy is written first and the original claimed with a
+/// compare-and-exchange; if the free took the original first, the copy is taken back. Either
+/// way the leader is closed once.
 #[inline(always)]
 pub fn exec_by_thread(old_tid: u32, tid: u32, tgid: u32, start_ns: u64) -> Option<TaskTag> {
     let old = TASKS.get_ptr_mut(old_tid)?;
@@ -125,14 +186,31 @@ pub fn exec_by_thread(old_tid: u32, tid: u32, tgid: u32, start_ns: u64) -> Optio
     }
     let new = TASKS.get_ptr_mut(tid)?;
     // SAFETY: as above. The exec'ing thread is the only live task of its group now, and the
-    // leader has passed its exit program: no other program writes these two entries.
+    // leader has passed its exit program: only the leader's free (or a tag of a reused tid,
+    // which `tag` handles) may write these two entries besides us.
+    let leader = unsafe { *new };
+    let moves = leader.slot & TAG_EXITED != 0 && leader.start_ns == start_ns;
+    if moves {
+        // SAFETY: as above; the slot word last, so a free that sees it sees the rest.
+        unsafe {
+            (*old).tgid = leader.tgid;
+            (*old).start_ns = leader.start_ns;
+            core::ptr::write_volatile(&raw mut (*old).slot, leader.slot);
+        }
+        if !slot_cmpxchg(new, leader.slot, 0) {
+            // The free closed the original: the copy goes.
+            let _ = slot_cmpxchg(old, leader.slot, 0);
+        }
+    } else {
+        if leader.slot & TAG_EXITED != 0 && slot_cmpxchg(new, leader.slot, 0) {
+            // An older task's exited entry, never to be freed under this tid now.
+            with_counters(leader.slot & !TAG_EXITED, |c| c.tasks_finished += 1);
+        }
+        // SAFETY: as above.
+        unsafe { *old = TaskTag::default() };
+    }
+    // SAFETY: as above.
     unsafe {
-        let leader = *new;
-        *old = if leader.slot & TAG_EXITED != 0 && leader.start_ns == start_ns {
-            leader
-        } else {
-            TaskTag::default()
-        };
         (*new).tgid = tgid;
         (*new).start_ns = start_ns;
         core::ptr::write_volatile(&raw mut (*new).slot, tag.slot);

@@ -1,13 +1,18 @@
 //! A task iterator that reports what the live tagged tasks hold now (CPU, I/O, faults, and for
-//! each process its resident memory and peak), run on demand by `tracker stat` and friends.
-//! With the harvest of exited tasks in the per-slot counters, one read gives a slot's whole
-//! usage, live and exited together, never an old sample.
-use tracker_common::{USAGE_LEADER, UsageRecord};
+//! each process its resident memory and peak), run on demand by `tracker stat` and friends;
+//! and, with the same records, which tasks a slot has (`ps`, `kill`, `signal`): its cost is in
+//! proportion to the tasks of the machine, not to pid_max. With the harvest of exited tasks
+//! in the per-slot counters, one read gives a slot's whole usage, live and exited together,
+//! never an old sample.
+//!
+//! An exited task that is not freed yet (a zombie its parent has not reaped: the kernel frees
+//! a task only after `release_task`) has its CPU time still to be harvested (`free.rs`): it is
+//! reported too, marked, so that its CPU is counted however long its parent takes.
+use tracker_common::{TAG_EXITED, USAGE_EXITED, USAGE_LEADER, UsageRecord};
 
 use crate::{
     kernel::{IterTaskCtx, Task, current_tid, offsets, seq_write},
-    maps::USAGE,
-    slot,
+    maps::{TASKS, USAGE},
 };
 
 #[unsafe(no_mangle)]
@@ -27,18 +32,36 @@ pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
     let Some((tid, tgid)) = task.ids(&off) else {
         return 0;
     };
-    let Some(tag) = slot::tag_of(tid, task) else {
+    let Some(tag) = TASKS.get(tid).copied() else {
         return 0;
     };
-    if want != 0 && tag.slot != want {
+    let slot = tag.slot & !TAG_EXITED;
+    if slot == 0 || (want != 0 && slot != want) || task.start_ns(&off) != Some(tag.start_ns) {
         return 0;
     }
     let (sum_exec_ns, utime_ns, stime_ns) = task.cpu(&off).unwrap_or_default();
+    if tag.slot & TAG_EXITED != 0 {
+        let rec = UsageRecord {
+            tid,
+            tgid,
+            slot,
+            flags: USAGE_EXITED,
+            start_ns: tag.start_ns,
+            sum_exec_ns,
+            utime_ns,
+            stime_ns,
+            ..Default::default()
+        };
+        // SAFETY: `meta` is the iterator's metadata.
+        seq_write(unsafe { (*meta).seq }, &rec);
+        return 0;
+    }
     let (min_flt, maj_flt) = task.faults(&off).unwrap_or_default();
     let mut rec = UsageRecord {
         tid,
         tgid,
-        slot: tag.slot,
+        slot,
+        start_ns: tag.start_ns,
         sum_exec_ns,
         utime_ns,
         stime_ns,

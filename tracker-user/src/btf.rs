@@ -8,9 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use tracker_common::{
-    IoCounters, KF_EXIT_GROUP_DEAD, KF_RSS_ATOMIC, KF_SWITCH_PREV_STATE, KernelOffsets,
-};
+use tracker_common::{IoCounters, KF_EXIT_GROUP_DEAD, KF_RSS_ATOMIC, KernelOffsets};
 
 use crate::error::{Error, Result};
 
@@ -51,10 +49,12 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     if r.tracepoint_int_arg("sched_process_exit", 1)? == Some(1) {
         features |= KF_EXIT_GROUP_DEAD;
     }
-    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
-    //              unsigned int prev_state)
-    if r.tracepoint_int_arg("sched_switch", 3)? == Some(4) {
-        features |= KF_SWITCH_PREV_STATE;
+    // sched_process_free(struct task_struct *p), where a task's CPU is harvested: present
+    // with this argument since 2.6.32, checked all the same, since nothing else harvests it.
+    if r.tracepoint_ptr_arg("sched_process_free", 0)?.as_deref() != Some("task_struct") {
+        return Err(Error::Btf(
+            "tracepoint sched_process_free has no task_struct argument in this kernel".into(),
+        ));
     }
     Ok(KernelOffsets {
         task_pid: pid,
@@ -107,11 +107,6 @@ pub fn describe_features(features: u32) -> Vec<(&'static str, bool, &'static str
             "sched_process_exit group_dead",
             features & KF_EXIT_GROUP_DEAD != 0,
             "the group's end is read from signal->live, counted once per group",
-        ),
-        (
-            "sched_switch prev_state",
-            features & KF_SWITCH_PREV_STATE != 0,
-            "the dead task's state is read from the task (before 5.18)",
         ),
         (
             "percpu_counter RSS counters",
@@ -225,6 +220,31 @@ impl Resolver<'_> {
         let ty = self.strip(self.btf.resolve_chained_type(param).map_err(bad)?)?;
         Ok(match ty {
             Type::Int(i) => Some(i.size()),
+            _ => None,
+        })
+    }
+
+    /// The struct that argument `n` of tracepoint `tp` points to, if it is a pointer to one.
+    fn tracepoint_ptr_arg(&self, tp: &str, n: usize) -> Result<Option<String>> {
+        let name = format!("btf_trace_{tp}");
+        let bad = |e: btf_rs::Error| Error::Btf(format!("{name}: {e}"));
+        let types = self.btf.resolve_types_by_name(&name).map_err(bad)?;
+        let Some(Type::Typedef(t)) = types.into_iter().find(|t| matches!(t, Type::Typedef(_)))
+        else {
+            return Err(Error::Btf(format!("tracepoint {tp}: no {name} in this kernel")));
+        };
+        let Type::Ptr(p) = self.btf.resolve_chained_type(&t).map_err(bad)? else {
+            return Ok(None);
+        };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&p).map_err(bad)? else {
+            return Ok(None);
+        };
+        let Some(param) = proto.parameters.get(n + 1) else { return Ok(None) };
+        let Type::Ptr(arg) = self.strip(self.btf.resolve_chained_type(param).map_err(bad)?)? else {
+            return Ok(None);
+        };
+        Ok(match self.strip(self.btf.resolve_chained_type(&arg).map_err(bad)?)? {
+            Type::Struct(st) => self.btf.resolve_name(&st).ok(),
             _ => None,
         })
     }
@@ -434,13 +454,16 @@ mod tests {
         assert_eq!(r.tracepoint_int_arg("sched_switch", 0).unwrap(), Some(1));
         assert_eq!(r.tracepoint_int_arg("sched_switch", 1).unwrap(), None, "a pointer");
         assert_eq!(r.tracepoint_int_arg("sched_switch", 9).unwrap(), None, "no such argument");
-        // And what the kernel's version says: 6.2 made the RSS counters per-CPU, 5.18 added
-        // sched_switch's prev_state.
+        // And what the kernel's version says: 6.2 made the RSS counters per-CPU.
         let release = rustix::system::uname().release().to_string_lossy().into_owned();
         let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok());
         let version: (u32, u32) = (v.next().unwrap(), v.next().unwrap());
         let atomic = version < (6, 2);
-        assert_eq!(off.features & KF_SWITCH_PREV_STATE != 0, version >= (5, 18), "{release}");
+        assert_eq!(
+            r.tracepoint_ptr_arg("sched_process_free", 0).unwrap().as_deref(),
+            Some("task_struct")
+        );
+        assert_eq!(r.tracepoint_ptr_arg("sched_switch", 0).unwrap(), None, "a bool");
         // sched_process_exit's group_dead: 6.12 has not, 6.18 has (both seen).
         let group_dead = off.features & KF_EXIT_GROUP_DEAD != 0;
         if version <= (6, 12) {

@@ -178,6 +178,9 @@ fn load_locked(
     for (staging, pin) in &staged {
         fs::rename(staging, pin).ctx(|| format!("pinning {}", pin.display()))?;
     }
+    if !fresh {
+        drop_retired_links(paths);
+    }
     if fresh {
         registry::reset_locked(paths)?;
     }
@@ -198,6 +201,22 @@ fn load_locked(
         slots_kept,
         warnings,
     })
+}
+
+/// Detach the programs an earlier version attached that this one no longer has (its
+/// `sched_switch` harvest, now at `sched_process_free`): their links stay pinned, and so
+/// attached, through an upgrade otherwise. They belong to an inactive generation, so they only
+/// cost their calls.
+fn drop_retired_links(paths: &Paths) {
+    let Ok(dir) = fs::read_dir(paths.links_dir()) else { return };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !PROGRAMS.iter().any(|p| p.name == name) && !name.ends_with("_new") {
+            tracing::info!("detaching {name}, a program this version no longer has");
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The cgroup v2 directories programs attach to.

@@ -1,12 +1,10 @@
 //! Typed handles on the pinned maps, and the shapes the loader checks pins against.
-use std::{
-    mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-};
+use std::mem::size_of;
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, HashMap, Map, MapData, MapInfo, MapType, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues,
+};
 use tracker_common::{
     AdoptRequest, AllowPorts, Config, DeviceKey, GlobalCounters, MmRss, Net4, Net6, NetPolicy,
     Reader, SlotControl, SlotCounters, SlotState, TAG_EXITED, TaskTag, UsageRequest, map_name,
@@ -83,7 +81,8 @@ impl MapShape {
 /// writes `slot_state`, `counters`, `global`, `mm_rss` and the tasks array, which user space
 /// only reads (and zeroes for a slot id that no task carries, when a slot is created).
 pub struct Maps {
-    tasks: TasksView,
+    /// Read one entry at a time: the array is sized to pid_max, which can be 4 million.
+    tasks: Array<MapData, TaskTag>,
     pub slots: Array<MapData, SlotControl>,
     slot_state: Array<MapData, SlotState>,
     pub counters: PerCpuArray<MapData, SlotCounters>,
@@ -114,7 +113,7 @@ macro_rules! typed {
 impl Maps {
     pub fn open(paths: &Paths) -> Result<Self> {
         Ok(Self {
-            tasks: TasksView::open(paths)?,
+            tasks: typed!(paths, map_name::TASKS),
             slots: typed!(paths, map_name::SLOTS),
             slot_state: typed!(paths, map_name::SLOT_STATE),
             counters: typed!(paths, map_name::COUNTERS),
@@ -129,7 +128,7 @@ impl Maps {
 
     /// How many tasks the tasks map can hold (one entry per possible tid).
     pub fn tasks_capacity(&self) -> u32 {
-        self.tasks.len as u32
+        self.tasks.len()
     }
 
     pub fn max_slots(&self) -> u32 {
@@ -137,25 +136,25 @@ impl Maps {
     }
 
     /// The tag at `tid`, if the entry holds a live task (not one that has exited and awaits
-    /// its last context switch). Whether it names the task that has that tid now is for the
+    /// its free). Whether it names the task that has that tid now is for the
     /// caller to check against the start time.
     pub fn tag(&self, tid: u32) -> Result<Option<TaskTag>> {
-        Ok(self.tasks.get(tid as usize).filter(|t| is_live(t.slot)))
+        match self.tasks.get(&tid, 0) {
+            Ok(t) => Ok(Some(t).filter(|t| is_live(t.slot))),
+            // A tid beyond the array (pid_max raised after the load) has no tag.
+            Err(MapError::OutOfBounds { .. }) => Ok(None),
+            Err(e) => Err(Error::bpf(format!("reading the tag of {tid}"), e)),
+        }
     }
 
-    /// Every live entry of the tasks array, `(tid, tag)`, read in place.
-    pub fn all_tags(&self) -> Result<Vec<(u32, TaskTag)>> {
-        Ok(self.tasks.scan(|_| true))
-    }
-
-    pub fn tags_of(&self, slot: u32) -> Result<Vec<(u32, TaskTag)>> {
-        Ok(self.tasks.scan(|s| s == slot))
-    }
-
-    /// Tasks of `slot` that have exited and await their last context switch, where their CPU
-    /// time is final and added to the slot's counters.
-    pub fn harvests_pending(&self, slot: u32) -> usize {
-        self.tasks.count_slot(slot | TAG_EXITED)
+    /// Tasks of `slot` that have exited and await their free, where their CPU time is final
+    /// and added to the slot's counters: counted in the kernel, so this costs one read
+    /// whatever pid_max is.
+    pub fn harvests_pending(&self, slot: u32) -> Result<u64> {
+        let c = self.counters(slot)?;
+        // The per-CPU values are read one CPU after another: an exit and its free on two CPUs
+        // may be seen as the free alone, never as a task pending that is not.
+        Ok(c.tasks_exited.saturating_sub(c.tasks_finished))
     }
 
     pub fn control(&self, slot: u32) -> Result<SlotControl> {
@@ -179,10 +178,20 @@ impl Maps {
         self.slot_state.get(&slot, 0).map_err(|e| Error::bpf(format!("reading slot {slot}"), e))
     }
 
+    /// Whether the kernel still counts tasks under slot id `slot`: a live one in `live_tasks`,
+    /// an exited one not yet freed in `harvests_pending` (a released slot's zombie, until its
+    /// parent reaps it). Such an id is not given to a new slot, which would get their CPU.
+    pub fn id_in_use(&self, slot: u32) -> Result<bool> {
+        Ok(self.state(slot)?.live_tasks != 0 || self.harvests_pending(slot)? != 0)
+    }
+
     /// Zero the kernel's records of slot id `slot` for a new slot. Only for an id that no
-    /// task carries (checked here), so that no kernel program can be changing them.
+    /// task carries (checked here, from the kernel's counts: no scan of the tasks array), so
+    /// that no kernel program can be changing them.
     pub fn reset_kernel_records(&mut self, slot: u32) -> Result<()> {
-        if !self.tasks.scan(|s| s == slot).is_empty() {
+        // Every entry that carries a slot id is counted in the kernel: a live task in
+        // `live_tasks`, an exited one not yet freed in `harvests_pending`.
+        if self.id_in_use(slot)? {
             return Err(Error::Bpf {
                 what: format!("slot id {slot}"),
                 detail: "still has tagged tasks; refusing to reuse it".into(),
@@ -257,91 +266,12 @@ fn sum_counters(a: &SlotCounters, b: &SlotCounters) -> SlotCounters {
         net_tx_bytes: a.net_tx_bytes + b.net_tx_bytes,
         net_rx_packets: a.net_rx_packets + b.net_rx_packets,
         net_tx_packets: a.net_tx_packets + b.net_tx_packets,
-        _reserved: [0; 7],
+        tasks_finished: a.tasks_finished + b.tasks_finished,
+        _reserved: [0; 6],
     }
 }
 
 /// An entry's slot field names a live task (set, and not marked exited).
 fn is_live(slot: u32) -> bool {
     slot != 0 && slot & TAG_EXITED == 0
-}
-
-/// The tasks array, mapped read-only into our memory (it is created `BPF_F_MMAPABLE`), so that
-/// listing a slot reads memory instead of making a syscall per entry.
-struct TasksView {
-    base: NonNull<TaskTag>,
-    len: usize,
-    bytes: usize,
-}
-
-// SAFETY: a read-only shared mapping; readers use volatile reads.
-unsafe impl Send for TasksView {}
-// SAFETY: as above.
-unsafe impl Sync for TasksView {}
-
-impl TasksView {
-    fn open(paths: &Paths) -> Result<Self> {
-        let path = paths.map_pin(map_name::TASKS);
-        if !path.exists() {
-            return Err(Error::NotLoaded(path));
-        }
-        let data = MapData::from_pin(&path)
-            .map_err(|e| Error::bpf(format!("opening {}", path.display()), e))?;
-        let len = data.info().map_err(|e| Error::bpf("tasks map info", e))?.max_entries() as usize;
-        // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let bytes = (len * size_of::<TaskTag>()).next_multiple_of(page);
-        let fd = data.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping a BPF array map read-only; the kernel checks the length.
-        let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, fd, 0)
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::io(
-                format!("mapping {}", path.display()),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let base = NonNull::new(p.cast())
-            .ok_or_else(|| Error::io("mmap", std::io::Error::other("NULL")))?;
-        // The mapping holds its own reference to the map; the fd may close.
-        Ok(Self { base, len, bytes })
-    }
-
-    fn get(&self, i: usize) -> Option<TaskTag> {
-        // SAFETY: in bounds of the mapping; the kernel writes concurrently, hence volatile.
-        (i < self.len).then(|| unsafe { self.base.as_ptr().add(i).read_volatile() })
-    }
-
-    /// Entries whose slot field is exactly `slot`.
-    fn count_slot(&self, slot: u32) -> usize {
-        (0..self.len)
-            // SAFETY: in bounds; the kernel writes concurrently, hence volatile.
-            .filter(|&i| unsafe { (&raw const (*self.base.as_ptr().add(i)).slot).read_volatile() } == slot)
-            .count()
-    }
-
-    /// Every live entry whose slot satisfies `want`.
-    fn scan(&self, want: impl Fn(u32) -> bool) -> Vec<(u32, TaskTag)> {
-        let mut out = vec![];
-        for i in 0..self.len {
-            // SAFETY: in bounds; the slot alone is read first, the common case being 0.
-            let slot = unsafe { (&raw const (*self.base.as_ptr().add(i)).slot).read_volatile() };
-            if is_live(slot)
-                && want(slot)
-                && let Some(tag) = self.get(i)
-                && tag.slot == slot
-            {
-                out.push((i as u32, tag));
-            }
-        }
-        out
-    }
-}
-
-impl Drop for TasksView {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `open` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
-    }
 }

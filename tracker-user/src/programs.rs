@@ -87,7 +87,7 @@ pub const EXIT: &str = "trk_exit";
 pub const EXEC: &str = "trk_exec";
 pub const ADOPT: &str = "trk_adopt";
 pub const DOOM: &str = "trk_doom";
-pub const SWITCH: &str = "trk_switch";
+pub const FREE: &str = "trk_free";
 pub const RSS: &str = "trk_rss";
 pub const USAGE: &str = "trk_usage";
 pub const NET_INGRESS: &str = "trk_net_ingress";
@@ -132,12 +132,12 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "tags an existing process tree (adopt, run)",
     },
     ProgramSpec {
-        name: SWITCH,
-        kind: Kind::BtfTracePoint("sched_switch"),
+        name: FREE,
+        kind: Kind::BtfTracePoint("sched_process_free"),
         attach: Attach::Pinned,
         required: true,
         needs: &[Need::TpBtf],
-        purpose: "harvests a dead task's final CPU time at its last context switch",
+        purpose: "harvests an exited task's final CPU time when the kernel frees it",
     },
     ProgramSpec {
         name: RSS,

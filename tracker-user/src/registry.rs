@@ -68,9 +68,11 @@ impl RegistryData {
     }
 
     /// The smallest free slot id in `1..max_slots` (0 means "no slot" in the kernel).
-    pub fn free_id(&self, max_slots: u32) -> Result<u32> {
+    /// The first id no slot has and `in_use` (what the kernel still counts under an id: a
+    /// released slot's exited tasks not yet freed) does not refuse.
+    pub fn free_id(&self, max_slots: u32, in_use: impl Fn(u32) -> bool) -> Result<u32> {
         (1..max_slots)
-            .find(|id| !self.slots.iter().any(|s| s.id == *id))
+            .find(|id| !self.slots.iter().any(|s| s.id == *id) && !in_use(*id))
             .ok_or(Error::SlotsFull(max_slots.saturating_sub(1)))
     }
 }
@@ -248,11 +250,15 @@ mod tests {
     #[test]
     fn free_id_skips_zero_and_used_ids() {
         let mut d = fresh();
-        assert_eq!(d.free_id(4).unwrap(), 1);
+        let none = |_| false;
+        assert_eq!(d.free_id(4, none).unwrap(), 1);
+        // An id whose exited tasks are not freed yet is passed over.
+        assert_eq!(d.free_id(4, |id| id == 1).unwrap(), 2);
         d.slots = vec![record("a", 1), record("b", 3)];
-        assert_eq!(d.free_id(4).unwrap(), 2);
+        assert_eq!(d.free_id(4, none).unwrap(), 2);
+        assert!(matches!(d.free_id(4, |id| id == 2), Err(Error::SlotsFull(3))));
         d.slots.push(record("c", 2));
-        assert!(matches!(d.free_id(4), Err(Error::SlotsFull(3))));
+        assert!(matches!(d.free_id(4, none), Err(Error::SlotsFull(3))));
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl State {
 }
 
 const TRACKING: [&str; 3] = [programs::FORK, programs::EXIT, programs::EXEC];
-const ACCOUNTING: [&str; 2] = [programs::SWITCH, programs::RSS];
+const ACCOUNTING: [&str; 2] = [programs::FREE, programs::RSS];
 
 /// Attach what `state` needs: a load over pinned maps is an upgrade, which keeps every tag;
 /// dropping a link's pin detaches it.
@@ -249,7 +249,7 @@ const HOOKS: [(&str, &str, &str); 5] = [
     (programs::FORK, "task_newtask", "empty_fork"),
     (programs::EXEC, "sched_process_exec", "empty_exec"),
     (programs::EXIT, "sched_process_exit", "empty_exit"),
-    (programs::SWITCH, "sched_switch", "empty_switch"),
+    (programs::FREE, "sched_process_free", "empty_free"),
     (programs::RSS, "rss_stat", "empty_rss"),
 ];
 
@@ -458,8 +458,8 @@ fn overhead(paths: &Paths, rounds: usize) {
             .sum()
     };
     for (what, names) in [
-        ("fork", &["trk_fork", "trk_exit", "trk_switch"][..]),
-        ("exec", &["trk_fork", "trk_exec", "trk_exit", "trk_switch"]),
+        ("fork", &["trk_fork", "trk_exit", "trk_free"][..]),
+        ("exec", &["trk_fork", "trk_exec", "trk_exit", "trk_free"]),
     ] {
         let base = base_ns[what];
         let label = if what == "fork" { "fork+exit" } else { "fork+exec" };

@@ -69,7 +69,7 @@ pub(super) fn create(t: &Instance, spec: &SlotSpec) -> Result<(SlotRecord, Vec<S
             return Err(Error::SlotExists(spec.name.clone()));
         }
         let mut maps = t.maps();
-        let id = reg.free_id(maps.max_slots())?;
+        let id = reg.free_id(maps.max_slots(), |id| maps.id_in_use(id).unwrap_or(true))?;
         let generation = reg.next_generation;
         reg.next_generation += 1;
         let (cgroups, warnings) = match &spec.cgroup {
@@ -175,7 +175,7 @@ pub(super) fn kernel_counts(t: &Instance, name: &str) -> Result<(SlotState, Slot
 /// The tagged tasks of a slot, as the kernel has them now.
 pub(super) fn tags(t: &Instance, name: &str) -> Result<Vec<(u32, TaskTag)>> {
     let rec = t.slot(name)?;
-    t.maps().tags_of(rec.id)
+    t.tags_of(rec.id)
 }
 
 /// The live processes of a slot (one row per thread group), or every thread.
@@ -201,8 +201,8 @@ pub(super) fn processes(t: &Instance, name: &str, threads: bool) -> Result<Vec<P
 pub(super) fn release(t: &Instance, name: &str) -> Result<()> {
     registry::update(&t.paths, |reg| {
         let rec = reg.get(name)?.clone();
+        let tasks = t.tags_of(rec.id)?.len() as u64;
         let mut maps = t.maps();
-        let tasks = maps.tags_of(rec.id)?.len() as u64;
         if tasks > 0 {
             return Err(Error::SlotBusy { name: name.to_owned(), tasks });
         }

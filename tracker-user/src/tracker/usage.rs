@@ -7,7 +7,8 @@ use std::{
 
 use serde::Serialize;
 use tracker_common::{
-    IoCounters, SlotCounters, SlotState, USAGE_LEADER, UsageRecord, UsageRequest,
+    IoCounters, SlotCounters, SlotState, TaskTag, USAGE_EXITED, USAGE_LEADER, UsageRecord,
+    UsageRequest,
 };
 
 use super::instance::Instance;
@@ -75,6 +76,8 @@ struct Live {
     maj_flt: u64,
     max_rss: u64,
     processes: u64,
+    /// Exited tasks seen not yet freed (their CPU is in `user_ns`/`system_ns`).
+    unfreed: u64,
 }
 
 impl Live {
@@ -82,6 +85,11 @@ impl Live {
         let (user, system) = split(r.sum_exec_ns, r.utime_ns, r.stime_ns);
         self.user_ns += user;
         self.system_ns += system;
+        // An exited task not yet freed: the rest was harvested at its exit.
+        if r.flags & USAGE_EXITED != 0 {
+            self.unfreed += 1;
+            return;
+        }
         self.io.add(&r.io);
         self.min_flt += r.min_flt;
         self.maj_flt += r.maj_flt;
@@ -94,7 +102,7 @@ impl Live {
 
 /// Split the precise runtime `sum` between user and system time in the proportion of the
 /// tick-sampled `utime` and `stime`, as the kernel's `cputime_adjust` does (and as the kernel
-/// program does at a task's last switch).
+/// program does when a task is freed).
 pub fn split(sum: u64, utime: u64, stime: u64) -> (u64, u64) {
     match (utime, stime) {
         (_, 0) => (sum, 0),
@@ -148,46 +156,88 @@ fn build(rec: &SlotRecord, st: &SlotState, c: &SlotCounters, live: &Live) -> Usa
 pub(super) fn of(t: &Instance, name: &str) -> Result<Usage> {
     let rec = t.slot(name)?;
     await_final_cpu(t, rec.id)?;
+    let (st, c) = kernel_records(t, rec.id)?;
     let live = live_usage(t, rec.id)?;
-    usage_of(t, &rec, live.get(&rec.id).copied().unwrap_or_default())
+    Ok(build(&rec, &st, &c, &live.get(&rec.id).copied().unwrap_or_default()))
 }
 
 /// The usage of every slot, with one pass over the kernel's tasks.
 pub(super) fn all(t: &Instance) -> Result<Vec<Usage>> {
     let reg = registry::read(&t.paths)?;
+    let kernel: Vec<(SlotState, SlotCounters)> =
+        reg.slots.iter().map(|r| kernel_records(t, r.id)).collect::<Result<_>>()?;
     let live = live_usage(t, 0)?;
-    reg.slots.iter().map(|r| usage_of(t, r, live.get(&r.id).copied().unwrap_or_default())).collect()
+    Ok(reg
+        .slots
+        .iter()
+        .zip(kernel)
+        .map(|(r, (st, c))| build(r, &st, &c, &live.get(&r.id).copied().unwrap_or_default()))
+        .collect())
 }
 
-fn usage_of(t: &Instance, rec: &SlotRecord, live: Live) -> Result<Usage> {
+/// Read before the iterator runs: a task freed after this read is still seen by the iterator
+/// (a task is freed only after it is unhashed), one freed before it is in these counters and
+/// not seen, so none is counted twice.
+fn kernel_records(t: &Instance, slot: u32) -> Result<(SlotState, SlotCounters)> {
     let maps = t.maps();
-    Ok(build(rec, &maps.state(rec.id)?, &maps.counters(rec.id)?, &live))
+    Ok((maps.state(slot)?, maps.counters(slot)?))
 }
 
-/// An empty slot's usage is final: wait until its exited tasks have had their last
-/// context switch, where their CPU time is added. Until then, a task that passed its exit
-/// (no longer live) may hold seconds of CPU that neither the counters nor the iterator
-/// show, and on a loaded machine the dying task can wait for a CPU for milliseconds.
-/// Bounded, so that an entry nobody will harvest costs a second, not a hang.
+/// The live tagged tasks of slot id `slot`, `(tid, tag)`, from one pass of the usage iterator
+/// over the machine's tasks: in proportion to the tasks there are, not to pid_max, and
+/// without mapping the tasks array.
+pub(super) fn tags_of(t: &Instance, slot: u32) -> Result<Vec<(u32, TaskTag)>> {
+    Ok(records(t, slot)?
+        .into_iter()
+        .filter(|r| r.flags & USAGE_EXITED == 0)
+        .map(|r| (r.tid, TaskTag { slot: r.slot, tgid: r.tgid, start_ns: r.start_ns }))
+        .collect())
+}
+
+/// An empty slot's usage is final: wait until its exited tasks have been freed, where their
+/// CPU time is added. Until then, a task that passed its exit (no longer live) may hold
+/// seconds of CPU that neither the counters nor the iterator show; the free comes an RCU grace
+/// period after the task's last context switch, for which a dying task on a loaded machine can
+/// wait milliseconds. A zombie its parent has not reaped is not freed either, but the iterator
+/// shows it (and its CPU): not waited for. Bounded, so that an exited task neither freed nor
+/// seen (a leader released by another thread's exec, for a grace period) costs a second, not
+/// a hang.
 fn await_final_cpu(t: &Instance, slot: u32) -> Result<()> {
     const BOUND: Duration = Duration::from_secs(1);
-    let maps = t.maps();
-    if maps.state(slot)?.live_tasks != 0 {
+    if t.maps().state(slot)?.live_tasks != 0 {
         return Ok(());
     }
     let start = Instant::now();
-    while maps.harvests_pending(slot) > 0 {
-        if start.elapsed() >= BOUND {
-            tracing::debug!("slot {slot}: exited tasks not harvested after {BOUND:?}");
-            break;
+    let mut pause = Duration::from_micros(500);
+    loop {
+        let pending = t.maps().harvests_pending(slot)?;
+        if pending == 0 {
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(1));
+        let unfreed = live_usage(t, slot)?.get(&slot).map_or(0, |l| l.unfreed);
+        if pending <= unfreed {
+            return Ok(());
+        }
+        if start.elapsed() >= BOUND {
+            tracing::debug!("slot {slot}: {pending} exited task(s) not freed after {BOUND:?}");
+            return Ok(());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
     }
-    Ok(())
 }
 
 /// Run the usage iterator for slot `slot` (0: every slot); sums per slot id.
 fn live_usage(t: &Instance, slot: u32) -> Result<BTreeMap<u32, Live>> {
+    let mut out: BTreeMap<u32, Live> = BTreeMap::new();
+    for r in records(t, slot)? {
+        out.entry(r.slot).or_default().add(&r);
+    }
+    Ok(out)
+}
+
+/// The usage iterator's records for slot `slot` (0: every slot).
+fn records(t: &Instance, slot: u32) -> Result<Vec<UsageRecord>> {
     let tid = current_tid();
     t.maps()
         .usage
@@ -195,11 +245,7 @@ fn live_usage(t: &Instance, slot: u32) -> Result<BTreeMap<u32, Live>> {
         .map_err(|e| Error::bpf("writing the usage request", e))?;
     let records = task_iter::run::<UsageRecord>(&t.paths, programs::USAGE);
     let _ = t.maps().usage.remove(&tid);
-    let mut out: BTreeMap<u32, Live> = BTreeMap::new();
-    for r in records? {
-        out.entry(r.slot).or_default().add(&r);
-    }
-    Ok(out)
+    records
 }
 
 #[cfg(test)]

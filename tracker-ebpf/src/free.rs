@@ -1,35 +1,34 @@
-//! `sched_switch`: a dead task's final context switch, where its CPU time is final. Harvesting
-//! at exit would miss the running slice, which for a process that lives a millisecond is most
-//! of its life. Every context switch on the machine runs this program; all but the final ones
-//! of dead tasks return on the first comparison, which reads only the program's arguments.
+//! `sched_process_free`: a task's CPU time is final when it is freed. The kernel frees a task
+//! (`delayed_put_task_struct`, an RCU callback) once both `release_task` and its final
+//! context switch have dropped their reference (`rcu_users`), so its last running slice is
+//! counted, which for a process that lives a millisecond is most of its life. It runs once
+//! per task, where a `sched_switch` program ran at every context switch of the machine; every
+//! task but an exited tagged one returns after one array load.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracker_common::{KF_SWITCH_PREV_STATE, TASK_DEAD};
 
 use crate::{
-    kernel::{Task, is_active, offsets},
+    kernel::{Task, offsets},
     slot,
 };
 
-#[btf_tracepoint(function = "sched_switch")]
-pub fn trk_switch(ctx: BtfTracePointContext) -> u32 {
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
     let off = offsets();
-    let prev: *mut task_struct = ctx.arg(1);
-    let task = Task::of(prev);
-    // A constant of the frozen `.rodata`: before 5.18 the tracepoint has no `prev_state` (the
-    // verifier would refuse reading it) and the task's own state is the same value here.
-    let prev_state = if off.features & KF_SWITCH_PREV_STATE != 0 {
-        let state: u64 = ctx.arg(3);
-        state as u32
-    } else {
-        task.state(&off).unwrap_or(0)
-    };
-    if prev_state != TASK_DEAD || !is_active() {
-        return 0;
-    }
-    let (Some((tid, _)), Some(start)) = (task.ids(&off), task.start_ns(&off)) else {
+    let p: *mut task_struct = ctx.arg(0);
+    let task = Task::of(p);
+    let Some((tid, tgid)) = task.ids(&off) else {
         return 0;
     };
-    let Some(slot) = slot::finish(tid, start) else {
+    let Some(start) = task.start_ns(&off) else {
+        return 0;
+    };
+    // A leader that exited while another thread exec'd is freed under that thread's old tid
+    // (`de_thread` swapped their pids); its entry is there unless the exec program has not
+    // moved it yet from the group's tid (see `slot::exec_by_thread`). The start time tells
+    // it from the group's other entries.
+    let Some(slot) = slot::finish(tid, start)
+        .or_else(|| if tid != tgid { slot::finish(tgid, start) } else { None })
+    else {
         return 0;
     };
     if let Some((sum, utime, stime)) = task.cpu(&off) {
