@@ -79,7 +79,7 @@ impl Instance {
         kernel_ready()?;
         let name = format!("t-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let paths = Paths::new(&name).unwrap();
-        loader::load(&paths, &LoadOptions { max_slots: 64 }).unwrap();
+        loader::load(&paths, &LoadOptions { max_slots: 64, ..Default::default() }).unwrap();
         Some(Self { paths, name })
     }
 

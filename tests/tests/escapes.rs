@@ -152,6 +152,10 @@ fn a_hundred_kills_of_a_churning_job_leave_every_counter_consistent() {
     let t = inst.tracker();
     let m = marker("churn");
     inst.cli_ok(&["create", "churn"]);
+    // A slot with no memory cgroup of its own keeps rss_stat attached, and it follows every
+    // tagged process: the churn slot's resident-memory figures must balance too.
+    let out = inst.cli().env("TRACKER_CGROUPS", "off").args(["create", "rss-on"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let opts = KillOptions { timeout: tracker_tests::scaled(T) };
     for i in 0..100u64 {
         let (_, c) = t.kernel_counts("churn").unwrap();

@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod limits;
 pub mod loader;
 pub mod maps;
+mod memory_link;
 pub mod paths;
 mod pidfd;
 pub mod preflight;

@@ -31,6 +31,7 @@ use crate::{
     cgroup::Cgroups,
     error::{Error, IoContext, Result},
     maps::{Maps, SHAPES},
+    memory_link,
     paths::{PID_MAX, Paths},
     preflight,
     programs::{Attach, Kind, PROGRAMS, ProgramSpec},
@@ -48,11 +49,15 @@ pub struct LoadOptions {
     /// Slots the per-slot maps have room for (ids 1..max_slots). Fixed when the maps are
     /// first created; an upgrade keeps the existing size.
     pub max_slots: u32,
+    /// Entries of the tasks array, if more than kernel.pid_max (which is the default): room
+    /// for a pid_max raised later, without the pid_max guard refusing it. Fixed when the
+    /// array is first created.
+    pub tasks_capacity: Option<u32>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_slots: DEFAULT_MAX_SLOTS }
+        Self { max_slots: DEFAULT_MAX_SLOTS, tasks_capacity: None }
     }
 }
 
@@ -109,7 +114,11 @@ fn load_locked(
     let pid_max = read_pid_max()?;
     let max_slots = opts.max_slots.max(2);
     // An upgrade keeps the pinned tasks array, and so its size.
-    let capacity = if fresh { pid_max } else { Maps::open(paths)?.tasks_capacity() };
+    let capacity = if fresh {
+        pid_max.max(opts.tasks_capacity.unwrap_or(0))
+    } else {
+        Maps::open(paths)?.tasks_capacity()
+    };
     let capacity_global = u64::from(capacity);
 
     let map_pins: Vec<(&str, std::path::PathBuf)> =
@@ -184,6 +193,8 @@ fn load_locked(
     if fresh {
         registry::reset_locked(paths)?;
     }
+    // The rss_stat program, attached from the new generation's pin while a slot needs it.
+    memory_link::sync(paths, &registry::read_locked(paths)?.slots)?;
     // Checked after the guard is attached: a raise before it is seen here, one after it is
     // refused.
     let pid_max = read_pid_max()?;
@@ -193,6 +204,15 @@ fn load_locked(
              a task with a higher tid cannot be tagged (tag_failures counts it, run and adopt \
              refuse it); `tracker unload`, then load again, to size the array to pid_max"
         ));
+    }
+    let v2_memory = Cgroups::detect(paths).ok().is_some_and(|c| c.v2_has_controller("memory"));
+    if v2_memory && !crate::status::memory_peak_in_kernel(paths) {
+        warnings.push(
+            "this kernel's cgroup v2 has no memory.peak (5.19+): slots take their memory and \
+             its peak from rss_stat, which runs at every RSS change of every process while such \
+             a slot exists"
+                .into(),
+        );
     }
     let slots_kept = registry::read_locked(paths)?.slots.len();
     Ok(LoadReport {

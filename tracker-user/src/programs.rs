@@ -142,12 +142,16 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: RSS,
         kind: Kind::BtfTracePoint("rss_stat"),
-        attach: Attach::Pinned,
-        // Without it every slot's memory would read 0: a kernel that refuses it refuses the
-        // load, rather than the numbers being silently wrong.
+        // Attached only while a slot takes its memory from it (memory_link.rs): it runs at
+        // every RSS change of every process of the machine.
+        attach: Attach::OnDemand,
+        // Without it a slot with no memory cgroup of its own would read 0: a kernel that
+        // refuses it refuses the load, rather than the numbers being silently wrong.
         required: true,
         needs: &[Need::TpBtf],
-        purpose: "keeps each slot's resident memory and its peak, at every change",
+        purpose: "keeps the resident memory and its peak of slots that have no memory cgroup of \
+                  their own (bound slots, no memory controller, cgroup v2 before 5.19), at every \
+                  change; attached only while such a slot exists",
     },
     ProgramSpec {
         name: USAGE,

@@ -139,6 +139,14 @@ fn non_root_cgroup(mount: &Path, paths: &Paths) -> Option<PathBuf> {
     fs::read_dir(mount).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())
 }
 
+/// Whether the kernel has cgroup v2's `memory.peak` (5.19: `memory_peak_read`; 6.12 made it
+/// resettable per file descriptor: `memory_peak_show`).
+pub fn memory_peak_in_kernel(paths: &Paths) -> bool {
+    ["memory_peak_read", "memory_peak_show"]
+        .iter()
+        .any(|f| btf::kernel_has_function(paths.btf(), f))
+}
+
 fn program_by_id(id: u32) -> Option<ProgramInfo> {
     loaded_programs().flatten().find(|p| p.id() == id)
 }
@@ -182,6 +190,19 @@ fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
         "cgroup.kill",
         mounts.unified.is_some() && has("cgroup.kill", "cgroup_kill_write"),
         "kill a slot in one write (5.14+)".into(),
+    );
+    let peak = memory_peak_in_kernel(paths);
+    add(
+        "memory.peak",
+        peak,
+        if peak {
+            "a slot's memory peak is its cgroup v2's memory.peak (5.19+)".into()
+        } else {
+            "instead: on cgroup v2 a slot's memory and peak come from rss_stat, attached while \
+             such a slot exists, at every RSS change of every process (v1: \
+             memory.max_usage_in_bytes)"
+                .into()
+        },
     );
     // How this kernel differs, as the programs were (or would be) chosen for it at load.
     match btf::kernel_offsets(paths.btf()) {

@@ -6,6 +6,9 @@
 //!   re-attaches the programs between batches, alternating which comes first; medians;
 //! - the per-call cost of each program, from the kernel's BPF statistics, on the untracked and
 //!   the tagged path;
+//! - `tracker ps`, `stat`, `adopt` and `kill` of a slot of 10 processes, with the tasks array
+//!   sized as kernel.pid_max 32768 and 4194304 size it (`LoadOptions::tasks_capacity`: the
+//!   machine's pid_max is left alone);
 //! - the time to kill a slot of 1,000 sleeping processes, against a plain `cgroup.kill` of the
 //!   same set;
 //! - the daemon: a gRPC usage query over its Unix socket, p50 and p99, against a
@@ -13,7 +16,7 @@
 //!   delivers during a fork storm, with the count of any lost.
 //!
 //! usage: bench [ROUNDS] | bench serve CPU (a worker: reads `fork N` / `exec N` lines);
-//! `BENCH_SECTIONS=overhead,stat,memory,daemon,kill` runs only those.
+//! `BENCH_SECTIONS=overhead,scale,stat,memory,daemon,kill` runs only those.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -31,6 +34,9 @@ use tracker_tests::calibrate::EmptyProgram;
 const CPU: usize = 1;
 const FORKS: u32 = 3000;
 const EXECS: u32 = 600;
+/// Pipe round trips (two context switches each) and page faults per batch.
+const PIPES: u32 = 20_000;
+const FAULTS: u32 = 20_000;
 const KILL_SET: usize = 1000;
 /// Short batches of each operation, each worker, for the per-call costs.
 const STAT_BATCHES: usize = 40;
@@ -81,12 +87,13 @@ fn main() {
     let old_stats = fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
     fs::write(STATS, "1").unwrap();
     let result = std::panic::catch_unwind(|| {
-        // BENCH_SECTIONS=overhead,stat,memory,daemon,kill: some of them only.
+        // BENCH_SECTIONS=overhead,scale,stat,memory,daemon,kill: some of them only.
         let only = std::env::var("BENCH_SECTIONS").unwrap_or_default();
         let want = |s: &str| only.is_empty() || only.split(',').any(|w| w == s);
         loader::load(&paths, &LoadOptions::default()).unwrap();
-        let sections: [Section; 5] = [
+        let sections: [Section; 6] = [
             ("overhead", &|p| overhead(p, rounds)),
+            ("scale", &|_| scale()),
             ("stat", &stat_latency),
             ("memory", &kernel_memory),
             ("daemon", &daemon),
@@ -119,32 +126,94 @@ fn libtest_empty(args: &[String]) {
     }
 }
 
-/// A worker: pinned to `cpu`, for each `fork N` or `exec N` line on stdin, do N fork+exit (or
-/// fork+exec of /bin/true) and print the nanoseconds per operation.
+/// A worker: pinned to `cpu`, for each `OP N` line on stdin (`fork`: fork+exit+wait, `exec`:
+/// fork+exec(/bin/true)+wait, `pipe`: a round trip over two pipes with a child on the same
+/// CPU, two context switches, `fault`: a first touch of an anonymous page), do N of them and
+/// print the nanoseconds per operation.
 fn serve(cpu: usize) {
     pin_to(cpu);
     for line in std::io::stdin().lines() {
         let line = line.unwrap();
         let mut words = line.split_whitespace();
-        let exec = words.next() == Some("exec");
+        let op = words.next().unwrap_or("fork").to_owned();
         let n: u32 = words.next().and_then(|w| w.parse().ok()).unwrap_or(1);
         let t0 = Instant::now();
-        for _ in 0..n {
-            // SAFETY: the child only calls async-signal-safe functions before exiting.
-            unsafe {
-                let pid = libc::fork();
-                if pid == 0 {
-                    if exec {
-                        let path = c"/bin/true".as_ptr();
-                        let argv = [path, std::ptr::null()];
-                        libc::execv(path, argv.as_ptr());
-                    }
-                    libc::_exit(0);
-                }
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
+        match op.as_str() {
+            "pipe" => ping_pong(n),
+            "fault" => touch_pages(n),
+            _ => fork_loop(n, op == "exec"),
         }
         println!("{}", t0.elapsed().as_nanos() as f64 / f64::from(n));
+    }
+}
+
+fn fork_loop(n: u32, exec: bool) {
+    for _ in 0..n {
+        // SAFETY: the child only calls async-signal-safe functions before exiting.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                if exec {
+                    let path = c"/bin/true".as_ptr();
+                    let argv = [path, std::ptr::null()];
+                    libc::execv(path, argv.as_ptr());
+                }
+                libc::_exit(0);
+            }
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// `n` round trips of one byte with a child on this CPU (it inherits the pinning): each
+/// round trip is two context switches. The child's fork and exit are outside the n.
+fn ping_pong(n: u32) {
+    let (mut to, mut from) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: plain pipe/fork/read/write on fds this function owns; the child only calls
+    // async-signal-safe functions.
+    unsafe {
+        libc::pipe(to.as_mut_ptr());
+        libc::pipe(from.as_mut_ptr());
+        let pid = libc::fork();
+        let mut b = 0u8;
+        let p = (&raw mut b).cast();
+        if pid == 0 {
+            while libc::read(to[0], p, 1) == 1 {
+                libc::write(from[1], p, 1);
+            }
+            libc::_exit(0);
+        }
+        for _ in 0..n {
+            libc::write(to[1], p, 1);
+            libc::read(from[0], p, 1);
+        }
+        libc::close(to[1]);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+        for fd in [to[0], from[0], from[1]] {
+            libc::close(fd);
+        }
+    }
+}
+
+/// `n` page faults: the first touch of each page of a fresh anonymous mapping.
+fn touch_pages(n: u32) {
+    let len = n as usize * 4096;
+    // SAFETY: a private anonymous mapping, written within its bounds, then unmapped.
+    unsafe {
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(m, libc::MAP_FAILED);
+        let base = m.cast::<u8>();
+        for i in 0..n as usize {
+            base.add(i * 4096).write_volatile(1);
+        }
+        libc::munmap(m, len);
     }
 }
 
@@ -239,7 +308,8 @@ fn set_state(paths: &Paths, state: State) {
         State::Accounting => vec![],
     };
     for p in drop {
-        fs::remove_file(paths.link_pin(p)).unwrap();
+        // trk_rss is attached only while a slot needs it: its pin may be absent.
+        let _ = fs::remove_file(paths.link_pin(p));
     }
 }
 
@@ -271,21 +341,6 @@ fn prog_stats(paths: &Paths) -> BTreeMap<&'static str, (u64, u64)> {
     out
 }
 
-/// The mean nanoseconds per call of each program that ran between `before` and `after`.
-fn per_call(
-    before: &BTreeMap<&'static str, (u64, u64)>,
-    after: &BTreeMap<&'static str, (u64, u64)>,
-    acc: &mut BTreeMap<&'static str, Vec<f64>>,
-) {
-    for (name, (c1, t1)) in after {
-        let (c0, t0) = before.get(name).copied().unwrap_or_default();
-        let calls = c1.saturating_sub(c0);
-        if calls > 0 {
-            acc.entry(name).or_default().push(t1.saturating_sub(t0) as f64 / calls as f64);
-        }
-    }
-}
-
 fn median(v: &mut [f64]) -> f64 {
     median_spread(v).0
 }
@@ -294,8 +349,25 @@ fn set_stats(on: bool) {
     fs::write(STATS, if on { "1" } else { "0" }).unwrap();
 }
 
+/// The operations timed, in the order of the tables.
+const OPS: [&str; 4] = ["fork", "exec", "pipe", "fault"];
+
 fn op_n(what: &str) -> u32 {
-    if what == "fork" { FORKS } else { EXECS }
+    match what {
+        "fork" => FORKS,
+        "exec" => EXECS,
+        "pipe" => PIPES,
+        _ => FAULTS,
+    }
+}
+
+fn op_label(what: &str) -> &'static str {
+    match what {
+        "fork" => "fork+exit",
+        "exec" => "fork+exec",
+        "pipe" => "pipe round trip",
+        _ => "page fault",
+    }
 }
 
 /// (median, interquartile range / 2) of `v`.
@@ -309,7 +381,7 @@ type Samples = BTreeMap<(&'static str, &'static str, &'static str), Vec<f64>>;
 
 /// One batch of each operation from each worker.
 fn batch(plain: &mut Worker, tagged: &mut Worker, state: State, samples: &mut Samples) {
-    for what in ["fork", "exec"] {
+    for what in OPS {
         let n = op_n(what);
         samples.entry((what, "plain", state.key())).or_default().push(plain.run(what, n));
         samples.entry((what, "tagged", state.key())).or_default().push(tagged.run(what, n));
@@ -318,8 +390,9 @@ fn batch(plain: &mut Worker, tagged: &mut Worker, state: State, samples: &mut Sa
 
 fn overhead(paths: &Paths, rounds: usize) {
     println!(
-        "fork+exit ×{FORKS} and fork+exec(/bin/true) ×{EXECS} per batch, {rounds} rounds, \
-         pinned to CPU {CPU}, BPF statistics off while timing"
+        "fork+exit ×{FORKS}, fork+exec(/bin/true) ×{EXECS}, pipe round trips ×{PIPES} and page \
+         faults ×{FAULTS} per batch, {rounds} rounds, pinned to CPU {CPU}, BPF statistics off \
+         while timing"
     );
     loader::load(paths, &LoadOptions::default()).unwrap();
     let t = Tracker::open(paths.clone()).unwrap();
@@ -343,10 +416,10 @@ fn overhead(paths: &Paths, rounds: usize) {
             "\n{title}: the same process with no program attached, with tagging, with tagging and accounting"
         );
         println!(
-            "{:<10} {:>16} {:>16} {:>8} {:>16} {:>8}",
+            "{:<16} {:>16} {:>16} {:>8} {:>16} {:>8}",
             "op", "no tracker", "tagging", "ratio", "+ accounting", "ratio"
         );
-        for what in ["fork", "exec"] {
+        for what in OPS {
             let mut m =
                 |state: State| median_spread(samples.get_mut(&(what, who, state.key())).unwrap());
             let (off, offs) = m(State::Off);
@@ -355,10 +428,16 @@ fn overhead(paths: &Paths, rounds: usize) {
             if who == "plain" {
                 base_ns.insert(what, off);
             }
-            let label = if what == "fork" { "fork+exit" } else { "fork+exec" };
-            let us = |m: f64, s: f64| format!("{:.1} ±{:.1} µs", m / 1e3, s / 1e3);
+            let label = op_label(what);
+            let us = |m: f64, s: f64| {
+                if m >= 1e4 {
+                    format!("{:.1} ±{:.1} µs", m / 1e3, s / 1e3)
+                } else {
+                    format!("{m:.0} ±{s:.0} ns")
+                }
+            };
             println!(
-                "{label:<10} {:>16} {:>16} {:>8.4} {:>16} {:>8.4}",
+                "{label:<16} {:>16} {:>16} {:>8.4} {:>16} {:>8.4}",
                 us(off, offs),
                 us(tr, trs),
                 tr / off,
@@ -384,93 +463,184 @@ fn overhead(paths: &Paths, rounds: usize) {
         HOOKS.iter().map(|(_, tp, empty)| EmptyProgram::attach(&btf, tp, empty).unwrap()).collect();
     set_state(paths, State::Accounting);
     set_stats(true);
-    let mut untagged: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    let mut tagged_calls: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    // Per (operation, program): calls per operation and ns per call, for each batch.
+    let mut untagged = CallSamples::new();
+    let mut tagged_calls = CallSamples::new();
     for _ in 0..STAT_BATCHES {
-        for what in ["fork", "exec"] {
+        for what in OPS {
             let n = op_n(what) / 10;
             let s0 = prog_stats(paths);
             plain.run(what, n);
             let s1 = prog_stats(paths);
             tagged.run(what, n);
             let s2 = prog_stats(paths);
-            per_call(&s0, &s1, &mut untagged);
-            per_call(&s1, &s2, &mut tagged_calls);
+            per_call(what, n, &s0, &s1, &mut untagged);
+            per_call(what, n, &s1, &s2, &mut tagged_calls);
         }
     }
     drop(empties);
     drop(tagged);
     let _ = t.kill("bench", &KillOptions::default());
-    let ns = |m: &mut BTreeMap<&str, Vec<f64>>, name: &str| -> Option<(f64, f64)> {
-        let v = m.get_mut(name).filter(|v| !v.is_empty())?;
-        let med = median(v);
-        Some((med, v[0]))
+    println!(
+        "\nwhere the time goes (kernel BPF statistics, {STAT_BATCHES} batches of a tenth of the \
+         above per operation; the machine's other calls are mixed in): calls per operation × \
+         median ns per call = ns per operation, untagged and tagged; `empty@hook` is a program \
+         that returns at once, on the same hook at the same time: the cost of any program there"
+    );
+    println!(
+        "{:<16} {:<26} {:>26} {:>26}",
+        "op", "program", "untagged: calls × ns = ns", "tagged: calls × ns = ns"
+    );
+    for what in OPS {
+        let base = base_ns[what];
+        let (mut sum_u, mut sum_t) = (0.0, 0.0);
+        for (prog, tp, empty) in HOOKS {
+            for name in [prog, empty] {
+                let u = cost(&mut untagged, what, name);
+                let tg = cost(&mut tagged_calls, what, name);
+                if u.is_none() && tg.is_none() {
+                    continue;
+                }
+                if name == prog {
+                    sum_u += u.map_or(0.0, |c| c.0 * c.1);
+                    sum_t += tg.map_or(0.0, |c| c.0 * c.1);
+                }
+                let show = |c: Option<(f64, f64)>| {
+                    c.map_or("-".to_owned(), |(calls, ns)| {
+                        format!("{calls:.2} × {ns:.0} = {:.0}", calls * ns)
+                    })
+                };
+                let label = if name == empty { format!("  empty@{tp}") } else { name.to_owned() };
+                println!("{:<16} {label:<26} {:>26} {:>26}", op_label(what), show(u), show(tg));
+            }
+        }
+        println!(
+            "{:<16} {:<26} {:>26} {:>26}",
+            op_label(what),
+            "all tracker programs",
+            format!("{sum_u:.0} ns ({:.2}%)", 100.0 * sum_u / base),
+            format!("{sum_t:.0} ns ({:.2}%)", 100.0 * sum_t / base)
+        );
+    }
+    println!("(percentages of the operation's time with no tracker, pinned to CPU {CPU})");
+}
+
+type CallSamples = BTreeMap<(&'static str, &'static str), (Vec<f64>, Vec<f64>)>;
+
+/// Record, for operation `what` done `n` times between `before` and `after`, each program's
+/// calls per operation and ns per call.
+fn per_call(
+    what: &'static str,
+    n: u32,
+    before: &BTreeMap<&'static str, (u64, u64)>,
+    after: &BTreeMap<&'static str, (u64, u64)>,
+    acc: &mut CallSamples,
+) {
+    for (name, (c1, t1)) in after {
+        let (c0, t0) = before.get(name).copied().unwrap_or_default();
+        let calls = c1.saturating_sub(c0);
+        let e = acc.entry((what, name)).or_default();
+        e.0.push(calls as f64 / f64::from(n));
+        if calls > 0 {
+            e.1.push(t1.saturating_sub(t0) as f64 / calls as f64);
+        }
+    }
+}
+
+/// (median calls per operation, median ns per call) of `name` during `what`, if it ran.
+fn cost(acc: &mut CallSamples, what: &'static str, name: &'static str) -> Option<(f64, f64)> {
+    let (calls, ns) = acc.get_mut(&(what, name))?;
+    if ns.is_empty() {
+        return None;
+    }
+    Some((median(calls), median(ns)))
+}
+
+const SCALE_ROUNDS: usize = 10;
+
+/// The CLI's cost for a slot of 10 processes, against the size of the tasks array.
+fn scale() {
+    let Some(bin) = std::env::var_os("TRACKER_BIN").map(PathBuf::from) else {
+        println!("\nscale: TRACKER_BIN is not set (run `cargo xtask bench`), skipped");
+        return;
     };
     println!(
-        "\nper program call (kernel BPF statistics, {} batches; the machine's other calls are \
-         mixed in): median, and in brackets the fastest batch; `empty@hook` is a program that \
-         returns at once, on the same hook at the same time: the cost of any program there",
-        STAT_BATCHES * 2
+        "\na slot of 10 processes: the whole command, process start included, median of \
+         {SCALE_ROUNDS} (adopt and kill: a fresh untracked tree of 10 each round)"
     );
-    println!("{:<24} {:>18} {:>18}", "program", "untagged path", "tagged path");
-    let names: Vec<&str> = untagged
-        .keys()
-        .chain(tagged_calls.keys())
-        .copied()
-        .collect::<std::collections::BTreeSet<&str>>()
-        .into_iter()
-        .filter(|n| !n.starts_with("empty"))
-        .flat_map(|n| [n].into_iter().chain(HOOKS.iter().filter(move |h| h.0 == n).map(|h| h.2)))
-        .collect();
-    // Per program: (median, fastest batch) on the untagged path and on the tagged one.
-    type Cost = Option<(f64, f64)>;
-    let mut costs: BTreeMap<&str, (Cost, Cost)> = BTreeMap::new();
-    for name in names {
-        let (u, tg) = (ns(&mut untagged, name), ns(&mut tagged_calls, name));
-        costs.insert(name, (u, tg));
-        let show = |v: Option<(f64, f64)>| {
-            v.map_or("-".to_owned(), |(m, min)| format!("{m:.0} ns ({min:.0})"))
-        };
-        let label = HOOKS
-            .iter()
-            .find(|h| h.2 == name)
-            .map_or(name.to_owned(), |h| format!("  empty@{}", h.1));
-        println!("{label:<24} {:>18} {:>18}", show(u), show(tg));
-    }
-    for (prog, tp, empty) in HOOKS {
-        let (Some((Some(u), Some(tg))), Some((Some(eu), Some(et)))) =
-            (costs.get(prog), costs.get(empty))
-        else {
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "tasks array (pid_max)", "ps", "stat", "adopt", "kill", "CLI max RSS"
+    );
+    for pid_max in [32768u32, 4_194_304] {
+        let paths = Paths::new(&format!("bench-pm{pid_max}-{}", std::process::id())).unwrap();
+        // The array as pid_max would size it. kernel.pid_max itself is left alone: it is the
+        // machine's, and every loaded instance's guard refuses a raise above its own array.
+        let opts = LoadOptions { tasks_capacity: Some(pid_max), ..Default::default() };
+        if let Err(e) = loader::load(&paths, &opts) {
+            println!("{pid_max:<22} load failed: {e}");
             continue;
+        }
+        let t = Tracker::open(paths.clone()).unwrap();
+        let cli = |args: &[&str]| -> (f64, u64) {
+            let t0 = Instant::now();
+            let out = Command::new(&bin)
+                .args(["--instance", paths.instance()])
+                .args(args)
+                .stdout(Stdio::null())
+                .output()
+                .unwrap();
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            (ms, children_maxrss_kib())
         };
+        let mut child = sleepers(&t, "ten", 10);
+        let (mut ps, mut stat, mut adopt, mut kill, mut rss) = (vec![], vec![], vec![], vec![], 0);
+        for round in 0..SCALE_ROUNDS {
+            let (ms, r) = cli(&["ps", "ten"]);
+            ps.push(ms);
+            rss = rss.max(r);
+            stat.push(cli(&["stat", "ten", "--json"]).0);
+            let name = format!("adopt{round}");
+            let mut tree = Command::new("bash")
+                .args(["-c", "for i in $(seq 9); do sleep 1000 & done; wait"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            let pid = tree.id();
+            wait_until(Duration::from_secs(30), || {
+                fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .is_ok_and(|c| c.split_whitespace().count() >= 9)
+            });
+            cli(&["create", &name]);
+            adopt.push(cli(&["adopt", &name, &pid.to_string()]).0);
+            kill.push(cli(&["kill", &name]).0);
+            let _ = tree.wait();
+            t.release(&name).unwrap();
+        }
+        assert!(t.kill("ten", &KillOptions::default()).unwrap().is_complete());
+        let _ = child.wait();
         println!(
-            "{prog} over an empty program on {tp}: untagged path {:+.0} ns, tagged path {:+.0} ns",
-            u.0 - eu.0,
-            tg.0 - et.0
+            "{:<22} {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>8} KiB",
+            format!("{pid_max}"),
+            median(&mut ps),
+            median(&mut stat),
+            median(&mut adopt),
+            median(&mut kill),
+            rss
         );
+        drop(t);
+        loader::unload(&paths, true).unwrap();
     }
-    let cost = |tagged: bool, names: &[&str]| -> f64 {
-        names
-            .iter()
-            .filter_map(|n| costs.get(n))
-            .filter_map(|(u, t)| if tagged { *t } else { *u })
-            .map(|(median, _)| median)
-            .sum()
-    };
-    for (what, names) in [
-        ("fork", &["trk_fork", "trk_exit", "trk_free"][..]),
-        ("exec", &["trk_fork", "trk_exec", "trk_exit", "trk_free"]),
-    ] {
-        let base = base_ns[what];
-        let label = if what == "fork" { "fork+exit" } else { "fork+exec" };
-        println!(
-            "BPF time per {label}: untracked {:.0} ns ({:.3}% of {:.1} µs), tagged {:.0} ns ({:.3}%)",
-            cost(false, names),
-            100.0 * cost(false, names) / base,
-            base / 1e3,
-            cost(true, names),
-            100.0 * cost(true, names) / base
-        );
+}
+
+/// The largest peak RSS of any child this process has waited for (`getrusage`), KiB.
+fn children_maxrss_kib() -> u64 {
+    // SAFETY: a zeroed rusage filled by the kernel.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru.ru_maxrss as u64
     }
 }
 

@@ -10,11 +10,12 @@
 //! never its tag.
 //!
 //! By job: `mounts` (where the hierarchies are), `lifecycle` (making and removing a slot's
-//! directories), `limits` (writing its limits), `control` (freeze, thaw, kill). Every path
-//! they use is built in `paths.rs`.
+//! directories), `limits` (writing its limits), `control` (freeze, thaw, kill), `memory` (its
+//! memory and peak). Every path they use is built in `paths.rs`.
 mod control;
 mod lifecycle;
 mod limits;
+mod memory;
 mod mounts;
 
 use std::{
@@ -23,6 +24,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use memory::MemorySource;
 pub use mounts::CgroupMounts;
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +88,11 @@ impl Cgroups {
             (None, false) => Layout::Legacy,
             (None, true) => Layout::None,
         }
+    }
+
+    /// Whether the cgroup2 hierarchy has controller `name`.
+    pub fn v2_has_controller(&self, name: &str) -> bool {
+        self.v2_controllers().iter().any(|c| c == name)
     }
 
     /// Controllers available in the cgroup2 hierarchy.

@@ -278,7 +278,10 @@ fn optional<T>(what: &str, r: Result<T>) -> Option<T> {
 fn open_or_load(paths: &Paths, config: &DaemonConfig) -> Result<Tracker> {
     match Tracker::open(paths.clone()) {
         Err(Error::NotLoaded(_)) => {
-            let report = loader::load(paths, &LoadOptions { max_slots: config.max_slots })?;
+            let report = loader::load(
+                paths,
+                &LoadOptions { max_slots: config.max_slots, ..Default::default() },
+            )?;
             for w in &report.warnings {
                 tracing::warn!("{w}");
             }

@@ -19,6 +19,7 @@ use crate::{
     error::{Error, Result},
     isolation,
     limits::Limits,
+    memory_link,
     procinfo::{self, ProcessInfo},
     registry::{self, SlotRecord},
 };
@@ -111,6 +112,12 @@ pub(super) fn create(t: &Instance, spec: &SlotSpec) -> Result<(SlotRecord, Vec<S
             suspended: false,
         };
         reg.slots.push(record.clone());
+        // Before any task enters it: a slot whose memory no cgroup of its own keeps needs
+        // rss_stat from its first page on.
+        if let Err(e) = memory_link::sync(&t.paths, &reg.slots) {
+            let _ = t.cgroups.remove(&record.cgroups);
+            return Err(e);
+        }
         Ok((record, warnings))
     })
 }
@@ -214,6 +221,9 @@ pub(super) fn release(t: &Instance, name: &str) -> Result<()> {
         AccessMaps::open(&t.paths)?.clear(rec.id)?;
         isolation::remove_scratch(&t.paths, name)?;
         reg.slots.retain(|s| s.name != name);
+        if let Err(e) = memory_link::sync(&t.paths, &reg.slots) {
+            tracing::warn!("rss_stat left attached: {e}");
+        }
         Ok(())
     })
 }

@@ -25,7 +25,8 @@ pub struct Usage {
     pub slot: String,
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
-    /// Resident memory of the slot's processes now (see README: what is counted).
+    /// The slot's memory now: what its own memory cgroup is charged, or, for a slot without
+    /// one, the resident pages of its processes (see README: what is counted).
     pub memory_current_bytes: u64,
     /// High-water mark of `memory_current_bytes`, kept in the kernel at every change.
     pub memory_peak_bytes: u64,
@@ -67,7 +68,7 @@ impl Usage {
 }
 
 /// What the live tasks of one slot hold now, summed.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Live {
     user_ns: u64,
     system_ns: u64,
@@ -78,6 +79,9 @@ struct Live {
     processes: u64,
     /// Exited tasks seen not yet freed (their CPU is in `user_ns`/`system_ns`).
     unfreed: u64,
+    /// Each live process: (pid, resident bytes now, its peak), for those outside the slot's
+    /// memory cgroup.
+    leaders: Vec<(u32, u64, u64)>,
 }
 
 impl Live {
@@ -96,6 +100,7 @@ impl Live {
         if r.flags & USAGE_LEADER != 0 {
             self.processes += 1;
             self.max_rss = self.max_rss.max(r.hiwater_rss_bytes);
+            self.leaders.push((r.tgid, r.rss_bytes, r.hiwater_rss_bytes));
         }
     }
 }
@@ -114,18 +119,45 @@ pub fn split(sum: u64, utime: u64, stime: u64) -> (u64, u64) {
     }
 }
 
+/// (resident bytes, sum of peaks) of the slot's live processes that are not in its memory
+/// cgroup (nor below it).
+fn outside_memory(rec: &SlotRecord, leaders: &[(u32, u64, u64)]) -> (u64, u64) {
+    if leaders.is_empty() {
+        return (0, 0);
+    }
+    let Some(inside) = rec.cgroups.memory_procs() else { return (0, 0) };
+    leaders
+        .iter()
+        .filter(|(pid, _, _)| !inside.contains(pid))
+        .fold((0, 0), |(n, p), (_, rss, peak)| (n + rss, p + (*peak).max(*rss)))
+}
+
 fn build(rec: &SlotRecord, st: &SlotState, c: &SlotCounters, live: &Live) -> Usage {
     let secs = |ns: u64| ns as f64 / 1e9;
     let mut io = c.io;
     io.add(&live.io);
-    // `mem_current` moves with atomic adds of signed deltas; a transient negative reads huge.
-    let mem_current = if (st.mem_current as i64) < 0 { 0 } else { st.mem_current };
+    let (mem_current, mem_peak) = match rec.cgroups.memory() {
+        // What the kernel charges the slot's own memory cgroup, and its high-water mark;
+        // plus the processes a root job moved out of it, whose new pages are charged
+        // elsewhere: their resident bytes now, and their own peaks (an upper bound of what
+        // they added to the slot's).
+        Some((now, peak)) => {
+            let (out_now, out_peak) = outside_memory(rec, &live.leaders);
+            (now + out_now, peak + out_peak)
+        }
+        None => {
+            // From rss_stat. `mem_current` moves with atomic adds of signed deltas; a
+            // transient negative reads huge.
+            let now = if (st.mem_current as i64) < 0 { 0 } else { st.mem_current };
+            (now, st.mem_peak.max(now))
+        }
+    };
     Usage {
         slot: rec.name.clone(),
         cpu_user_seconds: secs(c.cpu_user_ns + live.user_ns),
         cpu_system_seconds: secs(c.cpu_system_ns + live.system_ns),
         memory_current_bytes: mem_current,
-        memory_peak_bytes: st.mem_peak.max(mem_current),
+        memory_peak_bytes: mem_peak,
         max_process_rss_bytes: c.max_rss_bytes.max(live.max_rss),
         read_bytes: io.read_bytes,
         write_bytes: io.write_bytes,
@@ -158,7 +190,7 @@ pub(super) fn of(t: &Instance, name: &str) -> Result<Usage> {
     await_final_cpu(t, rec.id)?;
     let (st, c) = kernel_records(t, rec.id)?;
     let live = live_usage(t, rec.id)?;
-    Ok(build(&rec, &st, &c, &live.get(&rec.id).copied().unwrap_or_default()))
+    Ok(build(&rec, &st, &c, &live.get(&rec.id).cloned().unwrap_or_default()))
 }
 
 /// The usage of every slot, with one pass over the kernel's tasks.
@@ -171,7 +203,7 @@ pub(super) fn all(t: &Instance) -> Result<Vec<Usage>> {
         .slots
         .iter()
         .zip(kernel)
-        .map(|(r, (st, c))| build(r, &st, &c, &live.get(&r.id).copied().unwrap_or_default()))
+        .map(|(r, (st, c))| build(r, &st, &c, &live.get(&r.id).cloned().unwrap_or_default()))
         .collect())
 }
 

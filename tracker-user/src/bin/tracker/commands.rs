@@ -185,7 +185,7 @@ fn with_instance(instance: Option<&str>, command: Command) -> Result<ExitCode> {
 }
 
 fn load(paths: &Paths, max_slots: u32, json: bool) -> Result<ExitCode> {
-    let report = loader::load(paths, &LoadOptions { max_slots })?;
+    let report = loader::load(paths, &LoadOptions { max_slots, ..Default::default() })?;
     let st = status::status(paths).context("reading the status after loading")?;
     if json {
         output::print_json(&serde_json::json!({ "load": report, "status": st }))?;
