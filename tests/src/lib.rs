@@ -282,6 +282,23 @@ pub fn processes_named(comm: &str) -> Vec<u32> {
     pids
 }
 
+/// As `processes_named`, without the processes already in `do_exit` (`PF_EXITING`): they have
+/// left their slot, and no freezer stops them.
+pub fn live_processes_named(comm: &str) -> Vec<u32> {
+    const PF_EXITING: u64 = 0x4;
+    processes_named(comm)
+        .into_iter()
+        .filter(|pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // After the command: state ppid pgrp session tty_nr tpgid flags ...
+            let flags = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(6));
+            flags.and_then(|f| f.parse::<u64>().ok()).is_some_and(|f| f & PF_EXITING == 0)
+        })
+        .collect()
+}
+
 /// A marker name (≤ 15 bytes, the kernel's comm length) unique to this test process.
 pub fn marker(tag: &str) -> String {
     let m = format!("{tag}{}", std::process::id() % 100_000);

@@ -20,8 +20,26 @@ use crate::run::{quiet, workspace};
 
 /// Cache of everything downloaded or made (kernels, the venv, the disk images, the logs).
 const ROOT: &str = "/var/tmp/tracker-vm";
-/// The kernels `--kernel all` runs, oldest first: Debian 11, 12, 12's backports (13's, RHEL 10's).
-pub const KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
+/// The kernels `--kernel all` runs, oldest first: Ubuntu 22.04's (the oldest line sites run,
+/// beside RHEL 9's 5.14), Debian 12's, Ubuntu 24.04's, Debian 13's (RHEL 10's base). Debian
+/// 11's 5.10, below the minimum, runs on demand: `tracker load` must refuse it in one line.
+pub const KERNELS: &[&str] = &["5.15", "6.1", "6.8", "6.12"];
+const UBUNTU_ARCHIVE: &str = "http://archive.ubuntu.com/ubuntu";
+const UBUNTU_KEYRING: &str = "/usr/share/keyrings/ubuntu-archive-keyring.gpg";
+
+/// Where a kernel series' packages come from: the distribution that ships it to sites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Distro {
+    Debian,
+    Ubuntu,
+}
+
+fn distro_of(series: &str) -> Distro {
+    match series {
+        "5.15" | "6.8" => Distro::Ubuntu,
+        _ => Distro::Debian,
+    }
+}
 /// virtme-ng, pinned: its command line and guest layout are what the guest script expects.
 const VIRTME_NG: &str = "virtme-ng==1.42";
 const DEBIAN_ARCHIVE: &str = "http://deb.debian.org/debian";
@@ -110,6 +128,11 @@ fn ensure_host_packages() -> Result<()> {
     if !venv_works() {
         missing.push("python3-venv");
     }
+    if !Path::new(UBUNTU_KEYRING).exists() {
+        // Ubuntu's archive key, to check the kernels taken from Ubuntu (bookworm has it in
+        // backports only).
+        install_from_backports("ubuntu-keyring")?;
+    }
     if !missing.is_empty() {
         println!("xtask: installing {}", missing.join(" "));
         crate::run::apt_install(&missing)?;
@@ -117,25 +140,28 @@ fn ensure_host_packages() -> Result<()> {
     if on_path("qemu-system-x86_64") {
         return Ok(());
     }
-    if os_codename().as_deref() == Some("bookworm") {
-        // Bookworm's own QEMU conflicts with the backported qemu-utils this image has.
-        ensure_backports_source()?;
-        println!("xtask: installing qemu-system-x86 from bookworm-backports");
-        let mut c = Command::new("apt-get");
-        c.env("DEBIAN_FRONTEND", "noninteractive").args([
-            "install",
-            "-y",
-            "-qq",
-            "-t",
-            "bookworm-backports",
-            "qemu-system-x86",
-        ]);
-        quiet(&mut c)?;
-    } else {
-        println!("xtask: installing qemu-system-x86");
-        crate::run::apt_install(&["qemu-system-x86"])?;
+    // Bookworm's own QEMU conflicts with the backported qemu-utils this image has.
+    install_from_backports("qemu-system-x86")
+}
+
+/// Install `package`, from bookworm-backports on Debian 12, from the release itself elsewhere.
+fn install_from_backports(package: &str) -> Result<()> {
+    if os_codename().as_deref() != Some("bookworm") {
+        println!("xtask: installing {package}");
+        return crate::run::apt_install(&[package]);
     }
-    Ok(())
+    ensure_backports_source()?;
+    println!("xtask: installing {package} from bookworm-backports");
+    let mut c = Command::new("apt-get");
+    c.env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-qq",
+        "-t",
+        "bookworm-backports",
+        package,
+    ]);
+    quiet(&mut c).map(|_| ())
 }
 
 fn on_path(tool: &str) -> bool {
@@ -213,11 +239,17 @@ impl Kernel {
     }
 }
 
-/// The newest Debian kernel of `series` (`6.1`), downloaded and unpacked once.
+/// The newest kernel of `series` (`6.1`) from the distribution that ships it, downloaded and
+/// unpacked once.
 fn ensure_kernel(series: &str) -> Result<Kernel> {
     let apt = PrivateApt::new()?;
-    let package = apt.newest_kernel(series)?;
-    let release = package.trim_start_matches("linux-image-").to_owned();
+    let image = apt.newest_kernel(series)?;
+    let release = kernel_release(&image).to_owned();
+    // Ubuntu puts the modules in a package of their own; Debian's image holds them.
+    let packages = match distro_of(series) {
+        Distro::Debian => vec![image.clone()],
+        Distro::Ubuntu => vec![image.clone(), format!("linux-modules-{release}")],
+    };
     let dir = Path::new(ROOT).join("kernels").join(&release);
     let kernel = Kernel { release: release.clone(), dir: dir.clone() };
     if kernel.image().exists()
@@ -225,25 +257,33 @@ fn ensure_kernel(series: &str) -> Result<Kernel> {
     {
         return Ok(kernel);
     }
-    println!("xtask: fetching {package}");
     let debs = Path::new(ROOT).join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    quiet(apt.command("apt-get").current_dir(&debs).args(["download", "-q", &package]))?;
-    let deb = fs::read_dir(&debs)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
-        .with_context(|| format!("apt-get download left no {package} package"))?;
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    quiet(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    for package in &packages {
+        println!("xtask: fetching {package}");
+        quiet(apt.command("apt-get").current_dir(&debs).args(["download", "-q", package]))?;
+        let deb = fs::read_dir(&debs)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
+            .with_context(|| format!("apt-get download left no {package} package"))?;
+        quiet(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    }
+    // Newer packages put the modules under usr/lib; virtme-ng and depmod look in lib.
+    let usr_modules = dir.join("usr/lib/modules");
+    if usr_modules.is_dir() && !dir.join("lib/modules").exists() {
+        fs::create_dir_all(dir.join("lib"))?;
+        fs::rename(&usr_modules, dir.join("lib/modules"))?;
+    }
     quiet(Command::new("depmod").arg("-b").arg(&dir).arg(&release))?;
     if !kernel.image().exists() {
-        bail!("{package} holds no {}", kernel.image().display());
+        bail!("{image} holds no {}", kernel.image().display());
     }
     Ok(kernel)
 }
@@ -270,6 +310,9 @@ impl PrivateApt {
         ]
         .iter()
         .map(|(uri, suite)| format!("deb [signed-by={DEBIAN_KEYRING}] {uri} {suite} main\n"))
+        .chain(["jammy-updates", "jammy-security", "noble-updates", "noble-security"].iter().map(
+            |suite| format!("deb [signed-by={UBUNTU_KEYRING}] {UBUNTU_ARCHIVE} {suite} main\n"),
+        ))
         .collect();
         let list = dir.join("etc/sources.list");
         let apt = Self { dir };
@@ -306,13 +349,18 @@ impl PrivateApt {
         c
     }
 
-    /// `linux-image-<series>.<n>-<abi>-amd64` (Debian 11/12's naming) or
-    /// `linux-image-<series>.<n>+deb<m>-amd64` (the newer one), the highest version.
+    /// Debian: `linux-image-<series>.<n>-<abi>-amd64` (Debian 11/12's naming) or
+    /// `linux-image-<series>.<n>+deb<m>-amd64` (the newer one); Ubuntu:
+    /// `linux-image-unsigned-<series>.0-<abi>-generic`. The highest version.
     fn newest_kernel(&self, series: &str) -> Result<String> {
+        let prefix = match distro_of(series) {
+            Distro::Debian => "linux-image-",
+            Distro::Ubuntu => "linux-image-unsigned-",
+        };
         let out = quiet(self.command("apt-cache").args([
             "search",
             "--names-only",
-            &format!("^linux-image-{}\\.", series.replace('.', "\\.")),
+            &format!("^{prefix}{}\\.", series.replace('.', "\\.")),
         ]))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let best = text
@@ -321,17 +369,29 @@ impl PrivateApt {
             .filter(|name| is_kernel_package(name, series))
             .max_by_key(|name| version_key(name));
         best.map(str::to_owned).with_context(|| {
-            format!("no Debian kernel package for Linux {series} (known: {})", KERNELS.join(", "))
+            format!("no kernel package for Linux {series} (known: 5.10, {})", KERNELS.join(", "))
         })
     }
 }
 
-/// Whether `name` is the generic amd64 image of `series` (not cloud, rt, dbg or a backport
-/// to an older release).
+/// The kernel release a package holds (`6.1.0-57-amd64`, `5.15.0-163-generic`).
+fn kernel_release(package: &str) -> &str {
+    package
+        .strip_prefix("linux-image-unsigned-")
+        .or_else(|| package.strip_prefix("linux-image-"))
+        .unwrap_or(package)
+}
+
+/// Whether `name` is the generic amd64 image of `series` (not cloud, rt, dbg, lowlatency or a
+/// backport to an older release).
 fn is_kernel_package(name: &str, series: &str) -> bool {
+    let (prefix, suffix) = match distro_of(series) {
+        Distro::Debian => ("linux-image-", "-amd64"),
+        Distro::Ubuntu => ("linux-image-unsigned-", "-generic"),
+    };
     let Some(rest) = name
-        .strip_prefix("linux-image-")
-        .and_then(|n| n.strip_suffix("-amd64"))
+        .strip_prefix(prefix)
+        .and_then(|n| n.strip_suffix(suffix))
         .and_then(|n| n.strip_prefix(series))
         .and_then(|n| n.strip_prefix('.'))
     else {
@@ -589,6 +649,12 @@ mod tests {
         assert!(!is_kernel_package("linux-image-6.1.0-0.deb11.52-amd64", "6.1"));
         assert!(!is_kernel_package("linux-image-6.12.90+deb12.1-amd64", "6.12"));
         assert!(!is_kernel_package("linux-image-6.1.0-57-amd64-dbg", "6.1"));
+        assert!(is_kernel_package("linux-image-unsigned-5.15.0-163-generic", "5.15"));
+        assert!(is_kernel_package("linux-image-unsigned-6.8.0-90-generic", "6.8"));
+        assert!(!is_kernel_package("linux-image-unsigned-5.15.0-163-lowlatency", "5.15"));
+        assert!(!is_kernel_package("linux-image-5.15.0-163-generic", "5.15"));
+        assert_eq!(kernel_release("linux-image-unsigned-5.15.0-163-generic"), "5.15.0-163-generic");
+        assert_eq!(kernel_release("linux-image-6.1.0-57-amd64"), "6.1.0-57-amd64");
         let newest = ["linux-image-6.1.0-9-amd64", "linux-image-6.1.0-57-amd64"]
             .into_iter()
             .max_by_key(|n| version_key(n));
