@@ -158,7 +158,21 @@ fn load_locked(
     let dirs = CgroupDirs { instance: cgroup_dir.as_deref(), root: cgroup_root.as_deref() };
     let mut staged = vec![];
     for spec in PROGRAMS {
-        match stage_program(paths, &mut ebpf, spec, kernel_btf, &dirs) {
+        let mut staging = stage_program(paths, &mut ebpf, spec, spec.name, kernel_btf, &dirs);
+        if let (Err(e), Some(fb)) = (&staging, spec.fallback) {
+            let refused = e.to_string();
+            staging = stage_program(paths, &mut ebpf, spec, fb.function, kernel_btf, &dirs);
+            if staging.is_ok() {
+                warnings.push(format!(
+                    "{}: loaded as {} ({}): {}",
+                    spec.name,
+                    fb.function,
+                    refused.split("; verifier").next().unwrap_or_default(),
+                    fb.difference
+                ));
+            }
+        }
+        match staging {
             Ok(pin) => staged.push(pin),
             Err(e) if !spec.required => warnings.push(format!("{} disabled: {e}", spec.name)),
             Err(e) => {
@@ -247,18 +261,20 @@ struct CgroupDirs<'a> {
     root: Option<&'a Path>,
 }
 
-/// Load one program and pin it (or its link) at a staging path. Returns (staging, final).
+/// Load one program, the function `function` of the object (`spec.name`, or its fallback's),
+/// and pin it (or its link) at a staging path under `spec.name`. Returns (staging, final).
 fn stage_program(
     paths: &Paths,
     ebpf: &mut aya::Ebpf,
     spec: &ProgramSpec,
+    function: &'static str,
     kernel_btf: &Btf,
     dirs: &CgroupDirs<'_>,
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let cgroup_dir = dirs.instance;
-    let failed = |e: ProgramError| Error::ProgramLoad { program: spec.name, detail: describe(&e) };
-    let prog = ebpf.program_mut(spec.name).ok_or(Error::ProgramLoad {
-        program: spec.name,
+    let failed = |e: ProgramError| Error::ProgramLoad { program: function, detail: describe(&e) };
+    let prog = ebpf.program_mut(function).ok_or(Error::ProgramLoad {
+        program: function,
         detail: "missing from the object".into(),
     })?;
     let pin = match spec.attach {

@@ -71,6 +71,16 @@ pub enum Attach {
     OnDemand,
 }
 
+/// A second program for the same hook, loaded when the kernel refuses the first.
+#[derive(Clone, Copy, Debug)]
+pub struct Fallback {
+    /// Its function name in tracker-ebpf (at most 15 bytes: the kernel keeps that much of a
+    /// program's name, which is how `tracker status` tells which one runs).
+    pub function: &'static str,
+    /// What differs, for the load's note and `tracker status`.
+    pub difference: &'static str,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramSpec {
     /// The function name in tracker-ebpf, which is also the pin's file name.
@@ -80,6 +90,7 @@ pub struct ProgramSpec {
     pub required: bool,
     pub needs: &'static [Need],
     pub purpose: &'static str,
+    pub fallback: Option<Fallback>,
 }
 
 pub const FORK: &str = "trk_fork";
@@ -106,6 +117,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         needs: &[Need::TpBtf, Need::SendSignal],
         purpose: "tags every task a tagged task creates (threads, io_uring workers) before it runs",
+        fallback: None,
     },
     ProgramSpec {
         name: EXIT,
@@ -114,6 +126,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         needs: &[Need::TpBtf],
         purpose: "untags and accounts exiting tasks",
+        fallback: None,
     },
     ProgramSpec {
         name: EXEC,
@@ -122,6 +135,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         needs: &[Need::TpBtf, Need::SendSignal],
         purpose: "counts execs, follows a thread that execs",
+        fallback: None,
     },
     ProgramSpec {
         name: ADOPT,
@@ -130,6 +144,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         needs: &[Need::TaskIter],
         purpose: "tags an existing process tree (adopt, run)",
+        fallback: None,
     },
     ProgramSpec {
         name: FREE,
@@ -138,6 +153,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         needs: &[Need::TpBtf],
         purpose: "harvests an exited task's final CPU time when the kernel frees it",
+        fallback: None,
     },
     ProgramSpec {
         name: RSS,
@@ -152,6 +168,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "keeps the resident memory and its peak of slots that have no memory cgroup of \
                   their own (bound slots, no memory controller, cgroup v2 before 5.19), at every \
                   change; attached only while such a slot exists",
+        fallback: None,
     },
     ProgramSpec {
         name: USAGE,
@@ -160,6 +177,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         needs: &[Need::TaskIter],
         purpose: "reads what the live tagged tasks hold now (stat)",
+        fallback: None,
     },
     ProgramSpec {
         name: NET_INGRESS,
@@ -168,6 +186,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::Cgroup2],
         purpose: "counts the packets the slots' sockets receive",
+        fallback: None,
     },
     ProgramSpec {
         name: NET_EGRESS,
@@ -176,6 +195,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::Cgroup2],
         purpose: "counts the packets the slots' sockets send",
+        fallback: None,
     },
     ProgramSpec {
         name: CGROUP_MOVE,
@@ -184,6 +204,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::TpBtf],
         purpose: "reports a tagged task moved out of its slot's cgroup (watch)",
+        fallback: None,
     },
     ProgramSpec {
         name: OOM,
@@ -192,6 +213,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::TpBtf],
         purpose: "reports a tagged task chosen by the OOM killer (watch)",
+        fallback: None,
     },
     sock_addr("trk_connect4", SockAddrHook::Connect4),
     sock_addr("trk_connect6", SockAddrHook::Connect6),
@@ -204,6 +226,11 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::Cgroup2],
         purpose: "refuses a slot the devices on its deny-list (--deny-device)",
+        fallback: Some(Fallback {
+            function: "trk_device_cg",
+            difference: "this kernel's device programs may not read the current pid (5.15), so the \
+                         deny-list follows the cgroup a task is in, not its tag",
+        }),
     },
     ProgramSpec {
         name: PID_MAX_GUARD,
@@ -214,6 +241,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: false,
         needs: &[Need::Cgroup2],
         purpose: "refuses a kernel.pid_max above what the tasks array can tag",
+        fallback: None,
     },
     ProgramSpec {
         name: DOOM,
@@ -222,6 +250,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         required: true,
         needs: &[Need::TpBtf, Need::SendSignal],
         purpose: "kills a doomed slot's tasks at their next syscall, during a kill",
+        fallback: None,
     },
 ];
 
@@ -233,6 +262,7 @@ const fn sock_addr(name: &'static str, hook: SockAddrHook) -> ProgramSpec {
         required: false,
         needs: &[Need::Cgroup2],
         purpose: "holds a slot's connections to its allow-list (--deny-network, --allow-connect)",
+        fallback: None,
     }
 }
 

@@ -46,6 +46,8 @@ pub struct ProgramStatus {
     pub hook: String,
     /// For pinned links: attached. For on-demand programs: loaded and ready to attach.
     pub ready: bool,
+    /// The fallback function loaded in its place on this kernel, if any, and what differs.
+    pub fallback: Option<(&'static str, &'static str)>,
     pub on_demand: bool,
     pub prog_id: Option<u32>,
     /// From the kernel's BPF statistics (`kernel.bpf_stats_enabled=1`), else 0.
@@ -87,6 +89,10 @@ pub fn status(paths: &Paths) -> Result<Status> {
                     Kind::CgroupSysctl => "cgroup/sysctl (v2 root)".into(),
                 },
                 ready: info.is_some(),
+                fallback: spec
+                    .fallback
+                    .filter(|fb| info.as_ref().and_then(|i| i.name_as_str()) == Some(fb.function))
+                    .map(|fb| (fb.function, fb.difference)),
                 on_demand: spec.attach == Attach::OnDemand,
                 prog_id: info.as_ref().map(ProgramInfo::id),
                 run_count: info.as_ref().map_or(0, ProgramInfo::run_count),

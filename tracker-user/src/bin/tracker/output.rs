@@ -94,12 +94,17 @@ fn status_body(st: &Status) {
         .programs
         .iter()
         .map(|p| {
-            let state = match (p.ready, p.on_demand) {
-                (true, false) => "attached",
-                (true, true) => "ready (attached during kills)",
-                (false, _) => "MISSING",
+            let state = match (p.ready, p.on_demand, p.fallback) {
+                (true, false, None) => "attached".to_owned(),
+                (true, false, Some((function, _))) => format!("attached as {function}"),
+                (true, true, _) => "ready (attached during kills)".to_owned(),
+                (false, ..) => "MISSING".to_owned(),
             };
-            vec![format!("  {}", p.name), p.hook.clone(), state.into(), p.purpose.into()]
+            let purpose = match p.fallback {
+                Some((_, difference)) => format!("{}; {difference}", p.purpose),
+                None => p.purpose.to_owned(),
+            };
+            vec![format!("  {}", p.name), p.hook.clone(), state, purpose]
         })
         .collect();
     table(&["  NAME", "HOOK", "STATE", "PURPOSE"], &rows);
