@@ -83,6 +83,21 @@ impl Instance {
         Some(Self { paths, name })
     }
 
+    /// Load a fresh instance with the `tracker load` CLI, as `setup` prepares the command (its
+    /// cgroup, its arguments); returns it and the command's stderr (its warnings).
+    pub fn start_cli(setup: impl FnOnce(&mut Command)) -> Option<(Self, String)> {
+        kernel_ready()?;
+        let name = format!("t-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let inst = Self { paths: Paths::new(&name).unwrap(), name };
+        let mut cmd = inst.cli();
+        cmd.args(["load", "--max-slots", "64"]).stdin(Stdio::null());
+        setup(&mut cmd);
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "tracker load failed: {}\n{err}", out.status);
+        Some((inst, err))
+    }
+
     pub fn tracker(&self) -> Tracker {
         Tracker::open(self.paths.clone()).unwrap()
     }

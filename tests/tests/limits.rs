@@ -351,8 +351,10 @@ fn assert_nothing_left(inst: &Instance) {
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&inst.name), "a mount of the instance is left");
     let mounts = tracker::cgroup::CgroupMounts::detect().unwrap();
-    for dir in mounts.unified.iter().chain(mounts.v1.values()) {
-        let parent = dir.join(inst.paths.cgroup_parent());
+    let recorded = tracker::cgroup::CgroupParent::read(&inst.paths).unwrap().rel;
+    let v2 = mounts.unified.iter().map(|m| m.join(&recorded));
+    let v1 = mounts.v1.values().map(|m| m.join(inst.paths.default_cgroup_parent()));
+    for parent in v2.chain(v1) {
         let children = fs::read_dir(&parent)
             .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
             .unwrap_or(0);

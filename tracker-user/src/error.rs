@@ -125,6 +125,23 @@ pub enum Error {
     #[error("invalid instance name {0:?}: use 1-32 of a-z, 0-9 and '-'")]
     InvalidInstance(String),
 
+    #[error("invalid cgroup parent {:?}: {why}", .parent.display().to_string())]
+    InvalidCgroupParent { parent: PathBuf, why: &'static str },
+
+    #[error(
+        "the instance's cgroup parent is {} (chosen at its first load), not {}: \
+         `tracker unload` first to move its slots",
+        .recorded.display(), .asked.display()
+    )]
+    CgroupParentFixed { recorded: PathBuf, asked: PathBuf },
+
+    #[error(
+        "the delegated cgroup {} is gone (systemd removes a delegated unit's cgroups when the \
+         unit stops): start the unit again (`systemctl start tracker`), then retry",
+        .0.display()
+    )]
+    DelegationGone(PathBuf),
+
     #[error("slot registry {}: {detail}", .path.display())]
     Registry { path: PathBuf, detail: String },
 

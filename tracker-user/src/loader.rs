@@ -28,7 +28,7 @@ use tracker_common::{Config, global_name, map_name};
 
 use crate::{
     bpf_sys, btf,
-    cgroup::Cgroups,
+    cgroup::{CgroupParent, Cgroups},
     error::{Error, IoContext, Result},
     maps::{Maps, SHAPES},
     memory_link,
@@ -53,11 +53,14 @@ pub struct LoadOptions {
     /// for a pid_max raised later, without the pid_max guard refusing it. Fixed when the
     /// array is first created.
     pub tasks_capacity: Option<u32>,
+    /// The slots' cgroup2 parent, relative to the root (see cgroup/parent.rs). Chosen at the
+    /// first load; an upgrade keeps it and refuses another.
+    pub cgroup_parent: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { max_slots: DEFAULT_MAX_SLOTS, tasks_capacity: None }
+        Self { max_slots: DEFAULT_MAX_SLOTS, tasks_capacity: None, cgroup_parent: None }
     }
 }
 
@@ -145,16 +148,24 @@ fn load_locked(
         loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("loading the eBPF object", e))?;
 
     let mut warnings = vec![];
+    let (cgroups, mut parent) = choose_parent(paths, opts, fresh, &mut warnings)?;
     // The cgroup programs attach to the instance's cgroup2 directory, made here.
-    let cgroup_dir = match Cgroups::detect(paths).and_then(|c| c.ensure_parent()) {
-        Ok(dir) => dir,
+    let cgroup_dir = match cgroups.ensure_parent() {
+        Ok(Some((dir, notes))) => {
+            warnings.extend(notes);
+            Some(dir)
+        }
+        Ok(None) => None,
+        // The delegated unit is stopped: loading now would leave the cgroup programs out.
+        Err(e @ Error::DelegationGone(_)) => return Err(e),
         Err(e) => {
             warnings.push(format!("no cgroup parent directory: {e}"));
             None
         }
     };
+    parent.attached_id = cgroup_dir.as_ref().and_then(|d| fs::metadata(d).ok()).map(|m| m.ino());
     // The pid_max guard attaches to the root of the cgroup v2 hierarchy, for every process.
-    let cgroup_root = Cgroups::detect(paths).ok().and_then(|c| c.mounts().unified.clone());
+    let cgroup_root = cgroups.mounts().unified.clone();
     let dirs = CgroupDirs { instance: cgroup_dir.as_deref(), root: cgroup_root.as_deref() };
     let mut staged = vec![];
     for spec in PROGRAMS {
@@ -207,6 +218,7 @@ fn load_locked(
     if fresh {
         registry::reset_locked(paths)?;
     }
+    parent.write(paths)?;
     // The rss_stat program, attached from the new generation's pin while a slot needs it.
     memory_link::sync(paths, &registry::read_locked(paths)?.slots)?;
     // Checked after the guard is attached: a raise before it is seen here, one after it is
@@ -251,6 +263,40 @@ fn drop_retired_links(paths: &Paths) {
             let _ = fs::remove_file(e.path());
         }
     }
+}
+
+/// The cgroup parent of the slots: chosen at a first load, the recorded one at an upgrade
+/// (which refuses another).
+fn choose_parent(
+    paths: &Paths,
+    opts: &LoadOptions,
+    fresh: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(Cgroups, CgroupParent)> {
+    let cgroups = Cgroups::detect(paths)?;
+    let asked = opts.cgroup_parent.as_deref();
+    let parent = match (fresh, cgroups.mounts().unified.clone()) {
+        (true, Some(mount)) => {
+            let (parent, notes) = CgroupParent::choose(paths, &mount, asked)?;
+            warnings.extend(notes);
+            parent
+        }
+        (true, None) => CgroupParent::default_for(paths),
+        (false, mount) => {
+            let recorded = cgroups.parent().clone();
+            if let (Some(asked), Some(mount)) = (asked, mount) {
+                let (wanted, _) = CgroupParent::choose(paths, &mount, Some(asked))?;
+                if wanted.rel != recorded.rel {
+                    return Err(Error::CgroupParentFixed {
+                        recorded: recorded.rel,
+                        asked: wanted.rel,
+                    });
+                }
+            }
+            recorded
+        }
+    };
+    Ok((cgroups.with_parent(parent.clone()), parent))
 }
 
 /// The cgroup v2 directories programs attach to.
@@ -461,6 +507,7 @@ pub fn unload(paths: &Paths, force: bool) -> Result<UnloadReport> {
     cgroups.remove_parents();
     remove_pins(paths)?;
     let _ = fs::remove_file(paths.registry_file());
+    let _ = fs::remove_file(paths.cgroup_parent_file());
     // The slots' scratch directories (private /tmp) go with them.
     if let Err(e) = fs::remove_dir_all(paths.data_dir())
         && e.kind() != std::io::ErrorKind::NotFound

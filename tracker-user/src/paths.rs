@@ -35,6 +35,16 @@ pub const BPFFS_ENV: &str = "TRACKER_BPFFS";
 /// Overrides where the kernel's BTF is read (default `/sys/kernel/btf/vmlinux`).
 pub const BTF_ENV: &str = "TRACKER_BTF";
 
+/// Present when systemd runs as PID 1 (what `sd_booted()` checks).
+pub const SYSTEMD_RUNNING: &str = "/run/systemd/system";
+/// The extended attributes systemd puts on a cgroup it delegated (`Delegate=yes`): `trusted.`
+/// since systemd 251, `user.` too since 252 (readable by the unprivileged delegatee).
+pub const DELEGATE_XATTRS: &[&str] = &["trusted.delegate", "user.delegate"];
+/// The leaf a delegated cgroup's own processes move into, so that the delegated cgroup can
+/// enable controllers for the slots beside them (the kernel's no-internal-process rule). The
+/// name systemd's documentation uses for `DelegateSubgroup=`.
+pub const SUPERVISOR_CGROUP: &str = "supervisor";
+
 /// `off` makes the tracker use no cgroups at all (tag-only mode, e.g. where cgroupfs is
 /// read-only); tagging and kill work the same, without freeze and cgroup limits.
 pub const CGROUPS_ENV: &str = "TRACKER_CGROUPS";
@@ -170,16 +180,29 @@ impl Paths {
         self.state_dir().join("adopt.lock")
     }
 
-    /// The name of this instance's directory in each cgroup hierarchy.
-    pub fn cgroup_parent(&self) -> &str {
-        &self.instance
+    /// Where the cgroup parent chosen at the first load is recorded (see cgroup/parent.rs), so
+    /// that every later command, the daemon and the tests put slots in the same place.
+    pub fn cgroup_parent_file(&self) -> PathBuf {
+        self.state_dir().join("cgroup-parent.json")
     }
 
-    /// The cgroup directory of slot `slot_name` under the hierarchy mounted at `mount`.
-    /// The `slot-` prefix keeps slot names from colliding with controller files (`memory.max`).
-    pub fn slot_cgroup(&self, mount: &Path, slot_name: &str) -> PathBuf {
-        mount.join(self.cgroup_parent()).join(format!("slot-{slot_name}"))
+    /// The slots' parent, relative to each hierarchy's root, where nothing else is chosen or
+    /// recorded (and always in the v1 hierarchies): `<instance>` beside the root's children.
+    pub fn default_cgroup_parent(&self) -> PathBuf {
+        PathBuf::from(&self.instance)
     }
+
+    /// The cgroup directory of slot `slot_name` under `parent` (relative to the hierarchy
+    /// mounted at `mount`). The `slot-` prefix keeps slot names from colliding with controller
+    /// files (`memory.max`).
+    pub fn slot_cgroup(mount: &Path, parent: &Path, slot_name: &str) -> PathBuf {
+        mount.join(parent).join(format!("slot-{slot_name}"))
+    }
+}
+
+/// The cgroup `rel` (relative to the hierarchy's root) under the hierarchy mounted at `mount`.
+pub fn cgroup_dir(mount: &Path, rel: &Path) -> PathBuf {
+    mount.join(rel)
 }
 
 /// A cgroup the batch system made, `rel` (e.g. `slurm/uid_0/job_42`) under the hierarchy
@@ -209,7 +232,7 @@ mod tests {
     fn slot_cgroups_are_prefixed() {
         let p = Paths::new("tracker").unwrap();
         assert_eq!(
-            p.slot_cgroup(Path::new("/sys/fs/cgroup"), "1234.0"),
+            Paths::slot_cgroup(Path::new("/sys/fs/cgroup"), &p.default_cgroup_parent(), "1234.0"),
             Path::new("/sys/fs/cgroup/tracker/slot-1234.0")
         );
     }

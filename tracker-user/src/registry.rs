@@ -185,7 +185,7 @@ fn write_unlocked(paths: &Paths, data: &RegistryData) -> Result<()> {
     fs::rename(&tmp, &path).ctx(|| format!("replacing {}", path.display()))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)

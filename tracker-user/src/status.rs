@@ -31,6 +31,13 @@ pub struct Status {
     pub programs: Vec<ProgramStatus>,
     pub features: Vec<Feature>,
     pub cgroup_layout: Layout,
+    /// The slots' cgroup2 parent directory (recorded at load; `<instance>` under the root for an
+    /// instance loaded before it was recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<PathBuf>,
+    /// The cgroup systemd delegated that the parent is in, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_delegated: Option<PathBuf>,
     /// Tasks the tasks map can hold (the kernel's `pid_max` at load time).
     pub max_tasks: u32,
     pub max_slots: u32,
@@ -119,6 +126,10 @@ pub fn status(paths: &Paths) -> Result<Status> {
         programs,
         features: features(paths, &cgroups),
         cgroup_layout: cgroups.layout(),
+        cgroup_parent: cgroups.parent_dir(),
+        cgroup_delegated: cgroups.mounts().unified.as_ref().and_then(|m| {
+            cgroups.parent().delegated.as_ref().map(|d| crate::paths::cgroup_dir(m, d))
+        }),
         max_tasks,
         max_slots,
         slots,
@@ -129,9 +140,8 @@ pub fn status(paths: &Paths) -> Result<Status> {
 
 /// A non-root cgroup2 directory to look for per-cgroup files in: the instance's parent if
 /// made, else this process's own cgroup, else any child of the root.
-fn non_root_cgroup(mount: &Path, paths: &Paths) -> Option<PathBuf> {
-    let parent = mount.join(paths.cgroup_parent());
-    if parent.is_dir() {
+fn non_root_cgroup(mount: &Path, cgroups: &Cgroups) -> Option<PathBuf> {
+    if let Some(parent) = cgroups.parent_dir().filter(|p| p.is_dir()) {
         return Some(parent);
     }
     let own = fs::read_to_string(SELF_CGROUP).ok().and_then(|s| {
@@ -180,7 +190,7 @@ fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
         mounts.unified.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
     );
     // The root cgroup has neither file: look in a non-root one, the instance's own if made.
-    let probe = mounts.unified.as_deref().and_then(|m| non_root_cgroup(m, paths));
+    let probe = mounts.unified.as_deref().and_then(|m| non_root_cgroup(m, cgroups));
     // With none to look in (nothing made yet beside the root), the kernel's BTF says whether
     // it has the file's handler.
     let has = |file: &str, handler: &str| match &probe {

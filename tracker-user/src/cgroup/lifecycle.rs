@@ -12,12 +12,11 @@ use super::{Cgroups, SlotCgroups};
 use crate::{
     error::{Error, Result},
     limits::Limits,
+    paths::{self, Paths},
 };
 
 /// v1 controllers a slot gets a directory in, when they are not available in v2.
 const V1_SLOT_CONTROLLERS: &[&str] = &["pids", "memory", "cpu", "cpuacct", "blkio"];
-/// v2 controllers the tracker enables for its slots on a pure v2 system.
-const V2_SLOT_CONTROLLERS: &[&str] = &["pids", "memory", "cpu", "io"];
 
 impl Cgroups {
     /// Make the cgroups of a new slot and apply `limits`. A cgroup that cannot be made is a
@@ -28,7 +27,7 @@ impl Cgroups {
         let mut cg = SlotCgroups::default();
         let v2_ctrls = self.v2_controllers();
         if let Some(mount) = &self.mounts.unified {
-            match self.make_v2(mount, slot_name, &v2_ctrls) {
+            match self.make_v2(mount, slot_name) {
                 Ok(dir) => cg.unified = Some(dir),
                 Err(e) => warnings.push(format!("no cgroup2 directory for the slot: {e}")),
             }
@@ -45,8 +44,9 @@ impl Cgroups {
             let Some(mount) = self.mounts.v1(ctrl) else {
                 continue;
             };
-            let dir = self.paths.slot_cgroup(mount, slot_name);
-            match make_dir(&mount.join(self.paths.cgroup_parent())).and_then(|()| make_dir(&dir)) {
+            let parent = self.paths.default_cgroup_parent();
+            let dir = Paths::slot_cgroup(mount, &parent, slot_name);
+            match make_dir(&mount.join(&parent)).and_then(|()| make_dir(&dir)) {
                 Ok(()) => {
                     cg.v1.insert(ctrl.to_owned(), dir);
                 }
@@ -60,31 +60,9 @@ impl Cgroups {
         Ok((cg, warnings))
     }
 
-    fn make_v2(&self, mount: &Path, slot_name: &str, ctrls: &[String]) -> Result<PathBuf> {
-        let parent = mount.join(self.paths.cgroup_parent());
-        make_dir(&parent)?;
-        // On a pure v2 system a controller reaches the slot only if it is enabled in the
-        // `cgroup.subtree_control` of every directory above it, top-down. Each is enabled on
-        // its own, so one the kernel refuses does not cost the others; a limit that needs a
-        // missing one then fails with an error naming it (`SlotCgroups::set`).
-        let wanted: Vec<&str> =
-            V2_SLOT_CONTROLLERS.iter().copied().filter(|c| ctrls.iter().any(|v| v == c)).collect();
-        let mut dir = mount.to_path_buf();
-        let mut levels = vec![dir.clone()];
-        for part in Path::new(self.paths.cgroup_parent()).components() {
-            dir.push(part);
-            levels.push(dir.clone());
-        }
-        for level in &levels {
-            let enabled =
-                fs::read_to_string(level.join("cgroup.subtree_control")).unwrap_or_default();
-            for c in &wanted {
-                if !enabled.split_whitespace().any(|e| e == *c) {
-                    let _ = fs::write(level.join("cgroup.subtree_control"), format!("+{c}"));
-                }
-            }
-        }
-        let dir = self.paths.slot_cgroup(mount, slot_name);
+    fn make_v2(&self, mount: &Path, slot_name: &str) -> Result<PathBuf> {
+        self.ensure_parent()?;
+        let dir = Paths::slot_cgroup(mount, &self.parent.rel, slot_name);
         make_dir(&dir)?;
         Ok(dir)
     }
@@ -102,19 +80,25 @@ impl Cgroups {
     }
 
     /// Make this instance's cgroup2 parent directory, where the slots go and the network
-    /// programs attach (at load). Returns it, if there is a cgroup2 hierarchy.
-    pub fn ensure_parent(&self) -> Result<Option<PathBuf>> {
+    /// programs attach (at load), with the slot controllers enabled down to it (see
+    /// `parent`). Returns it, if there is a cgroup2 hierarchy, and a line per controller
+    /// problem.
+    pub fn ensure_parent(&self) -> Result<Option<(PathBuf, Vec<String>)>> {
         let Some(m) = &self.mounts.unified else { return Ok(None) };
-        let dir = m.join(self.paths.cgroup_parent());
-        make_dir(&dir)?;
-        Ok(Some(dir))
+        self.parent.ensure(m).map(Some)
+    }
+
+    /// The instance's cgroup2 parent directory, made or not.
+    pub fn parent_dir(&self) -> Option<PathBuf> {
+        self.mounts.unified.as_ref().map(|m| paths::cgroup_dir(m, &self.parent.rel))
     }
 
     /// Remove this instance's parent directories if they are empty (used by unload).
     pub fn remove_parents(&self) {
-        let mounts = self.mounts.unified.iter().chain(self.mounts.v1.values());
-        for m in mounts {
-            let _ = fs::remove_dir(m.join(self.paths.cgroup_parent()));
+        let v2 = self.parent_dir();
+        let v1 = self.mounts.v1.values().map(|m| m.join(self.paths.default_cgroup_parent()));
+        for dir in v2.into_iter().chain(v1) {
+            let _ = fs::remove_dir(dir);
         }
     }
 }

@@ -9,14 +9,16 @@
 //! The cgroups are a means, not the truth: the kernel tag is. A root job can leave its cgroup,
 //! never its tag.
 //!
-//! By job: `mounts` (where the hierarchies are), `lifecycle` (making and removing a slot's
-//! directories), `limits` (writing its limits), `control` (freeze, thaw, kill), `memory` (its
-//! memory and peak). Every path they use is built in `paths.rs`.
+//! By job: `mounts` (where the hierarchies are), `parent` (where the slots go beside systemd,
+//! chosen at load), `lifecycle` (making and removing a slot's directories), `limits` (writing
+//! its limits), `control` (freeze, thaw, kill), `memory` (its memory and peak). Every path they
+//! use is built in `paths.rs`.
 mod control;
 mod lifecycle;
 mod limits;
 mod memory;
 mod mounts;
+pub mod parent;
 
 use std::{
     collections::BTreeMap,
@@ -26,6 +28,7 @@ use std::{
 
 pub use memory::MemorySource;
 pub use mounts::CgroupMounts;
+pub use parent::CgroupParent;
 use serde::{Deserialize, Serialize};
 
 use crate::{error::Result, paths::Paths};
@@ -70,15 +73,32 @@ pub struct SlotCgroups {
 pub struct Cgroups {
     mounts: CgroupMounts,
     paths: Paths,
+    /// Where the slots go in the cgroup2 hierarchy (recorded at load, see `parent`).
+    parent: CgroupParent,
 }
 
 impl Cgroups {
     pub fn detect(paths: &Paths) -> Result<Self> {
-        Ok(Self { mounts: CgroupMounts::detect()?, paths: paths.clone() })
+        Ok(Self {
+            mounts: CgroupMounts::detect()?,
+            paths: paths.clone(),
+            parent: CgroupParent::read(paths)?,
+        })
+    }
+
+    /// The same machine, with `parent` in place of the recorded parent (for the loader, which
+    /// chooses it).
+    pub fn with_parent(mut self, parent: CgroupParent) -> Self {
+        self.parent = parent;
+        self
     }
 
     pub fn mounts(&self) -> &CgroupMounts {
         &self.mounts
+    }
+
+    pub fn parent(&self) -> &CgroupParent {
+        &self.parent
     }
 
     pub fn layout(&self) -> Layout {

@@ -58,6 +58,9 @@ pub struct DaemonSettings {
     pub watch_buffer_events: usize,
     /// Slots the kernel maps make room for, when the daemon loads the programs itself.
     pub max_slots: u32,
+    /// The slots' cgroup2 parent (relative to the root) when the daemon loads the programs
+    /// itself; none: the delegated cgroup the daemon runs in (see cgroup/parent.rs).
+    pub cgroup_parent: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -76,6 +79,7 @@ impl Default for DaemonSettings {
             max_request_bytes: 64 * 1024,
             watch_buffer_events: 65_536,
             max_slots: DEFAULT_MAX_SLOTS,
+            cgroup_parent: None,
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct DaemonConfig {
     pub max_request_bytes: usize,
     pub watch_buffer_events: usize,
     pub max_slots: u32,
+    pub cgroup_parent: Option<PathBuf>,
     /// The limits every listener works under.
     pub guard: Guard,
 }
@@ -201,6 +206,7 @@ impl DaemonConfig {
             max_request_bytes: s.max_request_bytes,
             watch_buffer_events: s.watch_buffer_events,
             max_slots: s.max_slots,
+            cgroup_parent: s.cgroup_parent.filter(|p| !p.as_os_str().is_empty()),
             guard: Guard { max_connections: s.max_connections, first_bytes },
         })
     }

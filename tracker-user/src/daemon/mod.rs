@@ -276,12 +276,14 @@ fn optional<T>(what: &str, r: Result<T>) -> Option<T> {
 }
 
 fn open_or_load(paths: &Paths, config: &DaemonConfig) -> Result<Tracker> {
-    match Tracker::open(paths.clone()) {
+    let opened = match Tracker::open(paths.clone()) {
         Err(Error::NotLoaded(_)) => {
-            let report = loader::load(
-                paths,
-                &LoadOptions { max_slots: config.max_slots, ..Default::default() },
-            )?;
+            let opts = LoadOptions {
+                max_slots: config.max_slots,
+                cgroup_parent: config.cgroup_parent.clone(),
+                ..Default::default()
+            };
+            let report = loader::load(paths, &opts)?;
             for w in &report.warnings {
                 tracing::warn!("{w}");
             }
@@ -292,7 +294,14 @@ fn open_or_load(paths: &Paths, config: &DaemonConfig) -> Result<Tracker> {
             Tracker::open(paths.clone())
         }
         other => other,
+    }?;
+    // systemd removed the unit's empty cgroups when this service last stopped; the slots'
+    // limits are in the registry.
+    for w in opened.restore_slot_cgroups() {
+        tracing::warn!("{w}");
+        eprintln!("tracker daemon: warning: {w}");
     }
+    Ok(opened)
 }
 
 /// The whole-slot OOM kill of cgroup v1, for every slot with a memory limit, on a thread of

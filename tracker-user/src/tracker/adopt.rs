@@ -31,6 +31,8 @@ pub struct AdoptReport {
 /// cgroups.
 pub(super) fn adopt(t: &Instance, rec: &SlotRecord, pid: u32) -> Result<AdoptReport> {
     check_adoptable(t, rec, pid)?;
+    // systemd may have removed the slot's cgroup while it was empty (see `restore`).
+    super::restore::slot(t, rec)?;
     let _one_at_a_time = StateLock::adoption(&t.paths)?;
     let tid = current_tid();
     t.maps()

@@ -10,6 +10,7 @@
 //! | kill (doom, freeze, kill, wait, report) | `kill` |
 //! | signal, suspend, resume | `signal` |
 //! | whole-slot OOM kills for a long-running process | `oom_guard` |
+//! | slot cgroups systemd removed, made again from the registry | `restore` |
 //!
 //! Kill and signal reach tasks through `tagged` (pidfds checked against the kernel tag); every
 //! module works on an `Instance` (paths, pinned maps, cgroups). Nothing below calls back up.
@@ -18,6 +19,7 @@ mod instance;
 mod kill;
 mod launch;
 mod oom_guard;
+mod restore;
 mod signal;
 mod slots;
 mod tagged;
@@ -96,6 +98,19 @@ impl Tracker {
     /// Forget an empty slot: its record, its cgroups and its kernel state.
     pub fn release(&self, name: &str) -> Result<()> {
         slots::release(&self.inst, name)
+    }
+
+    /// Make every slot cgroup that is gone (systemd removes a stopped unit's empty cgroups)
+    /// again, with its limits, attaching the cgroup programs again first if their parent went
+    /// too. Returns a line per problem.
+    pub fn restore_slot_cgroups(&self) -> Vec<String> {
+        restore::all(&self.inst)
+    }
+
+    /// Whether the slots' cgroup parent is no longer the directory the cgroup programs were
+    /// attached to at the last load.
+    pub fn parent_was_removed(&self) -> bool {
+        restore::parent_was_removed(&self.inst)
     }
 
     // Tag.

@@ -65,6 +65,10 @@ pub struct SlotStatus {
 /// Create a slot. Returns its record and any warnings (a cgroup that could not be made).
 pub(super) fn create(t: &Instance, spec: &SlotSpec) -> Result<(SlotRecord, Vec<String>)> {
     validate_slot_name(&spec.name)?;
+    if spec.cgroup.is_none() {
+        // The network and device programs must be on the parent the slot goes under.
+        super::restore::reattach_if_removed(t)?;
+    }
     registry::update(&t.paths, |reg| {
         if reg.find(&spec.name).is_some() {
             return Err(Error::SlotExists(spec.name.clone()));

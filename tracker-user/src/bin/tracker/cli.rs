@@ -31,6 +31,11 @@ pub enum Command {
         /// Slots the kernel maps make room for (fixed when the maps are first created)
         #[arg(long, default_value_t = DEFAULT_MAX_SLOTS)]
         max_slots: u32,
+        /// The slots' cgroup2 parent, relative to the cgroup2 root (e.g.
+        /// system.slice/tracker.service/tracker), fixed at the first load [default: under the
+        /// delegated cgroup this runs in, else the instance's name under the root]
+        #[arg(long, value_name = "REL")]
+        cgroup_parent: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },

@@ -1,7 +1,7 @@
 //! One function per command: parse nothing, decide nothing, call the library, print.
 use std::{
     io::Write as _,
-    path::Path,
+    path::{Path, PathBuf},
     process::{ExitCode, Stdio},
     time::Duration,
 };
@@ -33,7 +33,9 @@ fn with_instance(instance: Option<&str>, command: Command) -> Result<ExitCode> {
     };
     match command {
         Command::Docs(d) => docs::run(d),
-        Command::Load { max_slots, json } => load(&paths, max_slots, json),
+        Command::Load { max_slots, cgroup_parent, json } => {
+            load(&paths, max_slots, cgroup_parent, json)
+        }
         Command::Status { json } => {
             output::status(&status::status(&paths)?, json)?;
             Ok(ExitCode::SUCCESS)
@@ -184,8 +186,18 @@ fn with_instance(instance: Option<&str>, command: Command) -> Result<ExitCode> {
     }
 }
 
-fn load(paths: &Paths, max_slots: u32, json: bool) -> Result<ExitCode> {
-    let report = loader::load(paths, &LoadOptions { max_slots, ..Default::default() })?;
+fn load(
+    paths: &Paths,
+    max_slots: u32,
+    cgroup_parent: Option<PathBuf>,
+    json: bool,
+) -> Result<ExitCode> {
+    let mut report =
+        loader::load(paths, &LoadOptions { max_slots, cgroup_parent, ..Default::default() })?;
+    // An upgrade also re-makes the slot cgroups systemd removed while they were empty.
+    if let Ok(t) = Tracker::open(paths.clone()) {
+        report.warnings.extend(t.restore_slot_cgroups());
+    }
     let st = status::status(paths).context("reading the status after loading")?;
     if json {
         output::print_json(&serde_json::json!({ "load": report, "status": st }))?;

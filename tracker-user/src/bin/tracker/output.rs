@@ -108,6 +108,16 @@ fn status_body(st: &Status) {
         })
         .collect();
     table(&["  NAME", "HOOK", "STATE", "PURPOSE"], &rows);
+    if let Some(parent) = &st.cgroup_parent {
+        match &st.cgroup_delegated {
+            Some(d) => println!(
+                "slot cgroups under {} (in {}, delegated by systemd)",
+                parent.display(),
+                d.display()
+            ),
+            None => println!("slot cgroups under {}", parent.display()),
+        }
+    }
     println!("kernel features (cgroup layout: {}):", st.cgroup_layout);
     let rows: Vec<Vec<String>> = st
         .features
