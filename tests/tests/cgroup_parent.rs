@@ -10,7 +10,7 @@
 use std::{
     ffi::CString,
     fs,
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    os::unix::{ffi::OsStrExt as _, fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -148,6 +148,9 @@ fn a_delegated_loader_puts_the_slots_in_its_delegation_and_writes_nothing_above(
     let st = status(&inst);
     assert_eq!(st["cgroup_parent"], parent.to_str().unwrap(), "{st}");
     assert_eq!(st["cgroup_delegated"], d.unit.to_str().unwrap(), "{st}");
+    // Recorded where every later command (root or not: `tracker status`) reads it.
+    let mode = fs::metadata(inst.paths.cgroup_parent_file()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
     // The unit's own process left the delegated cgroup for a leaf, so the delegated cgroup can
     // enable controllers for the slots.
     let supervisor = d.unit.join("supervisor");

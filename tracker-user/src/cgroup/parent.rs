@@ -17,6 +17,7 @@
 use std::{
     fs,
     io::ErrorKind,
+    os::unix::fs::PermissionsExt as _,
     path::{Component, Path, PathBuf},
 };
 
@@ -76,6 +77,10 @@ impl CgroupParent {
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| Error::Registry { path: file.clone(), detail: e.to_string() })?;
         crate::registry::write_synced(&tmp, &text)?;
+        // Readable by all, unlike the registry: `tracker status` shows it to anyone, and the
+        // same paths are in every job's /proc/PID/cgroup.
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))
+            .ctx(|| format!("chmod {}", tmp.display()))?;
         fs::rename(&tmp, &file).ctx(|| format!("replacing {}", file.display()))
     }
 
