@@ -231,6 +231,33 @@ fn memory_of_a_process_moved_out_of_the_slots_cgroup_still_counts() {
     let _ = child.wait();
 }
 
+/// A process adopted with 200 MiB already resident, which then sleeps: the slot's memory has
+/// them, though the kernel leaves their charges in the process's former cgroup.
+#[test]
+fn memory_an_adopted_process_had_before_counts() {
+    let Some(inst) = Instance::start() else { return };
+    inst.cli_ok(&["create", "adoptmem"]);
+    let m = marker("adoptmem");
+    let mut child = Command::new(ESCAPE).args(["touch", &m, "200", "60000"]).spawn().unwrap();
+    let pid = child.id();
+    let rss_kib = || -> u64 {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(wait_for(T, || rss_kib() >= 200 * 1024), "rss {} KiB", rss_kib());
+    inst.cli_ok(&["adopt", "adoptmem", &pid.to_string()]);
+    assert!(inst.paths.link_pin("trk_rss").exists(), "rss_stat not attached for an adoption");
+    let s = stat(&inst, "adoptmem");
+    assert!(num(&s, "memory_current_bytes") as u64 >= 200 * MIB, "{s}");
+    assert!(num(&s, "memory_peak_bytes") as u64 >= 200 * MIB, "{s}");
+    inst.kill_clean("adoptmem");
+    let _ = child.wait();
+}
+
 #[test]
 fn block_writes_and_file_reads_are_counted() {
     let Some(inst) = Instance::start() else { return };

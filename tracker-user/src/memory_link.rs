@@ -16,9 +16,17 @@ use crate::{
     registry::SlotRecord,
 };
 
+/// Where slot `rec`'s memory figures come from: its cgroup's, unless a running process was
+/// adopted into it, whose pages from before stay charged to its former cgroup (the kernel
+/// moves no charges: v1's `memory.move_charge_at_immigrate` is refused since 6.x, v2 never
+/// had it).
+pub fn source(rec: &SlotRecord) -> MemorySource {
+    if rec.adopted { MemorySource::Rss } else { rec.cgroups.memory_source() }
+}
+
 /// Whether `slots` need the `rss_stat` program.
 pub fn needed<'a>(slots: impl IntoIterator<Item = &'a SlotRecord>) -> bool {
-    slots.into_iter().any(|s| s.cgroups.memory_source() == MemorySource::Rss)
+    slots.into_iter().any(|s| source(s) == MemorySource::Rss)
 }
 
 /// Attach the program (from its pin, the active generation's) if `slots` need it, detach it

@@ -40,6 +40,11 @@ pub struct SlotRecord {
     /// Suspended (`Tracker::suspend`) and not resumed since.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspended: bool,
+    /// A running process was adopted into it (`tracker adopt`): the kernel does not move the
+    /// charges of its earlier pages into the slot's cgroup, so the slot's memory comes from
+    /// its processes' resident pages (see `memory_link::source`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -119,6 +119,7 @@ impl Tracker {
     /// the slot's cgroups; into a bound slot, only tag them: they stay in the batch system's
     /// cgroups.
     pub fn adopt(&self, name: &str, pid: u32) -> Result<AdoptReport> {
+        slots::mark_adopted(&self.inst, name)?;
         adopt::adopt(&self.inst, &self.inst.slot(name)?, pid)
     }
 

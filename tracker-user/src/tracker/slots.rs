@@ -114,6 +114,7 @@ pub(super) fn create(t: &Instance, spec: &SlotSpec) -> Result<(SlotRecord, Vec<S
             cgroups,
             limits: spec.limits.clone(),
             suspended: false,
+            adopted: false,
         };
         reg.slots.push(record.clone());
         // Before any task enters it: a slot whose memory no cgroup of its own keeps needs
@@ -206,6 +207,20 @@ pub(super) fn processes(t: &Instance, name: &str, threads: bool) -> Result<Vec<P
         }
     }
     Ok(rows.into_values().collect())
+}
+
+/// A running process is about to be adopted into slot `name`: its pages from before are
+/// charged to its former cgroup, and stay there. From now on the slot's memory comes from its
+/// processes' resident pages, and rss_stat is attached before the process is tagged.
+pub(super) fn mark_adopted(t: &Instance, name: &str) -> Result<()> {
+    registry::update(&t.paths, |reg| {
+        let rec = reg.get_mut(name)?;
+        if rec.adopted || rec.cgroups.bound.is_some() {
+            return Ok(());
+        }
+        rec.adopted = true;
+        memory_link::sync(&t.paths, &reg.slots)
+    })
 }
 
 /// Forget an empty slot: its record, its cgroups and its kernel state.

@@ -13,8 +13,9 @@ use tracker_common::{
 
 use super::instance::Instance;
 use crate::{
+    cgroup::MemorySource,
     error::{Error, Result},
-    programs,
+    memory_link, programs,
     registry::{self, SlotRecord},
     task_iter::{self, current_tid},
 };
@@ -79,8 +80,7 @@ struct Live {
     processes: u64,
     /// Exited tasks seen not yet freed (their CPU is in `user_ns`/`system_ns`).
     unfreed: u64,
-    /// Each live process: (pid, resident bytes now, its peak), for those outside the slot's
-    /// memory cgroup.
+    /// Each live process: (pid, resident bytes now, its peak).
     leaders: Vec<(u32, u64, u64)>,
 }
 
@@ -136,7 +136,11 @@ fn build(rec: &SlotRecord, st: &SlotState, c: &SlotCounters, live: &Live) -> Usa
     let secs = |ns: u64| ns as f64 / 1e9;
     let mut io = c.io;
     io.add(&live.io);
-    let (mem_current, mem_peak) = match rec.cgroups.memory() {
+    let from_cgroup = match memory_link::source(rec) {
+        MemorySource::Rss => None,
+        _ => rec.cgroups.memory(),
+    };
+    let (mem_current, mem_peak) = match from_cgroup {
         // What the kernel charges the slot's own memory cgroup, and its high-water mark;
         // plus the processes a root job moved out of it, whose new pages are charged
         // elsewhere: their resident bytes now, and their own peaks (an upper bound of what
@@ -147,8 +151,12 @@ fn build(rec: &SlotRecord, st: &SlotState, c: &SlotCounters, live: &Live) -> Usa
         }
         None => {
             // From rss_stat. `mem_current` moves with atomic adds of signed deltas; a
-            // transient negative reads huge.
-            let now = if (st.mem_current as i64) < 0 { 0 } else { st.mem_current };
+            // transient negative reads huge. rss_stat sees a process at its first change of
+            // resident pages: an adopted process that sleeps has none, while the usage
+            // iterator reads every live process's resident pages now.
+            let kept = if (st.mem_current as i64) < 0 { 0 } else { st.mem_current };
+            let seen: u64 = live.leaders.iter().map(|(_, rss, _)| rss).sum();
+            let now = kept.max(seen);
             (now, st.mem_peak.max(now))
         }
     };
