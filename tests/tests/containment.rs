@@ -127,7 +127,7 @@ fn pid_hopper_is_followed_and_killed() {
     let m = marker("hop");
     inst.run_detached("hopper", &[], "hopper", &m, &[]);
     let t = inst.tracker();
-    assert!(wait_for(T, || t.slot_status("hopper").unwrap().tasks_started > 2000));
+    assert!(wait_for(T, || t.slot_status("hopper").unwrap().counts.tasks_started > 2000));
     // Its pid changes thousands of times a second, yet the slot always has it, and only it.
     // Frozen, the set stands still: every hopper process on the machine (but one already in
     // `do_exit`, which no freezer stops and which has left its slot) is in the slot, and the

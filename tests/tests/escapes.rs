@@ -164,8 +164,8 @@ fn a_hundred_kills_of_a_churning_job_leave_every_counter_consistent() {
         let mut child = t.spawn("churn", &mut cmd, true).unwrap();
         // Kill it in mid-churn, at a different point each time: tasks come and go, threads
         // fault memory in on every CPU, while the kill dooms the slot.
-        let want = c.tasks_started + 10 + (i % 10) * 15;
-        assert!(wait_for(T, || t.kernel_counts("churn").unwrap().1.tasks_started >= want));
+        let want = c.counts.tasks_started + 10 + (i % 10) * 15;
+        assert!(wait_for(T, || t.kernel_counts("churn").unwrap().1.counts.tasks_started >= want));
         let report = t.kill("churn", &opts).unwrap();
         assert!(report.is_complete(), "kill {i}: {report:?}");
         let _ = child.wait();
@@ -182,8 +182,8 @@ fn a_hundred_kills_of_a_churning_job_leave_every_counter_consistent() {
     }
     let (state, counters) = t.kernel_counts("churn").unwrap();
     assert_eq!((state.live_tasks, state.mem_current), (0, 0), "{state:?}");
-    assert_eq!(counters.tasks_started, counters.tasks_exited, "{counters:?}");
-    assert_eq!(counters.tag_failures, 0, "{counters:?}");
+    assert_eq!(counters.counts.tasks_started, counters.counts.tasks_exited, "{counters:?}");
+    assert_eq!(counters.counts.tag_failures, 0, "{counters:?}");
     assert!(state.mem_peak > 0 && state.peak_tasks > 1, "{state:?}");
     assert!(processes_named(&m).is_empty(), "{:?}", processes_named(&m));
     inst.cli_ok(&["release", "churn"]);

@@ -68,7 +68,7 @@ fn the_tracker_process_is_never_in_the_slot() {
     let ps = inst.ps("parent");
     assert_eq!(ps.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![sh.id()], "{ps:?}");
     let s = inst.tracker().slot_status("parent").unwrap();
-    assert_eq!(s.tasks_started, 1, "only the shell was tagged: {s:?}");
+    assert_eq!(s.counts.tasks_started, 1, "only the shell was tagged: {s:?}");
     inst.kill_clean("parent");
     sh.wait().unwrap();
 }
@@ -182,7 +182,7 @@ fn loading_again_upgrades_without_losing_slots_or_counting_twice() {
     assert!(wait_for(T, || processes_named(&format!("{m}x")).len() == 1));
     let s3 = t.slot_status("upg3").unwrap();
     // bash, the daemonize parent, its middle child and the daemon: 4 tasks, once each.
-    assert_eq!(s3.tasks_started, 4, "{s3:?}");
+    assert_eq!(s3.counts.tasks_started, 4, "{s3:?}");
     let after = t.slot_status("upg").unwrap();
     assert_eq!(after.tasks_live, before.tasks_live);
     // Exactly one set of links is attached.

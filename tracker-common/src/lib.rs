@@ -4,9 +4,14 @@
 //! is `#[repr(C)]`, made of fixed-width integers with explicit padding, and its size and field
 //! offsets are asserted at compile time: a change that moves a field fails the build instead of
 //! silently corrupting the pinned maps of a running tracker.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 use core::mem::{offset_of, size_of};
+
+mod counters;
+pub mod cpu;
+
+pub use counters::{CountField, IoCounters, SLOT_COUNTS, SlotCounters, SlotCounts};
 
 /// Map names, which are also the file names of the pins under `<bpffs dir>/maps/`.
 pub mod map_name {
@@ -119,74 +124,6 @@ pub struct SlotState {
     pub mem_current: u64,
     /// High-water mark of `mem_current`.
     pub mem_peak: u64,
-}
-
-/// Per-slot, per-CPU counters. User space sums (or, for `*_max` fields, maxes) over CPUs.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlotCounters {
-    /// Tasks that entered the slot (fork, clone of a thread, adoption).
-    pub tasks_started: u64,
-    /// Tasks of the slot that passed `do_exit`.
-    pub tasks_exited: u64,
-    /// Thread-group leaders among `tasks_started` (processes).
-    pub procs_started: u64,
-    /// Processes of the slot whose last thread passed `do_exit`.
-    pub procs_exited: u64,
-    /// Successful `execve`s by tasks of the slot.
-    pub execs: u64,
-    /// Processes whose last thread died of a signal.
-    pub exits_by_signal: u64,
-    /// Tasks killed in the kernel because they forked, exec'd or made a syscall while doomed.
-    pub doom_kills: u64,
-    /// Children of a tagged task that could not be tagged (a tid beyond the tasks array).
-    pub tag_failures: u64,
-    /// CPU time of exited tasks, harvested when they are freed, after their final switch.
-    pub cpu_user_ns: u64,
-    pub cpu_system_ns: u64,
-    /// I/O of exited tasks (`task_io_accounting`), harvested at exit.
-    pub io: IoCounters,
-    pub min_flt: u64,
-    pub maj_flt: u64,
-    /// Largest peak RSS (bytes) of an exited process of the slot. A maximum, not a sum.
-    pub max_rss_bytes: u64,
-    /// Traffic of the slot's sockets (cgroup_skb on the slot's cgroup v2 directory).
-    pub net_rx_bytes: u64,
-    pub net_tx_bytes: u64,
-    pub net_rx_packets: u64,
-    pub net_tx_packets: u64,
-    /// Tasks of the slot whose exited entry was closed: at their free, where their CPU time
-    /// was harvested, or dropped (an entry left by a task gone without its free, or taken by a
-    /// tid that came round first). `tasks_exited - tasks_finished` exited tasks wait for
-    /// their free, which comes a grace period after their last context switch.
-    pub tasks_finished: u64,
-    pub _reserved: [u64; 6],
-}
-
-/// `struct task_io_accounting`, in the kernel's field order (checked against BTF at load).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    pub rchar: u64,
-    pub wchar: u64,
-    pub syscr: u64,
-    pub syscw: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub cancelled_write_bytes: u64,
-}
-
-impl IoCounters {
-    #[inline(always)]
-    pub fn add(&mut self, o: &IoCounters) {
-        self.rchar += o.rchar;
-        self.wchar += o.wchar;
-        self.syscr += o.syscr;
-        self.syscw += o.syscw;
-        self.read_bytes += o.read_bytes;
-        self.write_bytes += o.write_bytes;
-        self.cancelled_write_bytes += o.cancelled_write_bytes;
-    }
 }
 
 /// The resident pages of one tagged process's address space, by `mm_struct` counter (file,
@@ -441,26 +378,14 @@ assert_layout!(SlotControl, 16, flags = 0, generation = 8);
 assert_layout!(SlotState, 32, live_tasks = 0, peak_tasks = 8, mem_current = 16, mem_peak = 24);
 assert_layout!(
     SlotCounters,
-    248,
-    tasks_started = 0,
-    tasks_exited = 8,
-    procs_started = 16,
-    procs_exited = 24,
-    execs = 32,
-    exits_by_signal = 40,
-    doom_kills = 48,
-    tag_failures = 56,
-    cpu_user_ns = 64,
-    cpu_system_ns = 72,
-    io = 80,
-    min_flt = 136,
-    maj_flt = 144,
-    max_rss_bytes = 152,
-    net_rx_bytes = 160,
-    net_tx_bytes = 168,
-    net_rx_packets = 176,
-    net_tx_packets = 184,
-    tasks_finished = 192,
+    256,
+    cpu_user_ns = 0,
+    cpu_system_ns = 8,
+    io = 16,
+    min_flt = 72,
+    maj_flt = 80,
+    max_rss_bytes = 88,
+    counts = 96,
 );
 assert_layout!(IoCounters, 56, rchar = 0, wchar = 8, read_bytes = 32, cancelled_write_bytes = 48);
 assert_layout!(MmRss, 48, slot = 0, mm = 8, bytes = 16);
@@ -520,6 +445,7 @@ mod user {
     unsafe impl aya::Pod for super::SlotState {}
     unsafe impl aya::Pod for super::Reader {}
     unsafe impl aya::Pod for super::SlotCounters {}
+    unsafe impl aya::Pod for super::SlotCounts {}
     unsafe impl aya::Pod for super::GlobalCounters {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::AdoptRequest {}

@@ -34,7 +34,7 @@ pub fn trk_exec(ctx: BtfTracePointContext) -> u32 {
     if !is_active() {
         return 0;
     }
-    slot::with_counters(tag.slot, |c| c.execs += 1);
+    slot::with_counters(tag.slot, |c| c.counts.execs += 1);
     events::emit(EVENT_EXEC, tag.slot, |e| {
         e.pid = tid;
         e.tgid = tag.tgid;

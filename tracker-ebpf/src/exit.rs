@@ -55,9 +55,9 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
             c.maj_flt += maj;
         }
         if group_dead {
-            c.procs_exited += 1;
+            c.counts.processes_exited += 1;
             if by_signal {
-                c.exits_by_signal += 1;
+                c.counts.exits_by_signal += 1;
             }
         }
         if maxrss > c.max_rss_bytes {

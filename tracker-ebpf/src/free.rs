@@ -5,6 +5,7 @@
 //! per task, where a `sched_switch` program ran at every context switch of the machine; every
 //! task but an exited tagged one returns after one array load.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
+use tracker_common::cpu::split;
 
 use crate::{
     kernel::{Task, offsets},
@@ -39,28 +40,4 @@ pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
         });
     }
     0
-}
-
-/// Split the precise runtime `sum` between user and system in the proportion of the
-/// tick-sampled `utime` and `stime`, as the kernel's `cputime_adjust` does; a task too short
-/// to have been sampled counts as user time, as there. (Every division is checked: a panic
-/// path would leave the program without an exit, which the verifier rejects.)
-#[inline(always)]
-pub fn split(sum: u64, utime: u64, stime: u64) -> (u64, u64) {
-    if stime == 0 {
-        return (sum, 0);
-    }
-    if utime == 0 {
-        return (0, sum);
-    }
-    // system = sum * stime / total, in 20-bit fixed point so that nothing overflows 64 bits
-    // (BPF has no 128-bit arithmetic): the ratio from microseconds (2^44 µs is 200 days).
-    let (st, total) = if utime.saturating_add(stime) >= 1000 {
-        (stime / 1000, utime.saturating_add(stime) / 1000)
-    } else {
-        (stime, utime + stime)
-    };
-    let ratio = (st << 20).checked_div(total).unwrap_or(0).min(1 << 20);
-    let system = (sum >> 20) * ratio + (((sum & 0xf_ffff) * ratio) >> 20);
-    (sum.saturating_sub(system), system.min(sum))
 }

@@ -36,11 +36,11 @@ fn count(ctx: &SkBuffContext, ingress: bool) {
     let len = u64::from(ctx.len());
     slot::with_counters(slot, |c| {
         if ingress {
-            c.net_rx_bytes += len;
-            c.net_rx_packets += 1;
+            c.counts.net_rx_bytes += len;
+            c.counts.net_rx_packets += 1;
         } else {
-            c.net_tx_bytes += len;
-            c.net_tx_packets += 1;
+            c.counts.net_tx_bytes += len;
+            c.counts.net_tx_packets += 1;
         }
     });
 }

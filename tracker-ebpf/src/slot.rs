@@ -25,7 +25,7 @@ pub fn current_tag(tid: u32) -> Option<TaskTag> {
         // SAFETY: as above.
         unsafe { *entry = TaskTag::default() };
         task_left(tag.slot);
-        with_counters(tag.slot, |c| c.tasks_finished += 1);
+        with_counters(tag.slot, |c| c.counts.tasks_finished += 1);
         return None;
     }
     Some(tag)
@@ -68,7 +68,7 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
         // it exited) leaves its slot now.
         if old.slot & TAG_EXITED == 0 {
             task_left(old.slot);
-            with_counters(old.slot, |c| c.tasks_finished += 1);
+            with_counters(old.slot, |c| c.counts.tasks_finished += 1);
         }
     }
     // SAFETY: as above. The slot is written last, so a reader that sees it sees the rest.
@@ -83,7 +83,7 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
     // the tid came round within a grace period).
     if old.slot & TAG_EXITED != 0 {
         if slot_cmpxchg(entry, old.slot, tag.slot) {
-            with_counters(old.slot & !TAG_EXITED, |c| c.tasks_finished += 1);
+            with_counters(old.slot & !TAG_EXITED, |c| c.counts.tasks_finished += 1);
             task_entered(tag.slot, tid == tag.tgid);
             return true;
         }
@@ -130,7 +130,7 @@ pub fn finish(tid: u32, start_ns: u64) -> Option<u32> {
         return None;
     }
     let slot = word & !TAG_EXITED;
-    with_counters(slot, |c| c.tasks_finished += 1);
+    with_counters(slot, |c| c.counts.tasks_finished += 1);
     Some(slot)
 }
 
@@ -204,7 +204,7 @@ pub fn exec_by_thread(old_tid: u32, tid: u32, tgid: u32, start_ns: u64) -> Optio
     } else {
         if leader.slot & TAG_EXITED != 0 && slot_cmpxchg(new, leader.slot, 0) {
             // An older task's exited entry, never to be freed under this tid now.
-            with_counters(leader.slot & !TAG_EXITED, |c| c.tasks_finished += 1);
+            with_counters(leader.slot & !TAG_EXITED, |c| c.counts.tasks_finished += 1);
         }
         // SAFETY: as above.
         unsafe { *old = TaskTag::default() };
@@ -285,9 +285,9 @@ fn task_entered(slot: u32, is_leader: bool) {
         }
     }
     with_counters(slot, |c| {
-        c.tasks_started += 1;
+        c.counts.tasks_started += 1;
         if is_leader {
-            c.procs_started += 1;
+            c.counts.processes_started += 1;
         }
     });
 }
@@ -299,12 +299,12 @@ fn task_left(slot: u32) {
         // SAFETY: map value pointer, see `atomic_add`. Adding 2^64-1 subtracts one.
         atomic_add(unsafe { &raw mut (*st).live_tasks }, u64::MAX);
     }
-    with_counters(slot, |c| c.tasks_exited += 1);
+    with_counters(slot, |c| c.counts.tasks_exited += 1);
 }
 
 #[inline(always)]
 pub fn tag_failed(slot: u32) {
-    with_counters(slot, |c| c.tag_failures += 1);
+    with_counters(slot, |c| c.counts.tag_failures += 1);
     if let Some(g) = GLOBAL.get_ptr_mut(0) {
         // SAFETY: per-CPU value, as in `with_counters`.
         unsafe { (*g).tag_failures += 1 };
@@ -321,6 +321,6 @@ pub fn is_doomed(slot: u32) -> bool {
 pub fn doom_current(slot: u32) {
     // SAFETY: a helper call; it fails harmlessly for kernel threads.
     if unsafe { bpf_send_signal(SIGKILL) } == 0 {
-        with_counters(slot, |c| c.doom_kills += 1);
+        with_counters(slot, |c| c.counts.doom_kills += 1);
     }
 }

@@ -230,7 +230,7 @@ impl Watcher {
     fn emptied_now(&self, slot: u32) -> Option<(u64, u64)> {
         self.maps.state(slot).ok().filter(|c| c.live_tasks == 0)?;
         let generation = self.maps.control(slot).ok()?.generation;
-        let started = self.maps.counters(slot).ok()?.tasks_started;
+        let started = self.maps.counters(slot).ok()?.counts.tasks_started;
         let now = (generation, started);
         (self.emptied.get(&slot) != Some(&now)).then_some(now)
     }

@@ -154,7 +154,7 @@ impl Maps {
         let c = self.counters(slot)?;
         // The per-CPU values are read one CPU after another: an exit and its free on two CPUs
         // may be seen as the free alone, never as a task pending that is not.
-        Ok(c.tasks_exited.saturating_sub(c.tasks_finished))
+        Ok(c.counts.tasks_exited.saturating_sub(c.counts.tasks_finished))
     }
 
     pub fn control(&self, slot: u32) -> Result<SlotControl> {
@@ -212,7 +212,10 @@ impl Maps {
             .counters
             .get(&slot, 0)
             .map_err(|e| Error::bpf(format!("reading counters of slot {slot}"), e))?;
-        Ok(per_cpu.iter().fold(SlotCounters::default(), |acc, c| sum_counters(&acc, c)))
+        Ok(per_cpu.iter().fold(SlotCounters::default(), |mut acc, c| {
+            acc.add(c);
+            acc
+        }))
     }
 
     pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
@@ -241,34 +244,6 @@ impl Maps {
 fn zeroed_per_cpu<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
     let n = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
     PerCpuValues::try_from(vec![T::default(); n]).map_err(|e| Error::io("per-CPU values", e))
-}
-
-fn sum_counters(a: &SlotCounters, b: &SlotCounters) -> SlotCounters {
-    let mut io = a.io;
-    io.add(&b.io);
-    SlotCounters {
-        tasks_started: a.tasks_started + b.tasks_started,
-        tasks_exited: a.tasks_exited + b.tasks_exited,
-        procs_started: a.procs_started + b.procs_started,
-        procs_exited: a.procs_exited + b.procs_exited,
-        execs: a.execs + b.execs,
-        exits_by_signal: a.exits_by_signal + b.exits_by_signal,
-        doom_kills: a.doom_kills + b.doom_kills,
-        tag_failures: a.tag_failures + b.tag_failures,
-        cpu_user_ns: a.cpu_user_ns + b.cpu_user_ns,
-        cpu_system_ns: a.cpu_system_ns + b.cpu_system_ns,
-        io,
-        min_flt: a.min_flt + b.min_flt,
-        maj_flt: a.maj_flt + b.maj_flt,
-        // A maximum over processes, kept per CPU.
-        max_rss_bytes: a.max_rss_bytes.max(b.max_rss_bytes),
-        net_rx_bytes: a.net_rx_bytes + b.net_rx_bytes,
-        net_tx_bytes: a.net_tx_bytes + b.net_tx_bytes,
-        net_rx_packets: a.net_rx_packets + b.net_rx_packets,
-        net_tx_packets: a.net_tx_packets + b.net_tx_packets,
-        tasks_finished: a.tasks_finished + b.tasks_finished,
-        _reserved: [0; 6],
-    }
 }
 
 /// An entry's slot field names a live task (set, and not marked exited).

@@ -21,6 +21,7 @@ use prometheus_client::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
+use tracker_common::SlotCounts;
 
 use super::{
     auth::{Peer, Policy},
@@ -198,43 +199,25 @@ impl Collector for KernelCollector {
             "Bytes through the slot's write system calls, any filesystem and sockets",
             |u| u.wchar_bytes,
         )?;
-        counter(
-            &mut enc,
-            "tracker_slot_network_receive_bytes",
-            "Bytes the slot's sockets received",
-            |u| u.net_rx_bytes,
-        )?;
-        counter(
-            &mut enc,
-            "tracker_slot_network_transmit_bytes",
-            "Bytes the slot's sockets sent",
-            |u| u.net_tx_bytes,
-        )?;
-        counter(
-            &mut enc,
-            "tracker_slot_network_receive_packets",
-            "Packets the slot's sockets received",
-            |u| u.net_rx_packets,
-        )?;
-        counter(
-            &mut enc,
-            "tracker_slot_network_transmit_packets",
-            "Packets the slot's sockets sent",
-            |u| u.net_tx_packets,
-        )?;
         gauge(&mut enc, "tracker_slot_tasks", "Live tasks of the slot, threads included", |u| {
             u.tasks_live
         })?;
-        counter(&mut enc, "tracker_slot_tasks_started", "Tasks the slot ever had", |u| {
-            u.tasks_started
-        })?;
-        counter(&mut enc, "tracker_slot_execs", "execve calls in the slot", |u| u.execs)?;
         counter(
             &mut enc,
             "tracker_slot_oom_kills",
             "Processes of the slot the OOM killer killed",
             |u| u.oom_kills,
         )?;
+        // Every count of tracker-common's list, under its metric name.
+        for (i, f) in SlotCounts::FIELDS.iter().enumerate() {
+            family(
+                &mut enc,
+                &format!("tracker_slot_{}", f.metric),
+                f.help,
+                MetricType::Counter,
+                usage.iter().map(|u| (labels(&u.slot), ConstCounter::new(u.counts.values()[i]))),
+            )?;
+        }
 
         single(
             &mut enc,

@@ -8,6 +8,8 @@ tonic::include_proto!("tracker.v1");
 /// The encoded `FileDescriptorSet` of the .proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tracker_v1_descriptor");
 
+use tracker_common::SlotCounts;
+
 use crate::{
     cgroup,
     error::{Error, Result},
@@ -95,19 +97,14 @@ impl From<&tracker::SlotStatus> for SlotStatus {
             }),
             tasks_live: s.tasks_live,
             tasks_peak: s.tasks_peak,
-            tasks_started: s.tasks_started,
-            processes_started: s.procs_started,
-            processes_exited: s.procs_exited,
-            execs: s.execs,
-            exits_by_signal: s.exits_by_signal,
-            doom_kills: s.doom_kills,
-            tag_failures: s.tag_failures,
             doomed: s.doomed,
             cpu_seconds: s.cpu_seconds,
             memory_current_bytes: s.memory_current_bytes,
             memory_peak_bytes: s.memory_peak_bytes,
             suspended: s.suspended,
+            ..Self::default()
         }
+        .with_counts(&s.counts)
     }
 }
 
@@ -129,22 +126,39 @@ impl From<&tracker::Usage> for Usage {
             cancelled_write_bytes: u.cancelled_write_bytes,
             minor_faults: u.minor_faults,
             major_faults: u.major_faults,
-            net_rx_bytes: u.net_rx_bytes,
-            net_tx_bytes: u.net_tx_bytes,
-            net_rx_packets: u.net_rx_packets,
-            net_tx_packets: u.net_tx_packets,
             tasks_live: u.tasks_live,
-            tasks_started: u.tasks_started,
             tasks_peak: u.tasks_peak,
             processes_live: u.processes_live,
-            processes_started: u.processes_started,
-            execs: u.execs,
-            exits_by_signal: u.exits_by_signal,
             forks_refused: u.forks_refused,
             oom_kills: u.oom_kills,
+            ..Self::default()
         }
+        .with_counts(&u.counts)
     }
 }
+
+/// Each message that carries a slot's counts gets every count of tracker-common's list, by
+/// name: a count the .proto lacks fails the build (and `the_proto_carries_the_counts_and_no_more`
+/// checks the other way).
+macro_rules! with_counts {
+    ($($name:ident, $metric:literal, $help:literal;)*) => {
+        impl Usage {
+            fn with_counts(mut self, c: &SlotCounts) -> Self {
+                $(self.$name = c.$name;)*
+                self
+            }
+        }
+
+        impl SlotStatus {
+            fn with_counts(mut self, c: &SlotCounts) -> Self {
+                $(self.$name = c.$name;)*
+                self
+            }
+        }
+    };
+}
+
+tracker_common::for_each_slot_count!(with_counts);
 
 impl From<procinfo::ProcessInfo> for Process {
     fn from(p: procinfo::ProcessInfo) -> Self {
@@ -236,6 +250,70 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fields of `message name` in the .proto, by name.
+    fn proto_fields(name: &str) -> Vec<String> {
+        let text = include_str!("../../../proto/tracker/v1/tracker.proto");
+        let start = text.find(&format!("message {name} {{")).expect("message in the .proto");
+        let body = &text[start..start + text[start..].find("\n}").expect("end of message")];
+        body.lines()
+            .map(|l| l.split("//").next().unwrap_or_default())
+            .filter_map(|l| l.split_once('=').map(|(decl, _)| decl))
+            .filter_map(|decl| decl.split_whitespace().last().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn the_proto_carries_the_counts_and_no_more() {
+        let counts: Vec<&str> = SlotCounts::FIELDS.iter().map(|f| f.name).collect();
+        // What each message carries besides the counts, from the library's own figures.
+        let usage_own = [
+            "slot",
+            "cpu_user_seconds",
+            "cpu_system_seconds",
+            "memory_current_bytes",
+            "memory_peak_bytes",
+            "max_process_rss_bytes",
+            "read_bytes",
+            "write_bytes",
+            "rchar_bytes",
+            "wchar_bytes",
+            "read_syscalls",
+            "write_syscalls",
+            "cancelled_write_bytes",
+            "minor_faults",
+            "major_faults",
+            "tasks_live",
+            "tasks_peak",
+            "processes_live",
+            "forks_refused",
+            "oom_kills",
+        ];
+        let status_own = [
+            "slot",
+            "tasks_live",
+            "tasks_peak",
+            "doomed",
+            "cpu_seconds",
+            "memory_current_bytes",
+            "memory_peak_bytes",
+            "suspended",
+        ];
+        for (message, own) in [("Usage", &usage_own[..]), ("SlotStatus", &status_own[..])] {
+            let mut want: Vec<&str> = own.iter().copied().chain(counts.iter().copied()).collect();
+            let mut have = proto_fields(message);
+            want.sort_unstable();
+            have.sort_unstable();
+            assert_eq!(have, want, "message {message} and the counts of tracker-common disagree");
+        }
+    }
+
+    #[test]
+    fn counts_reach_the_messages_by_name() {
+        let c = SlotCounts { net_tx_packets: 3, tag_failures: 1, ..Default::default() };
+        let u = Usage::default().with_counts(&c);
+        assert_eq!((u.net_tx_packets, u.tag_failures), (3, 1));
+    }
 
     #[test]
     fn limits_round_trip() {

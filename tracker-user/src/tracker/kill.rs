@@ -171,11 +171,11 @@ pub(super) fn kill(t: &Instance, rec: &SlotRecord, opts: &KillOptions) -> Result
     let after = t.maps().counters(rec.id)?;
     Ok(KillReport {
         slot: rec.name.clone(),
-        killed: after.procs_exited - before.procs_exited,
-        tasks_killed: after.tasks_exited - before.tasks_exited,
+        killed: after.counts.processes_exited - before.counts.processes_exited,
+        tasks_killed: after.counts.tasks_exited - before.counts.tasks_exited,
         elapsed_ms: start.elapsed().as_secs_f64() * 1e3,
         froze,
-        doom_kills: after.doom_kills - before.doom_kills,
+        doom_kills: after.counts.doom_kills - before.counts.doom_kills,
         survivors: remaining,
         warnings,
     })

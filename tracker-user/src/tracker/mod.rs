@@ -36,7 +36,7 @@ pub use launch::{RunOptions, RunOutcome, shell_status};
 pub use signal::{SuspendReport, check_signal, parse_signal};
 pub use slots::{SlotSpec, SlotStatus, generated_slot_name, validate_slot_name};
 use tracker_common::{GlobalCounters, SlotCounters, SlotState, TaskTag};
-pub use usage::{Usage, split};
+pub use usage::Usage;
 
 use self::instance::Instance;
 use crate::{

@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tracker_common::{SLOT_ACTIVE, SlotControl, SlotCounters, SlotState, TaskTag};
+use tracker_common::{SLOT_ACTIVE, SlotControl, SlotCounters, SlotCounts, SlotState, TaskTag};
 
 use super::{
     instance::Instance,
@@ -45,13 +45,6 @@ pub struct SlotStatus {
     /// Tasks (threads included) in the slot now.
     pub tasks_live: u64,
     pub tasks_peak: u64,
-    pub tasks_started: u64,
-    pub procs_started: u64,
-    pub procs_exited: u64,
-    pub execs: u64,
-    pub exits_by_signal: u64,
-    pub doom_kills: u64,
-    pub tag_failures: u64,
     pub doomed: bool,
     /// Suspended and not resumed since.
     pub suspended: bool,
@@ -60,6 +53,9 @@ pub struct SlotStatus {
     pub memory_peak_bytes: u64,
     pub cgroups: SlotCgroups,
     pub limits: Limits,
+    /// What the kernel counted for the slot (tracker-common's `for_each_slot_count!`).
+    #[serde(flatten)]
+    pub counts: SlotCounts,
 }
 
 /// Create a slot. Returns its record and any warnings (a cgroup that could not be made).
@@ -137,7 +133,6 @@ fn status_of(t: &Instance, rec: &SlotRecord, usage: &Usage) -> Result<SlotStatus
     let maps = t.maps();
     let ctl = maps.control(rec.id)?;
     let st = maps.state(rec.id)?;
-    let c = maps.counters(rec.id)?;
     Ok(SlotStatus {
         name: rec.name.clone(),
         id: rec.id,
@@ -145,13 +140,6 @@ fn status_of(t: &Instance, rec: &SlotRecord, usage: &Usage) -> Result<SlotStatus
         created_unix_ms: rec.created_unix_ms,
         tasks_live: st.live_tasks,
         tasks_peak: st.peak_tasks,
-        tasks_started: c.tasks_started,
-        procs_started: c.procs_started,
-        procs_exited: c.procs_exited,
-        execs: c.execs,
-        exits_by_signal: c.exits_by_signal,
-        doom_kills: c.doom_kills,
-        tag_failures: c.tag_failures,
         doomed: ctl.flags & tracker_common::SLOT_DOOMED != 0,
         suspended: rec.suspended,
         cpu_seconds: usage.cpu_seconds(),
@@ -159,6 +147,7 @@ fn status_of(t: &Instance, rec: &SlotRecord, usage: &Usage) -> Result<SlotStatus
         memory_peak_bytes: usage.memory_peak_bytes,
         cgroups: rec.cgroups.clone(),
         limits: rec.limits.clone(),
+        counts: usage.counts,
     })
 }
 

@@ -7,8 +7,8 @@ use std::{
 
 use serde::Serialize;
 use tracker_common::{
-    IoCounters, SlotCounters, SlotState, TaskTag, USAGE_EXITED, USAGE_LEADER, UsageRecord,
-    UsageRequest,
+    IoCounters, SlotCounters, SlotCounts, SlotState, TaskTag, USAGE_EXITED, USAGE_LEADER,
+    UsageRecord, UsageRequest, cpu::split,
 };
 
 use super::instance::Instance;
@@ -45,21 +45,17 @@ pub struct Usage {
     pub cancelled_write_bytes: u64,
     pub minor_faults: u64,
     pub major_faults: u64,
-    pub net_rx_bytes: u64,
-    pub net_tx_bytes: u64,
-    pub net_rx_packets: u64,
-    pub net_tx_packets: u64,
+    /// Tasks (threads included) in the slot now, and the most it had at once.
     pub tasks_live: u64,
-    pub tasks_started: u64,
     pub tasks_peak: u64,
     pub processes_live: u64,
-    pub processes_started: u64,
-    pub execs: u64,
-    pub exits_by_signal: u64,
     /// Forks refused because the slot was at its `tasks-max` (from the slot's pids cgroup).
     pub forks_refused: u64,
     /// Processes of the slot the OOM killer killed (from the slot's memory cgroup).
     pub oom_kills: u64,
+    /// What the kernel counted for the slot (tracker-common's `for_each_slot_count!`).
+    #[serde(flatten)]
+    pub counts: SlotCounts,
 }
 
 impl Usage {
@@ -101,20 +97,6 @@ impl Live {
             self.processes += 1;
             self.max_rss = self.max_rss.max(r.hiwater_rss_bytes);
             self.leaders.push((r.tgid, r.rss_bytes, r.hiwater_rss_bytes));
-        }
-    }
-}
-
-/// Split the precise runtime `sum` between user and system time in the proportion of the
-/// tick-sampled `utime` and `stime`, as the kernel's `cputime_adjust` does (and as the kernel
-/// program does when a task is freed).
-pub fn split(sum: u64, utime: u64, stime: u64) -> (u64, u64) {
-    match (utime, stime) {
-        (_, 0) => (sum, 0),
-        (0, _) => (0, sum),
-        _ => {
-            let system = (u128::from(sum) * u128::from(stime) / u128::from(utime + stime)) as u64;
-            (sum - system, system)
         }
     }
 }
@@ -176,19 +158,12 @@ fn build(rec: &SlotRecord, st: &SlotState, c: &SlotCounters, live: &Live) -> Usa
         cancelled_write_bytes: io.cancelled_write_bytes,
         minor_faults: c.min_flt + live.min_flt,
         major_faults: c.maj_flt + live.maj_flt,
-        net_rx_bytes: c.net_rx_bytes,
-        net_tx_bytes: c.net_tx_bytes,
-        net_rx_packets: c.net_rx_packets,
-        net_tx_packets: c.net_tx_packets,
         tasks_live: st.live_tasks,
-        tasks_started: c.tasks_started,
         tasks_peak: st.peak_tasks,
         processes_live: live.processes,
-        processes_started: c.procs_started,
-        execs: c.execs,
-        exits_by_signal: c.exits_by_signal,
         forks_refused: rec.cgroups.forks_refused(),
         oom_kills: rec.cgroups.oom_kills(),
+        counts: c.counts,
     }
 }
 
@@ -286,20 +261,4 @@ fn records(t: &Instance, slot: u32) -> Result<Vec<UsageRecord>> {
     let records = task_iter::run::<UsageRecord>(&t.paths, programs::USAGE);
     let _ = t.maps().usage.remove(&tid);
     records
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runtime_is_split_like_the_kernel_does() {
-        assert_eq!(split(1000, 3, 1), (750, 250));
-        assert_eq!(split(1000, 0, 0), (1000, 0));
-        assert_eq!(split(1000, 5, 0), (1000, 0));
-        assert_eq!(split(1000, 0, 5), (0, 1000));
-        // No overflow for a year of runtime.
-        let year = 365 * 24 * 3600 * 1_000_000_000u64;
-        assert_eq!(split(year, year, year), (year / 2, year / 2));
-    }
 }

@@ -82,23 +82,38 @@ class Created:
     warnings: List[str]
 
 
-@dataclass
-class SlotStatus:
-    slot: Slot
-    tasks_live: int
-    tasks_peak: int
-    tasks_started: int
-    processes_started: int
-    processes_exited: int
-    execs: int
-    exits_by_signal: int
-    doom_kills: int
-    tag_failures: int
-    doomed: bool
-    cpu_seconds: float
-    memory_current_bytes: int
-    memory_peak_bytes: int
-    suspended: bool
+def _figures(name: str, message, doc: str, nested=None, namespace=None):
+    """A dataclass with one field per field of protobuf `message`, in the .proto's order and
+    with its names: a figure (a count) added to the .proto reaches the client without a change
+    here. `nested` gives the dataclass of a message-typed field."""
+    nested = nested or {}
+    fields = [
+        (f.name, nested.get(f.name) or _SCALARS.get(f.type, object))
+        for f in message.DESCRIPTOR.fields
+    ]
+    cls = dataclasses.make_dataclass(name, fields, namespace=namespace or {})
+    cls.__doc__ = doc
+    cls.__module__ = __name__
+    return cls
+
+
+_FD = pb.Usage.DESCRIPTOR.fields[0].__class__
+_SCALARS = {
+    _FD.TYPE_UINT64: int,
+    _FD.TYPE_UINT32: int,
+    _FD.TYPE_INT64: int,
+    _FD.TYPE_INT32: int,
+    _FD.TYPE_DOUBLE: float,
+    _FD.TYPE_BOOL: bool,
+    _FD.TYPE_STRING: str,
+}
+
+SlotStatus = _figures(
+    "SlotStatus",
+    pb.SlotStatus,
+    "A slot and what the kernel counts for it now (the fields of the .proto's SlotStatus).",
+    nested={"slot": Slot},
+)
 
 
 @dataclass
@@ -108,42 +123,13 @@ class Adopted:
     tasks: int
 
 
-@dataclass
-class Usage:
-    """Everything a slot used, exited and live tasks together, read now in the kernel."""
-
-    slot: str
-    cpu_user_seconds: float
-    cpu_system_seconds: float
-    memory_current_bytes: int
-    memory_peak_bytes: int
-    max_process_rss_bytes: int
-    read_bytes: int
-    write_bytes: int
-    rchar_bytes: int
-    wchar_bytes: int
-    read_syscalls: int
-    write_syscalls: int
-    cancelled_write_bytes: int
-    minor_faults: int
-    major_faults: int
-    net_rx_bytes: int
-    net_tx_bytes: int
-    net_rx_packets: int
-    net_tx_packets: int
-    tasks_live: int
-    tasks_started: int
-    tasks_peak: int
-    processes_live: int
-    processes_started: int
-    execs: int
-    exits_by_signal: int
-    forks_refused: int
-    oom_kills: int
-
-    @property
-    def cpu_seconds(self) -> float:
-        return self.cpu_user_seconds + self.cpu_system_seconds
+Usage = _figures(
+    "Usage",
+    pb.Usage,
+    "Everything a slot used, exited and live tasks together, read now in the kernel (the "
+    "fields of the .proto's Usage: base units, seconds and bytes).",
+    namespace={"cpu_seconds": property(lambda u: u.cpu_user_seconds + u.cpu_system_seconds)},
+)
 
 
 @dataclass

@@ -7,6 +7,7 @@ use tracker::{
     KillReport, LoadReport, Paths, ProcessInfo, RunOutcome, SlotStatus, SuspendReport,
     UnloadReport, Usage, loader::LoadAction, status::Status,
 };
+use tracker_common::SlotCounts;
 
 pub fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -158,8 +159,8 @@ pub fn slots(slots: &[SlotStatus], json: bool) -> Result<()> {
                 s.id.to_string(),
                 s.tasks_live.to_string(),
                 s.tasks_peak.to_string(),
-                s.tasks_started.to_string(),
-                s.execs.to_string(),
+                s.counts.tasks_started.to_string(),
+                s.counts.execs.to_string(),
                 format!("{:.2}s", s.cpu_seconds),
                 bytes(s.memory_current_bytes),
                 bytes(s.memory_peak_bytes),
@@ -275,7 +276,7 @@ pub fn run_outcome(o: &RunOutcome) {
     }
     eprintln!(
         "tracker: usage of the whole tree ({} processes, {} execs):",
-        u.processes_started, u.execs
+        u.counts.processes_started, u.counts.execs
     );
     for line in usage_lines(u) {
         eprintln!("\t{line}");
@@ -325,7 +326,7 @@ pub fn usage(u: &Usage, json: bool) -> Result<()> {
 
 /// The usage, one aspect per line, as `/usr/bin/time -v` would put it.
 fn usage_lines(u: &Usage) -> Vec<String> {
-    vec![
+    let mut lines = vec![
         format!("cpu       {:.3} s user, {:.3} s system", u.cpu_user_seconds, u.cpu_system_seconds),
         format!(
             "memory    {} now, {} peak of the slot, {} peak of one process",
@@ -341,27 +342,22 @@ fn usage_lines(u: &Usage) -> Vec<String> {
             bytes(u.wchar_bytes)
         ),
         format!(
-            "network   {} in ({} packets), {} out ({} packets)",
-            bytes(u.net_rx_bytes),
-            u.net_rx_packets,
-            bytes(u.net_tx_bytes),
-            u.net_tx_packets
-        ),
-        format!(
-            "tasks     {} live ({} processes), {} started, peak {}; {} execs; {} killed by a signal",
-            u.tasks_live,
-            u.processes_live,
-            u.tasks_started,
-            u.tasks_peak,
-            u.execs,
-            u.exits_by_signal
+            "tasks     {} live ({} processes), peak {}",
+            u.tasks_live, u.processes_live, u.tasks_peak
         ),
         format!("faults    {} minor, {} major", u.minor_faults, u.major_faults),
         format!(
             "limits    {} fork(s) refused at tasks-max; {} process(es) killed for memory",
             u.forks_refused, u.oom_kills
         ),
-    ]
+    ];
+    // Every count of tracker-common's list, by name.
+    let counts = u.counts.values();
+    lines.push("counted:".into());
+    lines.extend(
+        SlotCounts::FIELDS.iter().zip(counts).map(|(f, v)| format!("  {:<20} {v}", f.name)),
+    );
+    lines
 }
 
 /// `123 B`, `4.0 KiB`, `400.1 MiB`, `2.50 GiB`.
