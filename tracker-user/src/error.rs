@@ -33,11 +33,18 @@ pub enum Error {
     )]
     NoKernelPrograms,
 
+    #[error("the eBPF object {0}: this build of the tracker is broken")]
+    BadObject(&'static str),
+
+    #[error("slot id {0} still has tagged tasks; refusing to reuse it")]
+    SlotIdInUse(u32),
+
     #[error("the kernel refused program {program}: {detail}")]
     ProgramLoad { program: &'static str, detail: String },
 
-    #[error("{what}: {detail}")]
-    Bpf { what: String, detail: String },
+    // aya's error stays typed (callers can match it); printed with its causes, once.
+    #[error("{what}: {}", chain(.cause.as_ref()))]
+    Bpf { what: String, cause: Box<BpfError> },
 
     #[error(
         "pinned map {} does not match this tracker ({detail}): it was made by another version; \
@@ -156,10 +163,25 @@ impl Error {
         Self::Io { context: context.into(), cause: source }
     }
 
-    /// An error of aya's, with its causes, which aya's messages leave out.
-    pub fn bpf(what: impl Into<String>, err: impl std::error::Error) -> Self {
-        Self::Bpf { what: what.into(), detail: chain(&err) }
+    /// An error of aya's, and what we were doing when it happened.
+    pub fn bpf(what: impl Into<String>, err: impl Into<BpfError>) -> Self {
+        Self::Bpf { what: what.into(), cause: Box::new(err.into()) }
     }
+}
+
+/// The errors of aya's that reach us, kept as aya made them.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error(transparent)]
+    Ebpf(#[from] aya::EbpfError),
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+    #[error(transparent)]
+    Pin(#[from] aya::pin::PinError),
+    #[error(transparent)]
+    Link(#[from] aya::programs::links::LinkError),
 }
 
 /// An error and its causes on one line.

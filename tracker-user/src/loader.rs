@@ -196,10 +196,8 @@ fn load_locked(
     }
 
     // Switch: from here on the new programs count and the old ones return at once.
-    let config_map = ebpf.map_mut(map_name::CONFIG).ok_or_else(|| Error::Bpf {
-        what: "the eBPF object".into(),
-        detail: "has no config map".into(),
-    })?;
+    let config_map =
+        ebpf.map_mut(map_name::CONFIG).ok_or_else(|| Error::BadObject("has no config map"))?;
     let mut config: Array<_, Config> =
         Array::try_from(config_map).map_err(|e: MapError| Error::bpf("config map", e))?;
     // The config record is the loader's alone (the event reader has its own record), so

@@ -192,10 +192,7 @@ impl Maps {
         // Every entry that carries a slot id is counted in the kernel: a live task in
         // `live_tasks`, an exited one not yet freed in `harvests_pending`.
         if self.id_in_use(slot)? {
-            return Err(Error::Bpf {
-                what: format!("slot id {slot}"),
-                detail: "still has tagged tasks; refusing to reuse it".into(),
-            });
+            return Err(Error::SlotIdInUse(slot));
         }
         // The memory entries (keyed by tgid, so never more than pid_max) are not deleted: a
         // delete races with the kernel handing the entry to a new process with that tgid,
