@@ -81,22 +81,6 @@ macro_rules! declare_slot_counts {
 
 for_each_slot_count!(declare_slot_counts);
 
-// Counts are appended, never moved: the first ones stay where a running tracker has them.
-const _: () = assert!(size_of::<SlotCounts>() == 8 * SLOT_COUNTS);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, tasks_started) == 0);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, tasks_exited) == 8);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, processes_started) == 16);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, processes_exited) == 24);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, execs) == 32);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, exits_by_signal) == 40);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, doom_kills) == 48);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, tag_failures) == 56);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, net_rx_bytes) == 64);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, net_tx_bytes) == 72);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, net_rx_packets) == 80);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, net_tx_packets) == 88);
-const _: () = assert!(core::mem::offset_of!(SlotCounts, tasks_finished) == 96);
-
 /// The words of a `SlotCounters` value, fixed so that a count added later takes a reserved
 /// word instead of changing the pinned map's value size.
 const SLOT_COUNTERS_WORDS: usize = 32;

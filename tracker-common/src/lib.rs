@@ -63,8 +63,6 @@ pub mod global_name {
 /// Slot id 0 is never allocated: a zeroed tag means "no slot".
 pub const NO_SLOT: u32 = 0;
 
-/// `SlotControl::flags`: the slot exists.
-pub const SLOT_ACTIVE: u32 = 1 << 0;
 /// `SlotControl::flags`: the slot is being killed; its tasks may not fork, exec or make syscalls.
 pub const SLOT_DOOMED: u32 = 1 << 1;
 
@@ -105,8 +103,9 @@ pub struct TaskTag {
 pub struct SlotControl {
     pub flags: u32,
     pub _pad0: u32,
-    /// Bumped by user space each time the slot id is (re)used, so stale state is recognisable.
-    pub generation: u64,
+    /// Bumped by user space each time the slot id is (re)used, so stale state is recognisable
+    /// (the slot's epoch; not the programs' generation of `Config`).
+    pub epoch: u64,
 }
 
 /// What the kernel counts for a slot, shared by all CPUs and changed only with atomic adds
@@ -206,23 +205,30 @@ pub struct Reader {
 }
 
 /// `Event::kind`.
-pub const EVENT_FORK: u32 = 1;
-pub const EVENT_EXEC: u32 = 2;
-pub const EVENT_EXIT: u32 = 3;
+pub const EVENT_FORK: u16 = 1;
+pub const EVENT_EXEC: u16 = 2;
+pub const EVENT_EXIT: u16 = 3;
 /// A tagged task was moved to a cgroup v2 directory that is not its slot's.
-pub const EVENT_LEFT_CGROUP: u32 = 4;
+pub const EVENT_LEFT_CGROUP: u16 = 4;
 /// The OOM killer chose a tagged task (the slot's memory limit, or the machine's).
-pub const EVENT_OOM: u32 = 5;
+pub const EVENT_OOM: u16 = 5;
+
+/// `Event::flags` of an exit: the task was the last thread of its process.
+pub const EVENT_GROUP_DEAD: u16 = 1;
 
 /// One event of a tagged task, from the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    pub kind: u32,
+    /// `kind` and `flags` share the word `kind` once had alone: on little-endian, an event of
+    /// the previous programs (emitted before an upgrade switched) reads as its kind, no flags.
+    pub kind: u16,
+    /// `EVENT_GROUP_DEAD` (exit).
+    pub flags: u16,
     pub slot: u32,
     pub pid: u32,
     pub tgid: u32,
-    /// Fork: the forking task. Exit: 1 if the last thread of its process.
+    /// Fork: the forking task.
     pub parent: u32,
     /// Exit: the exit code (signal in the low 7 bits, status in the next 8).
     pub code: u32,
@@ -374,7 +380,7 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(TaskTag, 16, slot = 0, tgid = 4, start_ns = 8);
-assert_layout!(SlotControl, 16, flags = 0, generation = 8);
+assert_layout!(SlotControl, 16, flags = 0, epoch = 8);
 assert_layout!(SlotState, 32, live_tasks = 0, peak_tasks = 8, mem_current = 16, mem_peak = 24);
 assert_layout!(
     SlotCounters,
@@ -386,6 +392,25 @@ assert_layout!(
     maj_flt = 80,
     max_rss_bytes = 88,
     counts = 96,
+);
+// Counts are appended, never moved: those a running tracker has stay where they are (a new
+// one needs no line here; the size follows the list).
+assert_layout!(
+    SlotCounts,
+    8 * SLOT_COUNTS,
+    tasks_started = 0,
+    tasks_exited = 8,
+    processes_started = 16,
+    processes_exited = 24,
+    execs = 32,
+    exits_by_signal = 40,
+    doom_kills = 48,
+    tag_failures = 56,
+    net_rx_bytes = 64,
+    net_tx_bytes = 72,
+    net_rx_packets = 80,
+    net_tx_packets = 88,
+    tasks_finished = 96,
 );
 assert_layout!(IoCounters, 56, rchar = 0, wchar = 8, read_bytes = 32, cancelled_write_bytes = 48);
 assert_layout!(MmRss, 48, slot = 0, mm = 8, bytes = 16);
@@ -414,8 +439,11 @@ assert_layout!(
     Event,
     56,
     kind = 0,
+    flags = 2,
     slot = 4,
     pid = 8,
+    tgid = 12,
+    parent = 16,
     code = 20,
     time_ns = 24,
     cgroup = 32,

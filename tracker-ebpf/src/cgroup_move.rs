@@ -6,7 +6,7 @@ use tracker_common::EVENT_LEFT_CGROUP;
 
 use crate::{
     events,
-    kernel::{Task, is_active, offsets},
+    kernel::{Cgroup, Task, is_active, offsets},
     maps::CGROUP_SLOTS,
     slot,
 };
@@ -16,19 +16,13 @@ pub fn trk_cgroup_move(ctx: BtfTracePointContext) -> u32 {
     let task: *mut task_struct = ctx.arg(2);
     let off = offsets();
     let task = Task::of(task);
-    let Some((pid, tgid)) = task.ids(&off) else { return 0 };
+    let (pid, tgid) = task.ids(&off);
     let Some(tag) = slot::tag_of(pid, task) else { return 0 };
     if !is_active() {
         return 0;
     }
-    let cgrp = Task(ctx.arg::<*const u8>(0));
-    // Only the cgroup v2 hierarchy (id 0) holds the slot directories we know by id.
-    let Some(root) = cgrp.read_ptr(off.cgroup_root) else { return 0 };
-    if Task(root).read_u32(off.cgroup_root_hierarchy_id) != Some(0) {
-        return 0;
-    }
-    let Some(kn) = cgrp.read_ptr(off.cgroup_kn) else { return 0 };
-    let Some(id) = Task(kn).read_u64(off.kernfs_node_id) else { return 0 };
+    // Only the cgroup v2 hierarchy holds the slot directories we know by id.
+    let Some(id) = Cgroup::of(ctx.arg::<*const u8>(0)).unified_id(&off) else { return 0 };
     // SAFETY: the value is copied out at once.
     if (unsafe { CGROUP_SLOTS.get(&id) }).copied() == Some(tag.slot) {
         return 0;

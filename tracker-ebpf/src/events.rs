@@ -13,7 +13,7 @@ fn wanted() -> bool {
 
 /// Send an event built by `fill` from the zeroed one, if a reader wants events.
 #[inline(always)]
-pub fn emit(kind: u32, slot: u32, fill: impl FnOnce(&mut Event)) {
+pub fn emit(kind: u16, slot: u32, fill: impl FnOnce(&mut Event)) {
     if !wanted() {
         return;
     }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use tracker_common::{EVENT_EXIT, KF_EXIT_GROUP_DEAD, KernelOffsets};
+use tracker_common::{EVENT_EXIT, EVENT_GROUP_DEAD, KF_EXIT_GROUP_DEAD, KernelOffsets};
 
 use crate::{
     events,
@@ -34,26 +34,25 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
     events::emit(EVENT_EXIT, tag.slot, |e| {
         e.pid = tid;
         e.tgid = tag.tgid;
-        e.parent = u32::from(group_dead);
-        e.code = task.exit_code(&off).unwrap_or(0);
+        e.flags = if group_dead { EVENT_GROUP_DEAD } else { 0 };
+        e.code = task.exit_code(&off);
     });
     slot::mark_exited(tid, tag.slot);
     let io = task.io(&off);
     let faults = task.faults(&off);
     // exit_code holds the signal number in its low 7 bits when a signal ended the group.
-    let by_signal = group_dead && task.exit_code(&off).is_some_and(|code| code & 0x7f != 0);
+    let by_signal = group_dead && task.exit_code(&off) & 0x7f != 0;
     // Every thread that finds the group gone takes the peak (a max, so taking it twice is
     // harmless): on older kernels the one that counts the group may get here before the one
     // whose `do_exit` wrote `signal->maxrss`, never after it.
-    let maxrss = if gone { task.maxrss_pages(&off).unwrap_or(0) << off.page_shift } else { 0 };
+    let maxrss = match task.signal(&off) {
+        Some(signal) if gone => signal.maxrss_pages(&off) << off.page_shift,
+        _ => 0,
+    };
     slot::with_counters(tag.slot, |c| {
-        if let Some(io) = &io {
-            c.io.add(io);
-        }
-        if let Some((min, maj)) = faults {
-            c.min_flt += min;
-            c.maj_flt += maj;
-        }
+        c.io.add(&io);
+        c.min_flt += faults.0;
+        c.maj_flt += faults.1;
         if group_dead {
             c.counts.processes_exited += 1;
             if by_signal {
@@ -94,7 +93,7 @@ fn group_end(
         let dead = group_dead & 0xff != 0;
         return (dead, dead);
     }
-    if task.group_live_is_zero(off) != Some(true) {
+    if task.signal(off).and_then(|s| s.live_is_zero(off)) != Some(true) {
         return (false, false);
     }
     let key = [u64::from(tgid), task.leader_start_ns(off).unwrap_or(0)];

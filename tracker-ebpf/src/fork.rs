@@ -27,17 +27,14 @@ pub fn trk_fork(ctx: BtfTracePointContext) -> u32 {
     let child: *mut task_struct = ctx.arg(0);
     let off = offsets();
     let task = Task::of(child);
-    match (task.ids(&off), task.start_ns(&off)) {
-        (Some((pid, tgid)), Some(start_ns)) => {
-            if slot::tag(pid, &TaskTag { slot: parent.slot, tgid, start_ns }) {
-                events::emit(EVENT_FORK, parent.slot, |e| {
-                    e.pid = pid;
-                    e.tgid = tgid;
-                    e.parent = current_tid();
-                });
-            }
-        }
-        _ => slot::tag_failed(parent.slot),
+    let (pid, tgid) = task.ids(&off);
+    // A child the tasks array cannot hold is counted as a tag failure by `slot::tag`.
+    if slot::tag(pid, &TaskTag { slot: parent.slot, tgid, start_ns: task.start_ns(&off) }) {
+        events::emit(EVENT_FORK, parent.slot, |e| {
+            e.pid = pid;
+            e.tgid = tgid;
+            e.parent = current_tid();
+        });
     }
     if slot::is_doomed(parent.slot) {
         slot::doom_current(parent.slot);

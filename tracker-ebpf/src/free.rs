@@ -17,12 +17,8 @@ pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
     let off = offsets();
     let p: *mut task_struct = ctx.arg(0);
     let task = Task::of(p);
-    let Some((tid, tgid)) = task.ids(&off) else {
-        return 0;
-    };
-    let Some(start) = task.start_ns(&off) else {
-        return 0;
-    };
+    let (tid, tgid) = task.ids(&off);
+    let start = task.start_ns(&off);
     // A leader that exited while another thread exec'd is freed under that thread's old tid
     // (`de_thread` swapped their pids); its entry is there unless the exec program has not
     // moved it yet from the group's tid (see `slot::exec_by_thread`). The start time tells
@@ -32,12 +28,11 @@ pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
     else {
         return 0;
     };
-    if let Some((sum, utime, stime)) = task.cpu(&off) {
-        let (user, system) = split(sum, utime, stime);
-        slot::with_counters(slot, |c| {
-            c.cpu_user_ns += user;
-            c.cpu_system_ns += system;
-        });
-    }
+    let (sum, utime, stime) = task.cpu(&off);
+    let (user, system) = split(sum, utime, stime);
+    slot::with_counters(slot, |c| {
+        c.cpu_user_ns += user;
+        c.cpu_system_ns += system;
+    });
     0
 }

@@ -2,9 +2,12 @@
 //! generation gate that makes program upgrades count every event exactly once.
 //!
 //! Fields are read with plain loads, not `bpf_probe_read_kernel`: the pointers are typed
-//! (BTF) and the offsets constants of the frozen `.rodata`, so the verifier checks each
-//! access against the kernel's own type and the JIT makes it a load that reads 0 where it
-//! would fault. A helper call and its copy cost more than the rest of a program's work.
+//! (BTF) and the offsets constants of the frozen `.rodata`, so the verifier checks that each
+//! access lies within a field of the kernel's own type, and the JIT makes it a load that reads
+//! 0 where it would fault. A helper call and its copy cost more than the rest of a program's
+//! work. The verifier does not check that an offset is the intended field (one that lands on
+//! another field of the same size loads): user space's `btf.rs` resolves every offset by name
+//! and checks its size against the running kernel's BTF, and that is the guarantee.
 use aya_ebpf::{
     bindings::{seq_file, task_struct},
     helpers::{
@@ -51,171 +54,189 @@ pub fn current_tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
-/// A `task_struct` pointer, as handed to us by a BTF tracepoint or an iterator.
+/// A pointer the verifier knows the BTF type of (a tracepoint's argument,
+/// `bpf_get_current_task_btf`, an iterator's task, or a pointer field loaded from one of
+/// them). The typed wrappers below say which kernel structure it points to.
 #[derive(Clone, Copy)]
-pub struct Task(pub *const u8);
+pub struct KernelPtr(*const u8);
 
-impl Task {
-    pub fn of(p: *mut task_struct) -> Self {
-        Self(p.cast_const().cast())
+impl KernelPtr {
+    /// A plain load of a field of 1, 2, 4 or 8 bytes at a constant offset (read from the frozen
+    /// `.rodata`): the verifier checks that the access lies within a field of the pointee's
+    /// kernel type (not that it is the intended field: btf.rs sees to that) and turns it into
+    /// a load that reads 0 where it would fault, so it cannot fail: no helper call.
+    #[inline(always)]
+    pub fn load<T: Copy>(self, offset: u32) -> T {
+        // SAFETY: see above; the verifier refuses the program if the access is not within
+        // a field of the pointee's type.
+        unsafe { core::ptr::read_volatile(self.0.add(offset as usize).cast::<T>()) }
+    }
+
+    /// The pointer field at `offset`, if not NULL.
+    #[inline(always)]
+    pub fn load_ptr(self, offset: u32) -> Option<KernelPtr> {
+        let p: *const u8 = self.load(offset);
+        (!p.is_null()).then_some(KernelPtr(p))
     }
 }
 
+/// A `task_struct`.
+#[derive(Clone, Copy)]
+pub struct Task(KernelPtr);
+
 impl Task {
-    /// A plain load of a field of 1, 2, 4 or 8 bytes. The pointer is one the verifier knows
-    /// the BTF type of (a tracepoint's argument, `bpf_get_current_task_btf`, an iterator's
-    /// task, or a pointer field loaded from one of them) and the offset is a constant to it
-    /// (read from the frozen `.rodata`), so it checks the access against the kernel's own
-    /// type and turns it into a load that reads 0 where it would fault: no helper call.
-    #[inline(always)]
-    fn read<T: Copy>(self, offset: u32) -> Option<T> {
-        // SAFETY: see above; the verifier refuses the program if the access is not within
-        // a field of the pointee's type.
-        Some(unsafe { core::ptr::read_volatile(self.0.add(offset as usize).cast::<T>()) })
-    }
-
-    /// A pointer field of the structure at `offset`, if not NULL.
-    #[inline(always)]
-    pub fn read_ptr(self, offset: u32) -> Option<*const u8> {
-        let p: *const u8 = self.read(offset)?;
-        (!p.is_null()).then_some(p)
-    }
-
-    #[inline(always)]
-    pub fn read_u32(self, offset: u32) -> Option<u32> {
-        self.read(offset)
-    }
-
-    #[inline(always)]
-    pub fn read_u64(self, offset: u32) -> Option<u64> {
-        self.read(offset)
+    pub fn of(p: *mut task_struct) -> Self {
+        Self(KernelPtr(p.cast_const().cast()))
     }
 
     /// `(pid, tgid)`.
     #[inline(always)]
-    pub fn ids(self, off: &KernelOffsets) -> Option<(u32, u32)> {
-        Some((self.read(off.task_pid)?, self.read(off.task_tgid)?))
+    pub fn ids(self, off: &KernelOffsets) -> (u32, u32) {
+        (self.0.load(off.task_pid), self.0.load(off.task_tgid))
     }
 
     #[inline(always)]
-    pub fn tgid(self, off: &KernelOffsets) -> Option<u32> {
-        self.read(off.task_tgid)
+    pub fn tgid(self, off: &KernelOffsets) -> u32 {
+        self.0.load(off.task_tgid)
     }
 
     #[inline(always)]
-    pub fn flags(self, off: &KernelOffsets) -> Option<u32> {
-        self.read(off.task_flags)
+    pub fn flags(self, off: &KernelOffsets) -> u32 {
+        self.0.load(off.task_flags)
     }
 
     #[inline(always)]
-    pub fn start_ns(self, off: &KernelOffsets) -> Option<u64> {
-        self.read(off.task_start_boottime)
+    pub fn start_ns(self, off: &KernelOffsets) -> u64 {
+        self.0.load(off.task_start_boottime)
     }
 
     #[inline(always)]
-    pub fn comm(self, off: &KernelOffsets) -> Option<[u8; 16]> {
-        let lo: u64 = self.read(off.task_comm)?;
-        let hi: u64 = self.read(off.task_comm + 8)?;
+    pub fn comm(self, off: &KernelOffsets) -> [u8; 16] {
+        let lo: u64 = self.0.load(off.task_comm);
+        let hi: u64 = self.0.load(off.task_comm + 8);
         let mut out = [0u8; 16];
         out[..8].copy_from_slice(&lo.to_ne_bytes());
         out[8..].copy_from_slice(&hi.to_ne_bytes());
-        Some(out)
+        out
     }
 
     #[inline(always)]
-    pub fn exit_code(self, off: &KernelOffsets) -> Option<u32> {
-        self.read(off.task_exit_code)
+    pub fn exit_code(self, off: &KernelOffsets) -> u32 {
+        self.0.load(off.task_exit_code)
     }
 
     #[inline(always)]
-    pub fn state(self, off: &KernelOffsets) -> Option<u32> {
-        self.read(off.task_state)
+    pub fn state(self, off: &KernelOffsets) -> u32 {
+        self.0.load(off.task_state)
     }
 
     #[inline(always)]
     pub fn mm(self, off: &KernelOffsets) -> Option<Mm> {
-        let p: *const u8 = self.read(off.task_mm)?;
-        (!p.is_null()).then_some(Mm(p))
+        self.0.load_ptr(off.task_mm).map(Mm)
     }
 
-    /// The peak RSS of the thread group, in pages (`signal->maxrss`).
+    /// The thread group's shared `signal_struct`.
     #[inline(always)]
-    pub fn maxrss_pages(self, off: &KernelOffsets) -> Option<u64> {
-        let sig: *const u8 = self.read(off.task_signal)?;
-        if sig.is_null() {
-            return None;
-        }
-        Task(sig).read(off.signal_maxrss)
-    }
-
-    /// Whether every thread of the task's group has passed `do_exit`'s count of the live
-    /// threads (`signal->live` is 0): the group is gone, or going.
-    #[inline(always)]
-    pub fn group_live_is_zero(self, off: &KernelOffsets) -> Option<bool> {
-        let sig: *const u8 = self.read(off.task_signal)?;
-        if sig.is_null() {
-            return None;
-        }
-        // An `atomic_t`, which older verifiers do not let a plain load walk into; this runs
-        // once per exiting task of older kernels only.
-        // SAFETY: a read the helper checks.
-        let live =
-            unsafe { bpf_probe_read_kernel(sig.add(off.signal_live as usize).cast::<i32>()) };
-        Some(live.ok()? == 0)
+    pub fn signal(self, off: &KernelOffsets) -> Option<Signal> {
+        self.0.load_ptr(off.task_signal).map(Signal)
     }
 
     /// The start time of the task's group leader: with the tgid, the process's identity.
     #[inline(always)]
     pub fn leader_start_ns(self, off: &KernelOffsets) -> Option<u64> {
-        let leader: *const u8 = self.read(off.task_group_leader)?;
-        if leader.is_null() {
-            return None;
-        }
-        Task(leader).start_ns(off)
+        Some(Task(self.0.load_ptr(off.task_group_leader)?).start_ns(off))
     }
 
     /// (sum_exec_runtime, utime, stime), in nanoseconds.
     #[inline(always)]
-    pub fn cpu(self, off: &KernelOffsets) -> Option<(u64, u64, u64)> {
-        Some((
-            self.read(off.task_sum_exec)?,
-            self.read(off.task_utime)?,
-            self.read(off.task_stime)?,
-        ))
+    pub fn cpu(self, off: &KernelOffsets) -> (u64, u64, u64) {
+        (self.0.load(off.task_sum_exec), self.0.load(off.task_utime), self.0.load(off.task_stime))
     }
 
     /// `task_io_accounting`, whose fields the loader checks are those of `IoCounters`, in
     /// order, 8 bytes each.
     #[inline(always)]
-    pub fn io(self, off: &KernelOffsets) -> Option<IoCounters> {
-        let at = |i: u32| self.read::<u64>(off.task_ioac + i * 8);
-        Some(IoCounters {
-            rchar: at(0)?,
-            wchar: at(1)?,
-            syscr: at(2)?,
-            syscw: at(3)?,
-            read_bytes: at(4)?,
-            write_bytes: at(5)?,
-            cancelled_write_bytes: at(6)?,
-        })
+    pub fn io(self, off: &KernelOffsets) -> IoCounters {
+        let at = |i: u32| self.0.load::<u64>(off.task_ioac + i * 8);
+        IoCounters {
+            rchar: at(0),
+            wchar: at(1),
+            syscr: at(2),
+            syscw: at(3),
+            read_bytes: at(4),
+            write_bytes: at(5),
+            cancelled_write_bytes: at(6),
+        }
     }
 
     /// (minor, major) page faults.
     #[inline(always)]
-    pub fn faults(self, off: &KernelOffsets) -> Option<(u64, u64)> {
-        Some((self.read(off.task_min_flt)?, self.read(off.task_maj_flt)?))
+    pub fn faults(self, off: &KernelOffsets) -> (u64, u64) {
+        (self.0.load(off.task_min_flt), self.0.load(off.task_maj_flt))
     }
 
     #[inline(always)]
     pub fn real_parent(self, off: &KernelOffsets) -> Option<Task> {
-        let p: *const u8 = self.read(off.task_real_parent)?;
-        (!p.is_null()).then_some(Task(p))
+        self.0.load_ptr(off.task_real_parent).map(Task)
     }
 }
 
-/// An `mm_struct` pointer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Mm(pub *const u8);
+/// A `signal_struct`: what a thread group shares.
+#[derive(Clone, Copy)]
+pub struct Signal(KernelPtr);
+
+impl Signal {
+    /// The peak RSS of the thread group, in pages (`signal->maxrss`).
+    #[inline(always)]
+    pub fn maxrss_pages(self, off: &KernelOffsets) -> u64 {
+        self.0.load(off.signal_maxrss)
+    }
+
+    /// Whether every thread of the group has passed `do_exit`'s count of the live threads
+    /// (`signal->live` is 0): the group is gone, or going.
+    #[inline(always)]
+    pub fn live_is_zero(self, off: &KernelOffsets) -> Option<bool> {
+        // An `atomic_t`, which older verifiers do not let a plain load walk into; this runs
+        // once per exiting task of older kernels only.
+        // SAFETY: a read the helper checks.
+        let live =
+            unsafe { bpf_probe_read_kernel(self.0.0.add(off.signal_live as usize).cast::<i32>()) };
+        Some(live.ok()? == 0)
+    }
+}
+
+/// A `struct cgroup`.
+#[derive(Clone, Copy)]
+pub struct Cgroup(KernelPtr);
+
+impl Cgroup {
+    pub fn of(p: *const u8) -> Self {
+        Self(KernelPtr(p))
+    }
+
+    /// The cgroup's id (its `kernfs_node`'s), if it is in the cgroup2 hierarchy (whose
+    /// `cgroup_root` has hierarchy id 0).
+    #[inline(always)]
+    pub fn unified_id(self, off: &KernelOffsets) -> Option<u64> {
+        let root = self.0.load_ptr(off.cgroup_root)?;
+        if root.load::<u32>(off.cgroup_root_hierarchy_id) != 0 {
+            return None;
+        }
+        let kernfs_node = self.0.load_ptr(off.cgroup_kn)?;
+        Some(kernfs_node.load(off.kernfs_node_id))
+    }
+}
+
+/// An `mm_struct`.
+#[derive(Clone, Copy)]
+pub struct Mm(KernelPtr);
+
+/// The same address space.
+impl PartialEq for Mm {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr() == other.addr()
+    }
+}
 
 /// `MM_SWAPENTS`: swap entries are not resident memory.
 pub const MM_SWAPENTS: u32 = 2;
@@ -223,7 +244,13 @@ pub const NR_MM_COUNTERS: u32 = 4;
 
 impl Mm {
     pub fn of(p: *const u8) -> Self {
-        Self(p)
+        Self(KernelPtr(p))
+    }
+
+    /// The address, to tell one address space from another.
+    #[inline(always)]
+    pub fn addr(self) -> u64 {
+        self.0.0 as u64
     }
 
     /// Counter `member` (file, anon, swap entries, shmem) in bytes. Of a per-CPU counter, the
@@ -242,9 +269,10 @@ impl Mm {
             let at = off.mm_rss_stat + m * off.rss_counter_stride + off.rss_counter_value;
             let pages: i64 = if off.features & KF_RSS_ATOMIC != 0 {
                 // SAFETY: a read the helper checks; 0 where it faults.
-                unsafe { bpf_probe_read_kernel(self.0.add(at as usize).cast::<i64>()) }.unwrap_or(0)
+                unsafe { bpf_probe_read_kernel(self.0.0.add(at as usize).cast::<i64>()) }
+                    .unwrap_or(0)
             } else {
-                Task(self.0).read(at).unwrap_or(0)
+                self.0.load(at)
             };
             (pages.max(0) as u64) << off.page_shift
         };
@@ -260,12 +288,12 @@ impl Mm {
 
     #[inline(always)]
     pub fn hiwater_bytes(self, off: &KernelOffsets) -> u64 {
-        Task(self.0).read::<u64>(off.mm_hiwater_rss).unwrap_or(0) << off.page_shift
+        self.0.load::<u64>(off.mm_hiwater_rss) << off.page_shift
     }
 
     #[inline(always)]
-    pub fn owner(self, off: &KernelOffsets) -> Option<*const u8> {
-        Task(self.0).read(off.mm_owner)
+    pub fn owner(self, off: &KernelOffsets) -> Option<Task> {
+        self.0.load_ptr(off.mm_owner).map(Task)
     }
 }
 

@@ -48,7 +48,7 @@ pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
     let entry = match MM_RSS.get_ptr_mut(&tgid) {
         Some(e) => e,
         None => {
-            let fresh = MmRss { slot: tag.slot, mm: mm.0 as u64, ..Default::default() };
+            let fresh = MmRss { slot: tag.slot, mm: mm.addr(), ..Default::default() };
             let _ = MM_RSS.insert(&tgid, &fresh, u64::from(BPF_NOEXIST));
             let Some(e) = MM_RSS.get_ptr_mut(&tgid) else { return 0 };
             e
@@ -57,11 +57,11 @@ pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: a map value. Threads of one process fault at once on other CPUs (per-VMA locks,
     // split page-table locks): each place is swapped atomically, so every change is taken once.
     unsafe {
-        if (*entry).mm != mm.0 as u64 || (*entry).slot != tag.slot {
+        if (*entry).mm != mm.addr() || (*entry).slot != tag.slot {
             // An exec gave the process a new address space (the old one is gone), or this is
             // the entry of an earlier process with this tgid (emptied at its exit).
             empty(entry);
-            (*entry).mm = mm.0 as u64;
+            (*entry).mm = mm.addr();
             (*entry).slot = tag.slot;
         }
         let idx = (member & 3) as usize;
@@ -99,9 +99,5 @@ fn empty(entry: *mut MmRss) {
 
 #[inline(always)]
 fn owner_tgid(off: &KernelOffsets, mm: Mm) -> Option<u32> {
-    let owner = mm.owner(off)?;
-    if owner.is_null() {
-        return None;
-    }
-    Task(owner).tgid(off)
+    Some(mm.owner(off)?.tgid(off))
 }

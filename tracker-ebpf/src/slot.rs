@@ -20,7 +20,7 @@ pub fn current_tag(tid: u32) -> Option<TaskTag> {
     if tag.slot == 0 || tag.slot & TAG_EXITED != 0 {
         return None;
     }
-    let start = Task::of(current_task()).start_ns(&offsets())?;
+    let start = Task::of(current_task()).start_ns(&offsets());
     if start != tag.start_ns {
         // SAFETY: as above.
         unsafe { *entry = TaskTag::default() };
@@ -47,7 +47,7 @@ pub fn tag_of(tid: u32, task: Task) -> Option<TaskTag> {
     if tag.slot == 0 || tag.slot & TAG_EXITED != 0 {
         return None;
     }
-    (task.start_ns(&offsets())? == tag.start_ns).then_some(tag)
+    (task.start_ns(&offsets()) == tag.start_ns).then_some(tag)
 }
 
 /// Tag task `tid` with `tag`; returns whether this call tagged it (and counted it).
@@ -303,7 +303,7 @@ fn task_left(slot: u32) {
 }
 
 #[inline(always)]
-pub fn tag_failed(slot: u32) {
+fn tag_failed(slot: u32) {
     with_counters(slot, |c| c.counts.tag_failures += 1);
     if let Some(g) = GLOBAL.get_ptr_mut(0) {
         // SAFETY: per-CPU value, as in `with_counters`.

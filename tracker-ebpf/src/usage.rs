@@ -29,17 +29,15 @@ pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
     };
     let off = offsets();
     let task = Task::of(task);
-    let Some((tid, tgid)) = task.ids(&off) else {
-        return 0;
-    };
+    let (tid, tgid) = task.ids(&off);
     let Some(tag) = TASKS.get(tid).copied() else {
         return 0;
     };
     let slot = tag.slot & !TAG_EXITED;
-    if slot == 0 || (want != 0 && slot != want) || task.start_ns(&off) != Some(tag.start_ns) {
+    if slot == 0 || (want != 0 && slot != want) || task.start_ns(&off) != tag.start_ns {
         return 0;
     }
-    let (sum_exec_ns, utime_ns, stime_ns) = task.cpu(&off).unwrap_or_default();
+    let (sum_exec_ns, utime_ns, stime_ns) = task.cpu(&off);
     if tag.slot & TAG_EXITED != 0 {
         let rec = UsageRecord {
             tid,
@@ -56,7 +54,7 @@ pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
         seq_write(unsafe { (*meta).seq }, &rec);
         return 0;
     }
-    let (min_flt, maj_flt) = task.faults(&off).unwrap_or_default();
+    let (min_flt, maj_flt) = task.faults(&off);
     let mut rec = UsageRecord {
         tid,
         tgid,
@@ -65,7 +63,7 @@ pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
         sum_exec_ns,
         utime_ns,
         stime_ns,
-        io: task.io(&off).unwrap_or_default(),
+        io: task.io(&off),
         min_flt,
         maj_flt,
         ..Default::default()

@@ -11,6 +11,7 @@ use tracker_common::{
 use crate::{
     error::{Error, Result},
     limits::Limits,
+    maps::open_map,
     paths::Paths,
 };
 
@@ -20,16 +21,6 @@ pub struct AccessMaps {
     allow4: LpmTrie<MapData, Net4, AllowPorts>,
     allow6: LpmTrie<MapData, Net6, AllowPorts>,
     devices: HashMap<MapData, DeviceKey, u32>,
-}
-
-fn open(paths: &Paths, name: &str) -> Result<aya::maps::Map> {
-    let path = paths.map_pin(name);
-    if !path.exists() {
-        return Err(Error::NotLoaded(path));
-    }
-    let data = MapData::from_pin(&path)
-        .map_err(|e| Error::bpf(format!("opening {}", path.display()), e))?;
-    aya::maps::Map::from_map_data(data).map_err(|e| Error::bpf(format!("opening {name}"), e))
 }
 
 /// Refuse a network or device limit that nothing would enforce: the programs attach to the
@@ -64,10 +55,10 @@ impl AccessMaps {
     pub fn open(paths: &Paths) -> Result<Self> {
         let m = |e| Error::bpf("a policy map", e);
         Ok(Self {
-            net: open(paths, map_name::NET_POLICY)?.try_into().map_err(m)?,
-            allow4: open(paths, map_name::ALLOW4)?.try_into().map_err(m)?,
-            allow6: open(paths, map_name::ALLOW6)?.try_into().map_err(m)?,
-            devices: open(paths, map_name::DENY_DEV)?.try_into().map_err(m)?,
+            net: open_map(paths, map_name::NET_POLICY)?.try_into().map_err(m)?,
+            allow4: open_map(paths, map_name::ALLOW4)?.try_into().map_err(m)?,
+            allow6: open_map(paths, map_name::ALLOW6)?.try_into().map_err(m)?,
+            devices: open_map(paths, map_name::DENY_DEV)?.try_into().map_err(m)?,
         })
     }
 

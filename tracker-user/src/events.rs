@@ -7,25 +7,22 @@
 //! stream out to its clients, or `tracker watch`), under a lock.
 use std::{
     collections::BTreeMap,
-    fs::{File, OpenOptions},
-    os::{
-        fd::{AsFd as _, AsRawFd as _, RawFd},
-        unix::fs::OpenOptionsExt as _,
-    },
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
     time::Duration,
 };
 
-use aya::maps::{Array, Map, MapData, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use serde::Serialize;
 use tracker_common::{
-    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_LEFT_CGROUP, EVENT_OOM, Event, Reader, map_name,
+    EVENT_EXEC, EVENT_EXIT, EVENT_FORK, EVENT_GROUP_DEAD, EVENT_LEFT_CGROUP, EVENT_OOM, Event,
+    Reader, map_name,
 };
 
 use crate::{
-    error::{Error, IoContext, Result},
-    maps::Maps,
+    error::{Error, Result},
+    maps::{Maps, open_map},
     paths::Paths,
-    registry,
+    registry::{self, StateLock},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -57,6 +54,8 @@ pub struct WatchEvent {
     pub parent: u32,
     /// Exit: the exit code as `wait` gives it.
     pub exit_code: u32,
+    /// Exit: the task was the last thread of its process.
+    pub group_dead: bool,
     /// Nanoseconds since boot.
     pub time_ns: u64,
     pub comm: String,
@@ -78,42 +77,21 @@ pub struct Watcher {
     /// release, so the names are read again whenever the registry changed.
     names_from: Option<(u64, i64, i64)>,
     /// Slots that had tasks: an exit that leaves one empty makes a slot-empty event.
-    /// Per slot id, its generation and tasks-started count when it was last reported empty:
+    /// Per slot id, its epoch and tasks-started count when it was last reported empty:
     /// a slot is empty again only after a task started in it since (a fork or an adoption),
     /// so a late exit event never reports it twice.
     emptied: BTreeMap<u32, (u64, u64)>,
     seq: u64,
     lost_seen: u64,
-    _lock: File,
+    _lock: StateLock,
 }
 
 impl Watcher {
     pub fn open(paths: &Paths) -> Result<Self> {
-        crate::registry::ensure_state_dir(paths)?;
-        let lock_path = paths.events_lock_file();
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .ctx(|| format!("opening {}", lock_path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(Error::EventsBusy);
-        }
-        let open = |name: &str| -> Result<Map> {
-            let path = paths.map_pin(name);
-            if !path.exists() {
-                return Err(Error::NotLoaded(path));
-            }
-            let data = MapData::from_pin(&path)
-                .map_err(|e| Error::bpf(format!("opening {}", path.display()), e))?;
-            Map::from_map_data(data).map_err(|e| Error::bpf(format!("opening {name}"), e))
-        };
-        let ring = RingBuf::try_from(open(map_name::EVENTS)?)
+        let lock = StateLock::events(paths)?;
+        let ring = RingBuf::try_from(open_map(paths, map_name::EVENTS)?)
             .map_err(|e| Error::bpf("the event ring buffer", e))?;
-        let reader = Array::try_from(open(map_name::READER)?)
+        let reader = Array::try_from(open_map(paths, map_name::READER)?)
             .map_err(|e| Error::bpf("the reader map", e))?;
         let maps = Maps::open(paths)?;
         let lost_seen = maps.global()?.events_lost;
@@ -225,13 +203,13 @@ impl Watcher {
         raw
     }
 
-    /// The slot's (generation, tasks started) if it has no live task now and had one since it
+    /// The slot's (epoch, tasks started) if it has no live task now and had one since it
     /// was last reported empty.
     fn emptied_now(&self, slot: u32) -> Option<(u64, u64)> {
         self.maps.state(slot).ok().filter(|c| c.live_tasks == 0)?;
-        let generation = self.maps.control(slot).ok()?.generation;
+        let epoch = self.maps.control(slot).ok()?.epoch;
         let started = self.maps.counters(slot).ok()?.counts.tasks_started;
-        let now = (generation, started);
+        let now = (epoch, started);
         (self.emptied.get(&slot) != Some(&now)).then_some(now)
     }
 
@@ -245,6 +223,7 @@ impl Watcher {
             pid: 0,
             tgid: 0,
             parent: 0,
+            group_dead: false,
             exit_code: 0,
             time_ns: 0,
             comm: String::new(),
@@ -265,6 +244,7 @@ impl Watcher {
             tgid: ev.tgid,
             parent: ev.parent,
             exit_code: ev.code,
+            group_dead: ev.kind == EVENT_EXIT && ev.flags & EVENT_GROUP_DEAD != 0,
             time_ns: ev.time_ns,
             comm: String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned(),
             cgroup_id: ev.cgroup,

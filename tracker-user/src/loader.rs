@@ -185,7 +185,12 @@ fn load_locked(
         }
         match staging {
             Ok(pin) => staged.push(pin),
-            Err(e) if !spec.required => warnings.push(format!("{} disabled: {e}", spec.name)),
+            Err(e) if !spec.required => warnings.push(format!(
+                "{} disabled ({}; it needs {}): {e}",
+                spec.name,
+                spec.purpose,
+                spec.describe_needs()
+            )),
             Err(e) => {
                 for (staging, _) in &staged {
                     let _ = fs::remove_file(staging);

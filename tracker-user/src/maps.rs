@@ -94,7 +94,8 @@ pub struct Maps {
     pub mm_rss: HashMap<MapData, u32, MmRss>,
 }
 
-fn open_map(paths: &Paths, name: &str) -> Result<Map> {
+/// The pinned map `name`, untyped.
+pub(crate) fn open_map(paths: &Paths, name: &str) -> Result<Map> {
     let path = paths.map_pin(name);
     if !path.exists() {
         return Err(Error::NotLoaded(path));

@@ -5,7 +5,8 @@
 /// What a program needs from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
-    /// BTF-typed tracepoints (`tp_btf`, 5.5+).
+    /// BTF-typed tracepoints (`tp_btf`, 5.5+). Named in the warning of a program that could
+    /// not load (`ProgramSpec::describe_needs`).
     TpBtf,
     /// BPF task iterators (5.8+).
     TaskIter,
@@ -91,6 +92,14 @@ pub struct ProgramSpec {
     pub needs: &'static [Need],
     pub purpose: &'static str,
     pub fallback: Option<Fallback>,
+}
+
+impl ProgramSpec {
+    /// What the program needs from the kernel, for the line that says it was disabled.
+    pub fn describe_needs(&self) -> String {
+        let needs: Vec<&str> = self.needs.iter().map(|n| n.describe()).collect();
+        needs.join(", ")
+    }
 }
 
 pub const FORK: &str = "trk_fork";
@@ -268,4 +277,16 @@ const fn sock_addr(name: &'static str, hook: SockAddrHook) -> ProgramSpec {
 
 pub fn spec(name: &str) -> Option<&'static ProgramSpec> {
     PROGRAMS.iter().find(|p| p.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_that_may_be_disabled_says_what_it_needs() {
+        for p in PROGRAMS.iter().filter(|p| !p.required) {
+            assert!(!p.describe_needs().is_empty(), "{} lists no needs", p.name);
+        }
+    }
 }

@@ -29,8 +29,9 @@ pub struct SlotRecord {
     pub name: String,
     /// Index in the kernel's per-slot arrays.
     pub id: u32,
-    /// Distinguishes this use of `id` from earlier ones.
-    pub generation: u64,
+    /// Distinguishes this use of `id` from earlier ones (not the programs' generation).
+    #[serde(alias = "generation")]
+    pub epoch: u64,
     pub owner_uid: u32,
     pub created_unix_ms: u64,
     #[serde(default)]
@@ -52,7 +53,8 @@ pub struct RegistryData {
     pub version: u32,
     /// The boot the records belong to: pins do not survive a reboot, so neither do slots.
     pub boot_id: String,
-    pub next_generation: u64,
+    #[serde(alias = "next_generation")]
+    pub next_epoch: u64,
     pub slots: Vec<SlotRecord>,
 }
 
@@ -106,6 +108,18 @@ impl StateLock {
                         "another daemon runs for instance {}: stop it first",
                         paths.instance()
                     ))
+                }
+                e => e,
+            },
+        )
+    }
+
+    /// Held by the one reader of the kernel's event stream (the daemon, or `tracker watch`).
+    pub fn events(paths: &Paths) -> Result<Self> {
+        Self::take_file(paths, &paths.events_lock_file(), libc::LOCK_EX | libc::LOCK_NB).map_err(
+            |e| match e {
+                Error::Io { cause, .. } if cause.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                    Error::EventsBusy
                 }
                 e => e,
             },
@@ -178,7 +192,7 @@ fn read_unlocked(paths: &Paths) -> Result<RegistryData> {
 }
 
 fn fresh() -> RegistryData {
-    RegistryData { version: FORMAT_VERSION, boot_id: boot_id(), next_generation: 1, slots: vec![] }
+    RegistryData { version: FORMAT_VERSION, boot_id: boot_id(), next_epoch: 1, slots: vec![] }
 }
 
 fn write_unlocked(paths: &Paths, data: &RegistryData) -> Result<()> {
@@ -275,5 +289,13 @@ mod tests {
         assert_eq!(back, d);
         assert_eq!(back.get("1234.0").unwrap().id, 7);
         assert!(matches!(back.get("nope"), Err(Error::UnknownSlot(_))));
+    }
+
+    #[test]
+    fn a_state_file_written_before_epochs_were_named_still_reads() {
+        let old = r#"{"version":1,"boot_id":"b","next_generation":5,"slots":[
+            {"name":"s","id":2,"generation":4,"owner_uid":0,"created_unix_ms":0}]}"#;
+        let d: RegistryData = serde_json::from_str(old).unwrap();
+        assert_eq!((d.next_epoch, d.get("s").unwrap().epoch), (5, 4));
     }
 }

@@ -222,6 +222,7 @@ impl From<&WatchEvent> for Event {
             tgid: e.tgid,
             parent: e.parent,
             exit_code: e.exit_code,
+            group_dead: e.group_dead,
             time_ns: e.time_ns,
             comm: e.comm.clone(),
             cgroup_id: e.cgroup_id,

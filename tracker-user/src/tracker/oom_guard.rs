@@ -27,25 +27,25 @@ const RESCAN: Duration = Duration::from_secs(1);
 /// Until `stop` becomes readable: kill every slot with a memory limit, whole, when the
 /// OOM killer acts in it; `on_kill` hears of each such kill.
 pub(super) fn guard(t: &Instance, stop: &OwnedFd, mut on_kill: impl FnMut(&str, &KillReport)) {
-    // Slot name and generation -> its registered notification.
+    // Slot name and epoch -> its registered notification.
     let mut watches: BTreeMap<(String, u64), OomWatch> = BTreeMap::new();
-    // Bound slot name and generation -> the OOM kills counted in its cgroups so far. A
+    // Bound slot name and epoch -> the OOM kills counted in its cgroups so far. A
     // slot created while the guard runs counts from 0: its job started after the binding.
     let mut counted: BTreeMap<(String, u64), u64> = BTreeMap::new();
     let started_ms = super::slots::now_ms();
     loop {
         let Ok(reg) = registry::read(&t.paths) else { return };
-        watches.retain(|(name, generation), _| {
-            reg.slots.iter().any(|s| &s.name == name && s.generation == *generation)
+        watches.retain(|(name, epoch), _| {
+            reg.slots.iter().any(|s| &s.name == name && s.epoch == *epoch)
         });
-        counted.retain(|(name, generation), _| {
-            reg.slots.iter().any(|s| &s.name == name && s.generation == *generation)
+        counted.retain(|(name, epoch), _| {
+            reg.slots.iter().any(|s| &s.name == name && s.epoch == *epoch)
         });
         let mut over: Vec<String> = vec![];
         for rec in reg.slots.iter().filter(|s| s.cgroups.bound.is_some()) {
             let now = rec.cgroups.oom_kills();
             let first = if rec.created_unix_ms >= started_ms { 0 } else { now };
-            let seen = counted.entry((rec.name.clone(), rec.generation)).or_insert(first);
+            let seen = counted.entry((rec.name.clone(), rec.epoch)).or_insert(first);
             if now > *seen {
                 *seen = now;
                 over.push(rec.name.clone());
@@ -54,7 +54,7 @@ pub(super) fn guard(t: &Instance, stop: &OwnedFd, mut on_kill: impl FnMut(&str, 
         let guarded =
             |s: &&registry::SlotRecord| s.limits.memory_max.is_some() || s.cgroups.bound.is_some();
         for rec in reg.slots.iter().filter(guarded) {
-            let key = (rec.name.clone(), rec.generation);
+            let key = (rec.name.clone(), rec.epoch);
             if watches.contains_key(&key) {
                 continue;
             }

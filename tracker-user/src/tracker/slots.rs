@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tracker_common::{SLOT_ACTIVE, SlotControl, SlotCounters, SlotCounts, SlotState, TaskTag};
+use tracker_common::{SlotControl, SlotCounters, SlotCounts, SlotState, TaskTag};
 
 use super::{
     instance::Instance,
@@ -71,8 +71,8 @@ pub(super) fn create(t: &Instance, spec: &SlotSpec) -> Result<(SlotRecord, Vec<S
         }
         let mut maps = t.maps();
         let id = reg.free_id(maps.max_slots(), |id| maps.id_in_use(id).unwrap_or(true))?;
-        let generation = reg.next_generation;
-        reg.next_generation += 1;
+        let epoch = reg.next_epoch;
+        reg.next_epoch += 1;
         let (cgroups, warnings) = match &spec.cgroup {
             Some(path) => {
                 if !spec.limits.is_empty() {
@@ -100,11 +100,11 @@ pub(super) fn create(t: &Instance, spec: &SlotSpec) -> Result<(SlotRecord, Vec<S
                 .map_err(|e| Error::bpf("recording the slot's cgroup", e))?;
         }
         maps.reset_kernel_records(id)?;
-        maps.set_control(id, SlotControl { flags: SLOT_ACTIVE, generation, ..Default::default() })?;
+        maps.set_control(id, SlotControl { epoch, ..Default::default() })?;
         let record = SlotRecord {
             name: spec.name.clone(),
             id,
-            generation,
+            epoch,
             owner_uid: spec.owner_uid,
             created_unix_ms: now_ms(),
             cgroups,

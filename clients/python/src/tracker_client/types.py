@@ -187,6 +187,8 @@ class Event:
     cgroup_id: int
     lost: int
     lost_reason: str
+    # EXIT: the task was the last thread of its process.
+    group_dead: bool
 
     @classmethod
     def from_pb(cls, m: pb.Event) -> "Event":
@@ -203,6 +205,7 @@ class Event:
             cgroup_id=m.cgroup_id,
             lost=m.lost,
             lost_reason=pb.LostReason.Name(m.lost_reason).removeprefix("LOST_REASON_"),
+            group_dead=m.group_dead,
         )
 
 
