@@ -58,8 +58,10 @@ pub fn bind(path: &Path, gid: u32) -> Result<Socket> {
 fn prepare(path: &Path, gid: u32) -> Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::Daemon(format!("{} contains a NUL byte", path.display())))?;
+    // The daemon runs as root, which made the socket, so root owns it already: only the group
+    // changes (-1 keeps the owner, so the unit test runs as any user).
     // SAFETY: a valid C path; lchown does not follow a symlink put in its place.
-    if unsafe { libc::lchown(c.as_ptr(), 0, gid) } != 0 {
+    if unsafe { libc::lchown(c.as_ptr(), libc::uid_t::MAX, gid) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(Error::io(format!("giving {} to group {gid}", path.display()), e));
     }

@@ -2,8 +2,6 @@
 //! machine's cgroups, and the slot records.
 use std::sync::{Mutex, MutexGuard};
 
-use tracker_common::TaskTag;
-
 use crate::{
     cgroup::Cgroups,
     error::Result,
@@ -31,11 +29,6 @@ impl Instance {
         // A panic while holding the lock cannot leave the maps inconsistent: they live in
         // the kernel, the guard only serialises our syscalls.
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The live tagged tasks of slot id `slot`, `(tid, tag)` (see `usage::tags_of`).
-    pub fn tags_of(&self, slot: u32) -> Result<Vec<(u32, TaskTag)>> {
-        super::usage::tags_of(self, slot)
     }
 
     pub fn slot(&self, name: &str) -> Result<SlotRecord> {

@@ -22,7 +22,7 @@ use aya::programs::BtfTracePoint;
 use serde::Serialize;
 use tracker_common::{SLOT_DOOMED, TaskTag};
 
-use super::{instance::Instance, tagged};
+use super::{instance::Instance, live, tagged};
 use crate::{
     error::{Error, Result},
     pidfd, procinfo, programs,
@@ -104,7 +104,7 @@ pub(super) fn kill(t: &Instance, rec: &SlotRecord, opts: &KillOptions) -> Result
         }
     };
     let froze = rec.cgroups.freeze(FREEZE_TIMEOUT);
-    let tags = t.tags_of(rec.id)?;
+    let tags = live::tags_of(t, rec.id)?;
     let strangers = untagged(&rec.cgroups.procs(), &tags);
     // A bound slot's cgroup is the batch system's (its step daemons, or this very process
     // as a job wrapper, may be in it): only the tagged tasks are the slot's there.
@@ -136,7 +136,7 @@ pub(super) fn kill(t: &Instance, rec: &SlotRecord, opts: &KillOptions) -> Result
         // A tag that names no living task is not waited for: the task exited between
         // the scan and the check (its exit program clears it), or the tag is stale.
         let tags: Vec<(u32, TaskTag)> =
-            t.tags_of(rec.id)?.into_iter().filter(|(t, tag)| alive(*t, tag)).collect();
+            live::tags_of(t, rec.id)?.into_iter().filter(|(t, tag)| alive(*t, tag)).collect();
         let procs: Vec<u32> = if own {
             rec.cgroups.procs().into_iter().filter(|p| process_alive(*p)).collect()
         } else {

@@ -12,12 +12,14 @@
 //! | whole-slot OOM kills for a long-running process | `oom_guard` |
 //! | slot cgroups systemd removed, made again from the registry | `restore` |
 //!
-//! Kill and signal reach tasks through `tagged` (pidfds checked against the kernel tag); every
-//! module works on an `Instance` (paths, pinned maps, cgroups). Nothing below calls back up.
+//! Kill and signal reach tasks through `tagged` (pidfds checked against the kernel tag); the
+//! slot's tasks come from `live` (the usage iterator); every module works on an `Instance`
+//! (paths, pinned maps, cgroups). Nothing below calls back up.
 mod adopt;
 mod instance;
 mod kill;
 mod launch;
+mod live;
 mod oom_guard;
 mod restore;
 mod signal;

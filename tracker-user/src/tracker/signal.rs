@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use tracker_common::TaskTag;
 
-use super::{instance::Instance, tagged};
+use super::{instance::Instance, live, tagged};
 use crate::{
     error::{Error, Result},
     registry::{self, SlotRecord},
@@ -85,7 +85,7 @@ const NAMES: &[(&str, i32)] = &[
 pub(super) fn signal(t: &Instance, name: &str, sig: i32) -> Result<u64> {
     check_signal(sig)?;
     let rec = t.slot(name)?;
-    let tags = t.tags_of(rec.id)?;
+    let tags = live::tags_of(t, rec.id)?;
     Ok(tagged::signal(t, &tags, rec.id, sig).len() as u64)
 }
 
@@ -126,7 +126,7 @@ fn tags_outside_cgroup(
     rec: &SlotRecord,
     cgroup_holds: bool,
 ) -> Result<Vec<(u32, TaskTag)>> {
-    let tags = t.tags_of(rec.id)?;
+    let tags = live::tags_of(t, rec.id)?;
     if !cgroup_holds {
         return Ok(tags);
     }

@@ -10,6 +10,7 @@ use tracker_common::{SlotControl, SlotCounters, SlotCounts, SlotState, TaskTag};
 
 use super::{
     instance::Instance,
+    live,
     usage::{self, Usage},
 };
 use crate::{
@@ -176,7 +177,7 @@ pub(super) fn kernel_counts(t: &Instance, name: &str) -> Result<(SlotState, Slot
 /// The tagged tasks of a slot, as the kernel has them now.
 pub(super) fn tags(t: &Instance, name: &str) -> Result<Vec<(u32, TaskTag)>> {
     let rec = t.slot(name)?;
-    t.tags_of(rec.id)
+    live::tags_of(t, rec.id)
 }
 
 /// The live processes of a slot (one row per thread group), or every thread.
@@ -216,7 +217,7 @@ pub(super) fn mark_adopted(t: &Instance, name: &str) -> Result<()> {
 pub(super) fn release(t: &Instance, name: &str) -> Result<()> {
     registry::update(&t.paths, |reg| {
         let rec = reg.get(name)?.clone();
-        let tasks = t.tags_of(rec.id)?.len() as u64;
+        let tasks = live::tags_of(t, rec.id)?.len() as u64;
         let mut maps = t.maps();
         if tasks > 0 {
             return Err(Error::SlotBusy { name: name.to_owned(), tasks });

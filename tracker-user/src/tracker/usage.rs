@@ -7,17 +7,16 @@ use std::{
 
 use serde::Serialize;
 use tracker_common::{
-    IoCounters, SlotCounters, SlotCounts, SlotState, TaskTag, USAGE_EXITED, USAGE_LEADER,
-    UsageRecord, UsageRequest, cpu::split,
+    IoCounters, SlotCounters, SlotCounts, SlotState, USAGE_EXITED, USAGE_LEADER, UsageRecord,
+    cpu::split,
 };
 
-use super::instance::Instance;
+use super::{instance::Instance, live};
 use crate::{
     cgroup::MemorySource,
-    error::{Error, Result},
-    memory_link, programs,
+    error::Result,
+    memory_link,
     registry::{self, SlotRecord},
-    task_iter::{self, current_tid},
 };
 
 /// Everything a slot used, exited and live tasks together, in base units.
@@ -198,17 +197,6 @@ fn kernel_records(t: &Instance, slot: u32) -> Result<(SlotState, SlotCounters)> 
     Ok((maps.state(slot)?, maps.counters(slot)?))
 }
 
-/// The live tagged tasks of slot id `slot`, `(tid, tag)`, from one pass of the usage iterator
-/// over the machine's tasks: in proportion to the tasks there are, not to pid_max, and
-/// without mapping the tasks array.
-pub(super) fn tags_of(t: &Instance, slot: u32) -> Result<Vec<(u32, TaskTag)>> {
-    Ok(records(t, slot)?
-        .into_iter()
-        .filter(|r| r.flags & USAGE_EXITED == 0)
-        .map(|r| (r.tid, TaskTag { slot: r.slot, tgid: r.tgid, start_ns: r.start_ns }))
-        .collect())
-}
-
 /// An empty slot's usage is final: wait until its exited tasks have been freed, where their
 /// CPU time is added. Until then, a task that passed its exit (no longer live) may hold
 /// seconds of CPU that neither the counters nor the iterator show; the free comes an RCU grace
@@ -245,20 +233,8 @@ fn await_final_cpu(t: &Instance, slot: u32) -> Result<()> {
 /// Run the usage iterator for slot `slot` (0: every slot); sums per slot id.
 fn live_usage(t: &Instance, slot: u32) -> Result<BTreeMap<u32, Live>> {
     let mut out: BTreeMap<u32, Live> = BTreeMap::new();
-    for r in records(t, slot)? {
+    for r in live::records(t, slot)? {
         out.entry(r.slot).or_default().add(&r);
     }
     Ok(out)
-}
-
-/// The usage iterator's records for slot `slot` (0: every slot).
-fn records(t: &Instance, slot: u32) -> Result<Vec<UsageRecord>> {
-    let tid = current_tid();
-    t.maps()
-        .usage
-        .insert(tid, UsageRequest { slot, _pad0: 0 }, 0)
-        .map_err(|e| Error::bpf("writing the usage request", e))?;
-    let records = task_iter::run::<UsageRecord>(&t.paths, programs::USAGE);
-    let _ = t.maps().usage.remove(&tid);
-    records
 }
