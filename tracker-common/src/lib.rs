@@ -346,6 +346,32 @@ pub struct AllowPorts {
 
 pub const MAX_PORTS_PER_NET: usize = 14;
 
+impl AllowPorts {
+    /// The entry for `ports` (at most `MAX_PORTS_PER_NET`; the rest are not kept, so the
+    /// caller refuses more first).
+    pub fn new(ports: &[u16]) -> Self {
+        let n = ports.len().min(MAX_PORTS_PER_NET);
+        let mut v = Self { n: n as u32, ..Default::default() };
+        v.ports[..n].copy_from_slice(&ports[..n]);
+        v
+    }
+
+    /// Whether a connection to `port` is allowed: one of the first `n` entries is it, or 0
+    /// (every port). A loop over the whole array with a constant bound, as the verifier wants.
+    #[inline(always)]
+    pub fn allows(&self, port: u16) -> bool {
+        let n = self.n as usize;
+        let mut i = 0;
+        while i < self.ports.len() {
+            if i < n && (self.ports[i] == 0 || self.ports[i] == port) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
 /// The data of an LPM key: the slot (always matched whole) then the address, network order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -463,6 +489,24 @@ assert_layout!(
     task_state = 24,
     page_shift = 84,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::AllowPorts;
+
+    #[test]
+    fn an_allow_entry_matches_its_ports_or_every_port() {
+        let some = AllowPorts::new(&[22, 443]);
+        assert!(some.allows(22) && some.allows(443));
+        assert!(!some.allows(80) && !some.allows(0));
+        assert!(AllowPorts::new(&[0]).allows(8080), "0 allows every port");
+        assert!(!AllowPorts::new(&[]).allows(22), "no ports allow nothing");
+        // Entries past `n` (left over in the array) allow nothing.
+        let stale =
+            AllowPorts { n: 1, ports: [22, 80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], _pad0: [0; 2] };
+        assert!(stale.allows(22) && !stale.allows(80) && !stale.allows(9));
+    }
+}
 
 #[cfg(feature = "user")]
 mod user {

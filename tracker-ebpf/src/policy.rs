@@ -62,20 +62,7 @@ fn check(ctx: &SockAddrContext, v6: bool) -> i32 {
         (port, rule.copied())
     };
     match rule {
-        Some(r) if allows(&r, port) => ALLOW,
+        Some(r) if r.allows(port) => ALLOW,
         _ => DENY,
     }
-}
-
-#[inline(always)]
-fn allows(r: &AllowPorts, port: u16) -> bool {
-    let n = r.n as usize;
-    let mut i = 0;
-    while i < r.ports.len() {
-        if i < n && (r.ports[i] == 0 || r.ports[i] == port) {
-            return true;
-        }
-        i += 1;
-    }
-    false
 }

@@ -69,8 +69,7 @@ impl AccessMaps {
         self.clear(slot)?;
         let failed = |e| Error::bpf("writing the slot's policy", e);
         for ((addr, prefix), ports) in nets {
-            let mut v = AllowPorts { n: ports.len() as u32, ..Default::default() };
-            v.ports[..ports.len()].copy_from_slice(&ports);
+            let v = AllowPorts::new(&ports);
             match addr {
                 IpAddr::V4(a) => self
                     .allow4
