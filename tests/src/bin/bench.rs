@@ -178,20 +178,23 @@ fn ping_pong(n: u32) {
         let mut b = 0u8;
         let p = (&raw mut b).cast();
         if pid == 0 {
+            // Only the parent's ends stay open: its close of `to` ends this loop.
+            libc::close(to[1]);
+            libc::close(from[0]);
             while libc::read(to[0], p, 1) == 1 {
                 libc::write(from[1], p, 1);
             }
             libc::_exit(0);
         }
+        libc::close(to[0]);
+        libc::close(from[1]);
         for _ in 0..n {
             libc::write(to[1], p, 1);
             libc::read(from[0], p, 1);
         }
         libc::close(to[1]);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
-        for fd in [to[0], from[0], from[1]] {
-            libc::close(fd);
-        }
+        libc::close(from[0]);
     }
 }
 
