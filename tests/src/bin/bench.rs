@@ -559,7 +559,7 @@ fn cost(acc: &mut CallSamples, what: &'static str, name: &'static str) -> Option
     Some((median(calls), median(ns)))
 }
 
-const SCALE_ROUNDS: usize = 10;
+const SCALE_ROUNDS: usize = 15;
 
 /// The CLI's cost for a slot of 10 processes, against the size of the tasks array.
 fn scale() {
@@ -569,13 +569,18 @@ fn scale() {
     };
     println!(
         "\na slot of 10 processes: the whole command, process start included, median of \
-         {SCALE_ROUNDS} (adopt and kill: a fresh untracked tree of 10 each round)"
+         {SCALE_ROUNDS}, the two sizes interleaved (adopt and kill: a fresh untracked tree of 10 \
+         each round); CLI max RSS: the largest of any child so far"
     );
     println!(
         "{:<22} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "tasks array (pid_max)", "ps", "stat", "adopt", "kill", "CLI max RSS"
     );
-    for pid_max in [32768u32, 4_194_304] {
+    // Both instances at once, their rounds interleaved: the machine's load drifts during a
+    // run, and must weigh on both sizes alike.
+    let sizes = [32768u32, 4_194_304];
+    let mut insts = vec![];
+    for pid_max in sizes {
         let paths = Paths::new(&format!("bench-pm{pid_max}-{}", std::process::id())).unwrap();
         // The array as pid_max would size it. kernel.pid_max itself is left alone: it is the
         // machine's, and every loaded instance's guard refuses a raise above its own array.
@@ -585,25 +590,27 @@ fn scale() {
             continue;
         }
         let t = Tracker::open(paths.clone()).unwrap();
-        let cli = |args: &[&str]| -> (f64, u64) {
-            let t0 = Instant::now();
-            let out = Command::new(&bin)
-                .args(["--instance", paths.instance()])
-                .args(args)
-                .stdout(Stdio::null())
-                .output()
-                .unwrap();
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            (ms, children_maxrss_kib())
-        };
-        let mut child = sleepers(&t, "ten", 10);
-        let (mut ps, mut stat, mut adopt, mut kill, mut rss) = (vec![], vec![], vec![], vec![], 0);
-        for round in 0..SCALE_ROUNDS {
+        let child = sleepers(&t, "ten", 10);
+        insts.push((pid_max, paths, t, child, [vec![], vec![], vec![], vec![]], 0u64));
+    }
+    for round in 0..SCALE_ROUNDS {
+        for (_, paths, t, _, times, rss) in &mut insts {
+            let cli = |args: &[&str]| -> (f64, u64) {
+                let t0 = Instant::now();
+                let out = Command::new(&bin)
+                    .args(["--instance", paths.instance()])
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .output()
+                    .unwrap();
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                (ms, children_maxrss_kib())
+            };
             let (ms, r) = cli(&["ps", "ten"]);
-            ps.push(ms);
-            rss = rss.max(r);
-            stat.push(cli(&["stat", "ten", "--json"]).0);
+            times[0].push(ms);
+            *rss = (*rss).max(r);
+            times[1].push(cli(&["stat", "ten", "--json"]).0);
             let name = format!("adopt{round}");
             let mut tree = Command::new("bash")
                 .args(["-c", "for i in $(seq 9); do sleep 1000 & done; wait"])
@@ -616,20 +623,22 @@ fn scale() {
                     .is_ok_and(|c| c.split_whitespace().count() >= 9)
             });
             cli(&["create", &name]);
-            adopt.push(cli(&["adopt", &name, &pid.to_string()]).0);
-            kill.push(cli(&["kill", &name]).0);
+            times[2].push(cli(&["adopt", &name, &pid.to_string()]).0);
+            times[3].push(cli(&["kill", &name]).0);
             let _ = tree.wait();
             t.release(&name).unwrap();
         }
+    }
+    for (pid_max, paths, t, mut child, mut times, rss) in insts {
         assert!(t.kill("ten", &KillOptions::default()).unwrap().is_complete());
         let _ = child.wait();
         println!(
             "{:<22} {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>8} KiB",
             format!("{pid_max}"),
-            median(&mut ps),
-            median(&mut stat),
-            median(&mut adopt),
-            median(&mut kill),
+            median(&mut times[0]),
+            median(&mut times[1]),
+            median(&mut times[2]),
+            median(&mut times[3]),
             rss
         );
         drop(t);
