@@ -167,8 +167,13 @@ fn a_root_directory_with_planted_links_is_refused() {
     let root = nobodys_dir("jail");
     as_nobody(Command::new("mkdir").arg("-p").arg(root.join("var/tmp")).arg(root.join("proc")));
     as_nobody(Command::new("ln").arg("-s").arg(&victim_dir).arg(root.join("tmp")));
-    // Run from under /tmp: the working directory's ancestors are made inside the root.
+    // The working directory's ancestors are made inside the root: its top directory (/tmp,
+    // or where TMPDIR points, e.g. test-vm's /run/tracker-vm-disk) is a link to the victim there.
     let work = test_dir("work");
+    let top = work.components().nth(1).map(|c| c.as_os_str().to_owned()).unwrap();
+    if !root.join(&top).exists() {
+        as_nobody(Command::new("ln").arg("-s").arg(&victim_dir).arg(root.join(&top)));
+    }
     let r = root.display().to_string();
     for extra in [&[][..], &["--private-tmp"], &["--pid-ns"]] {
         let mut args = vec!["run", "--root", &r];
