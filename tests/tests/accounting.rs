@@ -136,6 +136,16 @@ fn cgroup_memory(inst: &Instance, slot: &str, v2: &str, v1: &str) -> Option<u64>
 }
 
 /// The cgroup's own memory high-water mark for the slot, in bytes.
+/// Process `pid`'s resident memory (VmRSS), in KiB; 0 once it is gone.
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn cgroup_memory_peak(inst: &Instance, slot: &str) -> Option<u64> {
     cgroup_memory(inst, slot, "memory.peak", "memory.max_usage_in_bytes")
 }
@@ -229,14 +239,7 @@ fn memory_of_a_process_moved_out_of_the_slots_cgroup_still_counts() {
     cmd.args(["-c", &script]);
     let mut child = t.spawn("away", &mut cmd, true).unwrap();
     let pid = child.id();
-    let rss_kib = || -> u64 {
-        fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let rss_kib = || rss_kib(pid);
     assert!(wait_for(T, || rss_kib() >= 200 * 1024), "rss {} KiB", rss_kib());
     let s = stat(&inst, "away");
     let inside = cgroup_memory(&inst, "away", "memory.current", "memory.usage_in_bytes").unwrap();
@@ -256,14 +259,7 @@ fn memory_an_adopted_process_had_before_counts() {
     let m = marker("adoptmem");
     let mut child = Command::new(ESCAPE).args(["touch", &m, "200", "60000"]).spawn().unwrap();
     let pid = child.id();
-    let rss_kib = || -> u64 {
-        fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let rss_kib = || rss_kib(pid);
     assert!(wait_for(T, || rss_kib() >= 200 * 1024), "rss {} KiB", rss_kib());
     inst.cli_ok(&["adopt", "adoptmem", &pid.to_string()]);
     assert!(inst.paths.link_pin("trk_rss").exists(), "rss_stat not attached for an adoption");

@@ -121,7 +121,8 @@ impl SlotCgroups {
     }
 }
 
-fn make_dir(dir: &Path) -> Result<()> {
+/// mkdir that takes an existing directory as made.
+pub(crate) fn make_dir(dir: &Path) -> Result<()> {
     match fs::create_dir(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),

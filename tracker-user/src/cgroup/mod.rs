@@ -26,6 +26,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub(crate) use lifecycle::make_dir;
 pub use memory::MemorySource;
 pub use mounts::CgroupMounts;
 pub use parent::CgroupParent;

@@ -7,7 +7,7 @@
 //! the daemon makes them again when it starts, and a process entering a slot whose cgroup is
 //! gone makes it again first: no limit is lost, and the network and device programs are
 //! attached again to the new parent (an upgrade load) before any slot is made below it.
-use std::{fs, io::ErrorKind, os::unix::fs::MetadataExt as _, path::Path};
+use std::{fs, os::unix::fs::MetadataExt as _};
 
 use super::instance::Instance;
 use crate::{
@@ -91,9 +91,9 @@ fn slot_locked(t: &Instance, rec: &SlotRecord) -> Result<()> {
     }
     for dir in cg.dirs() {
         if let Some(parent) = dir.parent() {
-            make_dir(parent)?;
+            crate::cgroup::make_dir(parent)?;
         }
-        make_dir(dir)?;
+        crate::cgroup::make_dir(dir)?;
     }
     cg.apply(&rec.limits)?;
     // A directory made again is a new cgroup: the network programs must find the slot
@@ -116,12 +116,4 @@ fn slot_locked(t: &Instance, rec: &SlotRecord) -> Result<()> {
     }
     tracing::info!(slot = rec.name, "made the slot's cgroups again, with its limits");
     Ok(())
-}
-
-fn make_dir(dir: &Path) -> Result<()> {
-    match fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::io(format!("creating {}", dir.display()), e)),
-    }
 }
