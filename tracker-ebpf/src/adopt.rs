@@ -31,7 +31,7 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
     };
     let off = offsets();
     let task = Task::of(task);
-    let (tid, tgid) = task.ids(&off);
+    let (tid, tgid) = task.ids(off);
     // The process running the adoption is never tagged, even when it adopts its own parent
     // (as a Slurm task does through `tracker adopt JOB $PPID`).
     if u64::from(tgid) == bpf_get_current_pid_tgid() >> 32 {
@@ -39,10 +39,10 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
     }
     // Kernel threads are not jobs. A task that is exiting may be past its exit program, which
     // would leave its tag behind; a new task (TASK_NEW) is the fork program's to tag.
-    if task.flags(&off) & (PF_KTHREAD | PF_EXITING) != 0 || task.state(&off) & TASK_NEW != 0 {
+    if task.flags(off) & (PF_KTHREAD | PF_EXITING) != 0 || task.state(off) & TASK_NEW != 0 {
         return 0;
     }
-    let start_ns = task.start_ns(&off);
+    let start_ns = task.start_ns(off);
     let tagged = TASKS.get(tid).is_some_and(|t| t.slot != 0 && t.start_ns == start_ns);
     if tagged || (tgid != req.target_tgid && !parent_in_slot(task, req.slot)) {
         return 0;
@@ -60,9 +60,9 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
 #[inline(always)]
 fn parent_in_slot(task: Task, slot: u32) -> bool {
     let off = offsets();
-    let Some(parent) = task.real_parent(&off) else {
+    let Some(parent) = task.real_parent(off) else {
         return false;
     };
-    let (ptid, _) = parent.ids(&off);
+    let (ptid, _) = parent.ids(off);
     slot::tag_of(ptid, parent).is_some_and(|t| t.slot == slot)
 }

@@ -16,13 +16,13 @@ pub fn trk_cgroup_move(ctx: BtfTracePointContext) -> u32 {
     let task: *mut task_struct = ctx.arg(2);
     let off = offsets();
     let task = Task::of(task);
-    let (pid, tgid) = task.ids(&off);
+    let (pid, tgid) = task.ids(off);
     let Some(tag) = slot::tag_of(pid, task) else { return 0 };
     if !is_active() {
         return 0;
     }
     // Only the cgroup v2 hierarchy holds the slot directories we know by id.
-    let Some(id) = Cgroup::of(ctx.arg::<*const u8>(0)).unified_id(&off) else { return 0 };
+    let Some(id) = Cgroup::of(ctx.arg::<*const u8>(0)).unified_id(off) else { return 0 };
     // SAFETY: the value is copied out at once.
     if (unsafe { CGROUP_SLOTS.get(&id) }).copied() == Some(tag.slot) {
         return 0;

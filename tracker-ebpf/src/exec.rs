@@ -23,7 +23,7 @@ pub fn trk_exec(ctx: BtfTracePointContext) -> u32 {
     } else {
         // Rare (an exec from a thread): read the task only then.
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        let start_ns = Task::of(current_task()).start_ns(&offsets());
+        let start_ns = Task::of(current_task()).start_ns(offsets());
         slot::exec_by_thread(old_tid, tid, tgid, start_ns)
     };
     let Some(tag) = tag else {

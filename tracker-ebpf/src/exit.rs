@@ -13,43 +13,46 @@ use tracker_common::{EVENT_EXIT, EVENT_GROUP_DEAD, KF_EXIT_GROUP_DEAD, KernelOff
 
 use crate::{
     events,
-    kernel::{Task, current_task, current_tid, is_active, offsets},
+    kernel::{Task, is_active, offsets},
     rss, slot,
 };
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
-    let tid = current_tid();
-    let Some(tag) = slot::current_tag(tid) else {
+    // The exiting task is the current one: its pointer comes with the tracepoint, so the
+    // untagged path needs no helper call (each is a call and a return, which the kernel's
+    // return-stack mitigations make dear).
+    let task = Task::of(ctx.arg(0));
+    let off = offsets();
+    let tid = task.tid(off);
+    let Some((tag, task)) = slot::live_tag(tid, || task) else {
         return 0;
     };
     if !is_active() {
         return 0;
     }
-    let off = offsets();
-    let task = Task::of(current_task());
-    let (gone, group_dead) = group_end(&ctx, &off, task, tag.tgid);
+    let (gone, group_dead) = group_end(&ctx, off, task, tag.tgid);
     // The event before the live count drops: a reader that sees the slot's count at 0 has
     // every exit event of it in the ring (see the user side's `Watcher::drain`).
     events::emit(EVENT_EXIT, tag.slot, |e| {
         e.pid = tid;
         e.tgid = tag.tgid;
         e.flags = if group_dead { EVENT_GROUP_DEAD } else { 0 };
-        e.code = task.exit_code(&off);
+        e.code = task.exit_code(off);
     });
-    slot::mark_exited(tid, tag.slot);
-    let io = task.io(&off);
-    let faults = task.faults(&off);
+    let io = task.io(off);
+    let faults = task.faults(off);
     // exit_code holds the signal number in its low 7 bits when a signal ended the group.
-    let by_signal = group_dead && task.exit_code(&off) & 0x7f != 0;
+    let by_signal = group_dead && task.exit_code(off) & 0x7f != 0;
     // Every thread that finds the group gone takes the peak (a max, so taking it twice is
     // harmless): on older kernels the one that counts the group may get here before the one
     // whose `do_exit` wrote `signal->maxrss`, never after it.
-    let maxrss = match task.signal(&off) {
-        Some(signal) if gone => signal.maxrss_pages(&off) << off.page_shift,
+    let maxrss = match task.signal(off) {
+        Some(signal) if gone => signal.maxrss_pages(off) << off.page_shift,
         _ => 0,
     };
     slot::with_counters(tag.slot, |c| {
+        c.counts.tasks_exited += 1;
         c.io.add(&io);
         c.min_flt += faults.0;
         c.maj_flt += faults.1;
@@ -63,8 +66,11 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
             c.max_rss_bytes = maxrss;
         }
     });
+    // Counted exited first, then one live task fewer: a reader that sees the live count drop
+    // sees the exit counted.
+    slot::mark_exited(tid, tag.slot);
     if gone {
-        rss::process_gone(tag.tgid);
+        rss::process_gone(tag.slot, tag.tgid);
     }
     0
 }

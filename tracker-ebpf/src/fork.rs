@@ -11,29 +11,42 @@ use tracker_common::{EVENT_FORK, TaskTag};
 
 use crate::{
     events,
-    kernel::{Task, current_tid, is_active, offsets},
+    kernel::{Task, current_task, is_active, offsets},
     slot,
 };
 
+/// `clone` flags with which the new task's `real_parent` is not its creator.
+const CLONE_PARENT: u64 = 0x0000_8000;
+const CLONE_THREAD: u64 = 0x0001_0000;
+
 #[btf_tracepoint(function = "task_newtask")]
 pub fn trk_fork(ctx: BtfTracePointContext) -> u32 {
-    // The untagged path, which every task creation on the machine takes, is one array load.
-    let Some(parent) = slot::current_tag(current_tid()) else {
+    let off = offsets();
+    let child = Task::of(ctx.arg::<*mut task_struct>(0));
+    let clone_flags: u64 = ctx.arg(1);
+    // The creator is the current task. A new process's `real_parent` is it (copy_process), so
+    // the untagged path of a fork is two loads and one array load, no helper call (each is a
+    // call and a return, which the kernel's return-stack mitigations make dear); a thread, or
+    // a `CLONE_PARENT` child, takes its creator's parent, so there the helper says who it is.
+    let creator = if clone_flags & (CLONE_PARENT | CLONE_THREAD) == 0 {
+        child.real_parent(off).unwrap_or_else(|| Task::of(current_task()))
+    } else {
+        Task::of(current_task())
+    };
+    let creator_tid = creator.tid(off);
+    let Some((parent, _)) = slot::live_tag(creator_tid, || creator) else {
         return 0;
     };
     if !is_active() {
         return 0;
     }
-    let child: *mut task_struct = ctx.arg(0);
-    let off = offsets();
-    let task = Task::of(child);
-    let (pid, tgid) = task.ids(&off);
+    let (pid, tgid) = child.ids(off);
     // A child the tasks array cannot hold is counted as a tag failure by `slot::tag`.
-    if slot::tag(pid, &TaskTag { slot: parent.slot, tgid, start_ns: task.start_ns(&off) }) {
+    if slot::tag(pid, &TaskTag { slot: parent.slot, tgid, start_ns: child.start_ns(off) }) {
         events::emit(EVENT_FORK, parent.slot, |e| {
             e.pid = pid;
             e.tgid = tgid;
-            e.parent = current_tid();
+            e.parent = creator_tid;
         });
     }
     if slot::is_doomed(parent.slot) {

@@ -17,20 +17,23 @@ pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
     let off = offsets();
     let p: *mut task_struct = ctx.arg(0);
     let task = Task::of(p);
-    let (tid, tgid) = task.ids(&off);
-    let start = task.start_ns(&off);
+    // The task is cold here (freed a grace period after it ran): its tid first, the rest only
+    // for an exited entry, so the untagged path is one field of it and one array load.
+    let tid = task.tid(off);
     // A leader that exited while another thread exec'd is freed under that thread's old tid
     // (`de_thread` swapped their pids); its entry is there unless the exec program has not
     // moved it yet from the group's tid (see `slot::exec_by_thread`). The start time tells
     // it from the group's other entries.
-    let Some(slot) = slot::finish(tid, start)
-        .or_else(|| if tid != tgid { slot::finish(tgid, start) } else { None })
-    else {
+    let Some(slot) = slot::finish(tid, task).or_else(|| {
+        let tgid = task.tgid(off);
+        if tid != tgid { slot::finish(tgid, task) } else { None }
+    }) else {
         return 0;
     };
-    let (sum, utime, stime) = task.cpu(&off);
+    let (sum, utime, stime) = task.cpu(off);
     let (user, system) = split(sum, utime, stime);
     slot::with_counters(slot, |c| {
+        c.counts.tasks_finished += 1;
         c.cpu_user_ns += user;
         c.cpu_system_ns += system;
     });

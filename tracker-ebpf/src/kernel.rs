@@ -27,11 +27,16 @@ static TRK_OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 #[unsafe(no_mangle)]
 static TRK_GENERATION: u64 = 0;
 
+/// The offsets, by reference: each program loads only the fields it uses, where it uses them
+/// (a copy of the whole table cost every program, on its untagged path too, some fifty loads
+/// and stores). The pointer goes through a volatile read, so the compiler cannot fold the
+/// placeholder values above into the code; the verifier still sees a pointer into the frozen
+/// `.rodata`, so each field loaded is a constant to it.
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    // SAFETY: a plain read of a global; volatile so that the compiler does not fold the
-    // placeholder values above into the code.
-    unsafe { core::ptr::read_volatile(&TRK_OFFSETS) }
+pub fn offsets() -> &'static KernelOffsets {
+    let p: &'static KernelOffsets = &TRK_OFFSETS;
+    // SAFETY: a volatile read of a local reference; the result is that same reference.
+    unsafe { core::ptr::read_volatile(&raw const p) }
 }
 
 /// Whether this object's programs are the live ones (see `tracker_common::Config`).
@@ -93,6 +98,11 @@ impl Task {
     #[inline(always)]
     pub fn ids(self, off: &KernelOffsets) -> (u32, u32) {
         (self.0.load(off.task_pid), self.0.load(off.task_tgid))
+    }
+
+    #[inline(always)]
+    pub fn tid(self, off: &KernelOffsets) -> u32 {
+        self.0.load(off.task_pid)
     }
 
     #[inline(always)]

@@ -14,7 +14,7 @@ use crate::{
 pub fn trk_oom(ctx: BtfTracePointContext) -> u32 {
     let task = Task::of(ctx.arg::<*mut task_struct>(0));
     let off = offsets();
-    let (pid, tgid) = task.ids(&off);
+    let (pid, tgid) = task.ids(off);
     let Some(tag) = slot::tag_of(pid, task) else { return 0 };
     if !is_active() {
         return 0;
@@ -23,7 +23,7 @@ pub fn trk_oom(ctx: BtfTracePointContext) -> u32 {
         e.pid = pid;
         e.tgid = tgid;
         // The victim's name: the current task is whoever was allocating.
-        e.comm = task.comm(&off);
+        e.comm = task.comm(off);
     });
     0
 }

@@ -23,7 +23,7 @@ use crate::{
 #[btf_tracepoint(function = "rss_stat")]
 pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
     // Page faults are hot: the untagged path is the one array load of `current_tag`.
-    let Some(tag) = slot::current_tag(current_tid()) else {
+    let Some((tag, me)) = slot::live_tag(current_tid(), || Task::of(current_task())) else {
         return 0;
     };
     if !is_active() {
@@ -38,11 +38,10 @@ pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
     let off = offsets();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // Only the process's own address space, as its own (a vfork child shares its parent's).
-    let me = Task::of(current_task());
-    if me.mm(&off) != Some(mm) || owner_tgid(&off, mm) != Some(tgid) {
+    if me.mm(off) != Some(mm) || owner_tgid(off, mm) != Some(tgid) {
         return 0;
     }
-    let Some(now) = mm.counter_bytes(&off, member) else {
+    let Some(now) = mm.counter_bytes(off, member) else {
         return 0;
     };
     let entry = match MM_RSS.get_ptr_mut(&tgid) {
@@ -71,12 +70,20 @@ pub fn trk_rss(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// The last thread of process `tgid` exits: its memory leaves the slot. The entry is emptied,
-/// not deleted: a hash delete on every process exit costs more than the rest of the exit
-/// program; the next process with this tgid reuses the entry (keys are tgids, so there are
-/// never more than `pid_max`), and user space deletes a slot's entries when it releases it.
+/// The last thread of process `tgid` of `slot` exits: its memory leaves the slot. The entry is
+/// emptied, not deleted: a hash delete on every process exit costs more than the rest of the
+/// exit program; the next process with this tgid reuses the entry (keys are tgids, so there
+/// are never more than `pid_max`), and user space deletes a slot's entries when it releases
+/// it.
+///
+/// A slot whose resident count is 0 has no entry with bytes in it (the count is the sum of its
+/// entries' bytes, each changed with it), so its processes skip the hash lookup: every slot,
+/// while `rss_stat` is not attached.
 #[inline(always)]
-pub fn process_gone(tgid: u32) {
+pub fn process_gone(slot: u32, tgid: u32) {
+    if !slot::has_memory(slot) {
+        return;
+    }
     if let Some(entry) = MM_RSS.get_ptr_mut(&tgid) {
         empty(entry);
     }

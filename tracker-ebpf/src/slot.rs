@@ -8,11 +8,19 @@ use crate::{
 };
 
 /// The tag of the current task, found under `tid` (its tid, or the tid it had before an
-/// exec). The untagged path is one array load. An entry left by an earlier task with the same
-/// tid (possible only if a task was adopted at the instant it exited) has another start time:
-/// it is cleared on the way and its slot's count corrected, and the task is not tagged.
+/// exec); see `live_tag`.
 #[inline(always)]
 pub fn current_tag(tid: u32) -> Option<TaskTag> {
+    live_tag(tid, || Task::of(current_task())).map(|(tag, _)| tag)
+}
+
+/// The live tag under `tid` of the task `task` gives, with that task. The untagged path is one
+/// array load: `task` is called (on the current task, a helper call) only for a tagged entry.
+/// An entry left by an earlier task with the same tid (possible only if a task was adopted at
+/// the instant it exited) has another start time: it is cleared on the way and its slot's
+/// count corrected, and the task is not tagged.
+#[inline(always)]
+pub fn live_tag(tid: u32, task: impl FnOnce() -> Task) -> Option<(TaskTag, Task)> {
     let entry = TASKS.get_ptr_mut(tid)?;
     // SAFETY: an array element, valid for the map's lifetime.
     let tag = unsafe { *entry };
@@ -20,15 +28,18 @@ pub fn current_tag(tid: u32) -> Option<TaskTag> {
     if tag.slot == 0 || tag.slot & TAG_EXITED != 0 {
         return None;
     }
-    let start = Task::of(current_task()).start_ns(&offsets());
-    if start != tag.start_ns {
+    let task = task();
+    if task.start_ns(offsets()) != tag.start_ns {
         // SAFETY: as above.
         unsafe { *entry = TaskTag::default() };
-        task_left(tag.slot);
-        with_counters(tag.slot, |c| c.counts.tasks_finished += 1);
+        with_counters(tag.slot, |c| {
+            c.counts.tasks_exited += 1;
+            c.counts.tasks_finished += 1;
+        });
+        live_tasks_drop(tag.slot);
         return None;
     }
-    Some(tag)
+    Some((tag, task))
 }
 
 /// The slot of the current task (tid `tid`), for program types that cannot read the task
@@ -47,7 +58,7 @@ pub fn tag_of(tid: u32, task: Task) -> Option<TaskTag> {
     if tag.slot == 0 || tag.slot & TAG_EXITED != 0 {
         return None;
     }
-    (task.start_ns(&offsets()) == tag.start_ns).then_some(tag)
+    (task.start_ns(offsets()) == tag.start_ns).then_some(tag)
 }
 
 /// Tag task `tid` with `tag`; returns whether this call tagged it (and counted it).
@@ -67,8 +78,11 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
         // A stale entry of an earlier task with this tid: a live one (adopted at the instant
         // it exited) leaves its slot now.
         if old.slot & TAG_EXITED == 0 {
-            task_left(old.slot);
-            with_counters(old.slot, |c| c.counts.tasks_finished += 1);
+            with_counters(old.slot, |c| {
+                c.counts.tasks_exited += 1;
+                c.counts.tasks_finished += 1;
+            });
+            live_tasks_drop(old.slot);
         }
     }
     // SAFETY: as above. The slot is written last, so a reader that sees it sees the rest.
@@ -97,16 +111,21 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
 /// Task `tid` of `slot` passed `do_exit`: it leaves the slot now; its entry stays, marked
 /// exited, until the task is freed (`free.rs`), where its CPU time is final and harvested.
 #[inline(always)]
+///
+/// The caller counts `tasks_exited` before, with the rest of what it counts, in one lookup of
+/// the counters (a helper call before 6.10), so that a reader that sees the live count drop
+/// sees the exit counted.
 pub fn mark_exited(tid: u32, slot: u32) {
     if let Some(entry) = TASKS.get_ptr_mut(tid) {
         // SAFETY: an array element, valid for the map's lifetime.
         unsafe { core::ptr::write_volatile(&raw mut (*entry).slot, slot | TAG_EXITED) };
-        task_left(slot);
+        live_tasks_drop(slot);
     }
 }
 
-/// Task `tid` (started at `start_ns`) is being freed: its slot, if its entry is its exited
-/// one, after closing the entry. The untagged path is one array load.
+/// Task `tid` (`task`) is being freed: its slot, if the entry is its exited one, after
+/// closing the entry; the caller counts the task finished. The untagged path is one array load; the task's start time is read only
+/// for an exited entry.
 ///
 /// The tid was released before this free (at `release_task`), so a new task may be tagged
 /// under it at any moment, on another CPU. Closing is a compare-and-exchange of the slot word
@@ -114,7 +133,7 @@ pub fn mark_exited(tid: u32, slot: u32) {
 /// entry, see `tag`), and a tag that comes after finds 0 and writes over it. A plain write of
 /// the whole entry could wipe a new task's tag written between our read and our write.
 #[inline(always)]
-pub fn finish(tid: u32, start_ns: u64) -> Option<u32> {
+pub fn finish(tid: u32, task: Task) -> Option<u32> {
     let entry = TASKS.get_ptr_mut(tid)?;
     // SAFETY: an array element, valid for the map's lifetime.
     let word = unsafe { core::ptr::read_volatile(&raw const (*entry).slot) };
@@ -122,16 +141,16 @@ pub fn finish(tid: u32, start_ns: u64) -> Option<u32> {
         return None;
     }
     // SAFETY: as above.
-    if unsafe { core::ptr::read_volatile(&raw const (*entry).start_ns) } != start_ns {
+    if unsafe { core::ptr::read_volatile(&raw const (*entry).start_ns) } != task.start_ns(offsets())
+    {
         return None;
     }
     // During an upgrade the old generation's program runs too: only the active one closes.
     if !is_active() || !slot_cmpxchg(entry, word, 0) {
         return None;
     }
-    let slot = word & !TAG_EXITED;
-    with_counters(slot, |c| c.counts.tasks_finished += 1);
-    Some(slot)
+    // The caller counts it finished, with its CPU time, in one lookup of the counters.
+    Some(word & !TAG_EXITED)
 }
 
 /// Swap the slot word of `entry` from `old` to `new`; whether it was `old`.
@@ -247,6 +266,15 @@ pub fn atomic_swap(p: *mut u64, v: u64) -> u64 {
     }
 }
 
+/// Whether the slot's resident count (kept by `rss_stat`) is not 0.
+#[inline(always)]
+pub fn has_memory(slot: u32) -> bool {
+    // SAFETY: a map value; a plain read of a count other CPUs change atomically.
+    SLOT_STATE
+        .get_ptr(slot)
+        .is_some_and(|st| unsafe { core::ptr::read_volatile(&raw const (*st).mem_current) } != 0)
+}
+
 /// Add `delta` (which may be negative) to the slot's resident memory and raise its peak.
 #[inline(always)]
 pub fn mem_add(slot: u32, delta: i64) {
@@ -292,14 +320,13 @@ fn task_entered(slot: u32, is_leader: bool) {
     });
 }
 
-/// A task of `slot` passed `do_exit`.
+/// A task of `slot` passed `do_exit`: one live task fewer (the caller counts it exited).
 #[inline(always)]
-fn task_left(slot: u32) {
+fn live_tasks_drop(slot: u32) {
     if let Some(st) = SLOT_STATE.get_ptr_mut(slot) {
         // SAFETY: map value pointer, see `atomic_add`. Adding 2^64-1 subtracts one.
         atomic_add(unsafe { &raw mut (*st).live_tasks }, u64::MAX);
     }
-    with_counters(slot, |c| c.counts.tasks_exited += 1);
 }
 
 #[inline(always)]

@@ -29,15 +29,15 @@ pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
     };
     let off = offsets();
     let task = Task::of(task);
-    let (tid, tgid) = task.ids(&off);
+    let (tid, tgid) = task.ids(off);
     let Some(tag) = TASKS.get(tid).copied() else {
         return 0;
     };
     let slot = tag.slot & !TAG_EXITED;
-    if slot == 0 || (want != 0 && slot != want) || task.start_ns(&off) != tag.start_ns {
+    if slot == 0 || (want != 0 && slot != want) || task.start_ns(off) != tag.start_ns {
         return 0;
     }
-    let (sum_exec_ns, utime_ns, stime_ns) = task.cpu(&off);
+    let (sum_exec_ns, utime_ns, stime_ns) = task.cpu(off);
     if tag.slot & TAG_EXITED != 0 {
         let rec = UsageRecord {
             tid,
@@ -54,7 +54,7 @@ pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
         seq_write(unsafe { (*meta).seq }, &rec);
         return 0;
     }
-    let (min_flt, maj_flt) = task.faults(&off);
+    let (min_flt, maj_flt) = task.faults(off);
     let mut rec = UsageRecord {
         tid,
         tgid,
@@ -63,17 +63,17 @@ pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
         sum_exec_ns,
         utime_ns,
         stime_ns,
-        io: task.io(&off),
+        io: task.io(off),
         min_flt,
         maj_flt,
         ..Default::default()
     };
     if tid == tgid
-        && let Some(mm) = task.mm(&off)
+        && let Some(mm) = task.mm(off)
     {
         rec.flags = USAGE_LEADER;
-        rec.rss_bytes = mm.rss_bytes(&off);
-        rec.hiwater_rss_bytes = mm.hiwater_bytes(&off).max(rec.rss_bytes);
+        rec.rss_bytes = mm.rss_bytes(off);
+        rec.hiwater_rss_bytes = mm.hiwater_bytes(off).max(rec.rss_bytes);
     }
     // SAFETY: `meta` is the iterator's metadata.
     seq_write(unsafe { (*meta).seq }, &rec);
