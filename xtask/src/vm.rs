@@ -73,6 +73,8 @@ struct Outcome {
     /// Set when the run did not get as far as the tests (boot, setup) or a suite crashed.
     problem: Option<String>,
     minutes: f64,
+    /// What failed, as the suites' logs say it: each failed test and its panic message.
+    failures: Vec<String>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -110,6 +112,9 @@ pub fn run(opts: &Options) -> Result<()> {
             o.minutes,
             o.problem.as_ref().map(|p| format!(": {p}")).unwrap_or_default()
         );
+        for f in &o.failures {
+            println!("    {f}");
+        }
     }
     let bad: Vec<&str> = outcomes
         .iter()
@@ -592,6 +597,7 @@ fn run_guest(
         skipped: 0,
         problem: None,
         minutes,
+        failures: vec![],
     };
     if let Ok(why) = fs::read_to_string(out.join("setup-failed")) {
         o.problem = Some(format!("guest setup: {}", why.trim()));
@@ -607,6 +613,7 @@ fn run_guest(
         let log = fs::read_to_string(out.join(format!("{}.log", t.suite))).unwrap_or_default();
         let counts = libtest_counts(&log);
         o.skipped += log.lines().filter(|l| l.starts_with("SKIP:")).count() as u32;
+        o.failures.extend(failure_lines(&t.suite, &log));
         match counts {
             Some((passed, failed)) => {
                 o.passed += passed;
@@ -642,6 +649,22 @@ impl Outcome {
             None => Some("loaded on a kernel below the minimum".into()),
         };
     }
+}
+
+/// Each failed test of a suite's log, and the first line of each panic message: enough for
+/// a CI log to say what failed without the guest's files.
+fn failure_lines(suite: &str, log: &str) -> Vec<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let mut out = vec![];
+    for (i, l) in lines.iter().enumerate() {
+        if l.starts_with("test ") && l.ends_with("... FAILED") {
+            out.push(format!("{suite}: {l}"));
+        } else if l.contains("panicked at") {
+            let message = lines.get(i + 1).copied().unwrap_or_default();
+            out.push(format!("{suite}: {l} {message}"));
+        }
+    }
+    out
 }
 
 /// (passed, failed) summed over a test binary's `test result:` lines.
@@ -695,5 +718,16 @@ mod tests {
                    test result: ok. 4 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out\n";
         assert_eq!(libtest_counts(log), Some((6, 1)));
         assert_eq!(libtest_counts("thread main panicked"), None);
+    }
+
+    #[test]
+    fn failures_are_named_with_their_message() {
+        let log = "test a ... ok\ntest b ... FAILED\n\n---- b stdout ----\n\nthread 'b' \
+                   panicked at tests/x.rs:3:5:\nslot not empty\n";
+        assert_eq!(
+            failure_lines("s", log),
+            ["s: test b ... FAILED", "s: thread 'b' panicked at tests/x.rs:3:5: slot not empty"]
+        );
+        assert!(failure_lines("s", "test a ... ok\n").is_empty());
     }
 }

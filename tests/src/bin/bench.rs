@@ -237,9 +237,18 @@ struct Worker {
 }
 
 impl Worker {
+    /// The static C worker `cargo xtask bench` builds (`BENCH_WORKER`), else this program's
+    /// own `serve`, whose larger address space makes a fork dearer and so the ratios smaller.
     fn command() -> Command {
-        let mut c = Command::new(std::env::current_exe().unwrap());
-        c.args(["serve", &CPU.to_string()]).stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut c = match std::env::var_os("BENCH_WORKER") {
+            Some(worker) => Command::new(worker),
+            None => {
+                let mut c = Command::new(std::env::current_exe().unwrap());
+                c.arg("serve");
+                c
+            }
+        };
+        c.arg(CPU.to_string()).stdin(Stdio::piped()).stdout(Stdio::piped());
         c
     }
 
@@ -395,7 +404,12 @@ fn overhead(paths: &Paths, rounds: usize) {
     println!(
         "fork+exit ×{FORKS}, fork+exec(/bin/true) ×{EXECS}, pipe round trips ×{PIPES} and page \
          faults ×{FAULTS} per batch, {rounds} rounds, pinned to CPU {CPU}, BPF statistics off \
-         while timing"
+         while timing; worker: {}",
+        if std::env::var_os("BENCH_WORKER").is_some() {
+            "static C (tests/bench/worker.c)"
+        } else {
+            "this program (`bench serve`)"
+        }
     );
     loader::load(paths, &LoadOptions::default()).unwrap();
     let t = Tracker::open(paths.clone()).unwrap();
