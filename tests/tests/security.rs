@@ -60,7 +60,12 @@ fn an_unprivileged_job_cannot_reach_the_maps() {
     cmd.extend(args.iter().map(String::as_str));
     let out = inst.cli_output(&cmd);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}: stdout {stdout:?}, stderr {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(stdout.lines().count(), args.len(), "{stdout}");
     for line in stdout.lines() {
         assert!(line.contains("denied"), "the job reached a map: {line}");
