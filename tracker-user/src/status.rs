@@ -56,6 +56,8 @@ pub struct ProgramStatus {
     /// The fallback function loaded in its place on this kernel, if any, and what differs.
     pub fallback: Option<(&'static str, &'static str)>,
     pub on_demand: bool,
+    /// For on-demand programs: attached now (its link is pinned while it is).
+    pub attached_now: bool,
     pub prog_id: Option<u32>,
     /// From the kernel's BPF statistics (`kernel.bpf_stats_enabled=1`), else 0.
     pub run_count: u64,
@@ -101,6 +103,8 @@ pub fn status(paths: &Paths) -> Result<Status> {
                     .filter(|fb| info.as_ref().and_then(|i| i.name_as_str()) == Some(fb.function))
                     .map(|fb| (fb.function, fb.difference)),
                 on_demand: spec.attach == Attach::OnDemand,
+                attached_now: info.is_some()
+                    && (spec.attach == Attach::Pinned || paths.link_pin(spec.name).exists()),
                 prog_id: info.as_ref().map(ProgramInfo::id),
                 run_count: info.as_ref().map_or(0, ProgramInfo::run_count),
                 run_time_ns: info.as_ref().map_or(0, |i| i.run_time().as_nanos() as u64),

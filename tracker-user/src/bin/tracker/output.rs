@@ -98,7 +98,8 @@ fn status_body(st: &Status) {
             let state = match (p.ready, p.on_demand, p.fallback) {
                 (true, false, None) => "attached".to_owned(),
                 (true, false, Some((function, _))) => format!("attached as {function}"),
-                (true, true, _) => "ready (attached during kills)".to_owned(),
+                (true, true, _) if p.attached_now => "attached (on demand)".to_owned(),
+                (true, true, _) => "ready (attached on demand)".to_owned(),
                 (false, ..) => "MISSING".to_owned(),
             };
             let purpose = match p.fallback {
