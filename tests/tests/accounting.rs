@@ -223,9 +223,14 @@ fn memory_of_a_process_moved_out_of_the_slots_cgroup_still_counts() {
     inst.cli_ok(&["create", "away"]);
     let cg = t.slot("away").unwrap().cgroups;
     let mounts = t.cgroups().mounts().clone();
+    // The hierarchy whose memory controller charges the slot's pages: the process moves to
+    // its root. On cgroup v2 before 5.19 (no memory.peak) the slot's figures are rss_stat's,
+    // while its v2 cgroup still has the memory controller.
+    let v2_memory = cg.unified.as_ref().is_some_and(|d| d.join("memory.current").exists());
     let root = match cg.memory_source() {
         tracker::cgroup::MemorySource::V2(_) => mounts.unified.clone(),
         tracker::cgroup::MemorySource::V1(_) => mounts.v1.get("memory").cloned(),
+        tracker::cgroup::MemorySource::Rss if v2_memory => mounts.unified.clone(),
         tracker::cgroup::MemorySource::Rss => None,
     };
     let Some(root) = root else {
