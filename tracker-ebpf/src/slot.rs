@@ -110,11 +110,11 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
 
 /// Task `tid` of `slot` passed `do_exit`: it leaves the slot now; its entry stays, marked
 /// exited, until the task is freed (`free.rs`), where its CPU time is final and harvested.
-#[inline(always)]
 ///
 /// The caller counts `tasks_exited` before, with the rest of what it counts, in one lookup of
 /// the counters (a helper call before 6.10), so that a reader that sees the live count drop
 /// sees the exit counted.
+#[inline(always)]
 pub fn mark_exited(tid: u32, slot: u32) {
     if let Some(entry) = TASKS.get_ptr_mut(tid) {
         // SAFETY: an array element, valid for the map's lifetime.
@@ -124,8 +124,8 @@ pub fn mark_exited(tid: u32, slot: u32) {
 }
 
 /// Task `tid` (`task`) is being freed: its slot, if the entry is its exited one, after
-/// closing the entry; the caller counts the task finished. The untagged path is one array load; the task's start time is read only
-/// for an exited entry.
+/// closing the entry; the caller counts the task finished. The untagged path is one array
+/// load; the task's start time is read only for an exited entry.
 ///
 /// The tid was released before this free (at `release_task`), so a new task may be tagged
 /// under it at any moment, on another CPU. Closing is a compare-and-exchange of the slot word
