@@ -32,11 +32,7 @@ pub fn live_tag(tid: u32, task: impl FnOnce() -> Task) -> Option<(TaskTag, Task)
     if task.start_ns(offsets()) != tag.start_ns {
         // SAFETY: as above.
         unsafe { *entry = TaskTag::default() };
-        with_counters(tag.slot, |c| {
-            c.counts.tasks_exited += 1;
-            c.counts.tasks_finished += 1;
-        });
-        live_tasks_drop(tag.slot);
+        stale_entry_left(tag.slot);
         return None;
     }
     Some((tag, task))
@@ -78,11 +74,7 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
         // A stale entry of an earlier task with this tid: a live one (adopted at the instant
         // it exited) leaves its slot now.
         if old.slot & TAG_EXITED == 0 {
-            with_counters(old.slot, |c| {
-                c.counts.tasks_exited += 1;
-                c.counts.tasks_finished += 1;
-            });
-            live_tasks_drop(old.slot);
+            stale_entry_left(old.slot);
         }
     }
     // SAFETY: as above. The slot is written last, so a reader that sees it sees the rest.
@@ -318,6 +310,18 @@ fn task_entered(slot: u32, is_leader: bool) {
             c.counts.processes_started += 1;
         }
     });
+}
+
+/// A stale live entry of `slot` (a task adopted at the instant it exited) is cleared: the task
+/// is counted exited and finished at once (it will never reach the exit or free programs as
+/// this tag), then one live task fewer.
+#[inline(always)]
+fn stale_entry_left(slot: u32) {
+    with_counters(slot, |c| {
+        c.counts.tasks_exited += 1;
+        c.counts.tasks_finished += 1;
+    });
+    live_tasks_drop(slot);
 }
 
 /// A task of `slot` passed `do_exit`: one live task fewer (the caller counts it exited).
