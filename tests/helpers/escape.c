@@ -384,6 +384,29 @@ static int churn(int workers) {
     return 0;
 }
 
+/* Run ARGV as a child and reap it and every process orphaned below it (a child subreaper),
+ * returning once none is left: a job's whole tree is reaped inside the job, whatever the
+ * machine's PID 1 does with orphans (a VM's minimal init never reaps them, and a task is
+ * freed, its final CPU harvested, only once reaped). */
+static int reaper(char **argv) {
+    if (!argv[0] || prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) return 2;
+    pid_t child = fork();
+    if (child < 0) return 2;
+    if (child == 0) {
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    int code = 0, status;
+    for (;;) {
+        pid_t pid = wait(&status);
+        if (pid < 0) {
+            if (errno == EINTR) continue;
+            return code; /* ECHILD: the whole tree is reaped */
+        }
+        if (pid == child) code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: escape MODE MARKER [ARGS...]\n");
@@ -392,6 +415,7 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     marker = argv[2];
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (!strcmp(mode, "reaper")) return reaper(argv + 3);
     if (!strcmp(mode, "sleep")) sleep_forever();
     if (!strcmp(mode, "daemonize")) return daemonize();
     if (!strcmp(mode, "env-pgrp")) return env_and_pgrp(argv[0]);

@@ -25,10 +25,11 @@ fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or_else(|| panic!("{key} missing from {v}"))
 }
 
-/// Wait until the slot has no live task (a detached job and its daemons are done).
-/// Until the slot's tasks have all exited and been freed, where their last CPU time is added
-/// (`tracker stat` waits for that itself, but only a second: a slow machine's RCU grace
-/// period can take longer). Every process these tests start is reaped.
+/// Wait until every task of the slot has exited and been freed, where its last CPU time is
+/// added (`tracker stat` waits for that itself, but only a second: a slow machine's RCU grace
+/// period can take longer). A task is freed once reaped: the tests' jobs are waited for and
+/// reap their whole tree themselves (a detached job's top process is an orphan, which the
+/// machine's PID 1 may never reap: a VM's minimal init does not).
 fn wait_empty(inst: &Instance, slot: &str) {
     let done = || {
         let s = stat(inst, slot);
@@ -88,7 +89,12 @@ fn cpu_time_matches_the_kernels_cgroup_counter_and_getrusage() {
     let m = marker("spin");
     // Two processes spinning a second each, one of them a daemon in its own session.
     let script = format!("{ESCAPE} daemon-spin {m} 1; {ESCAPE} spin {m} 1");
-    inst.cli_ok(&["run", "--detach", "--slot", "cpu", "--", "bash", "-c", &script]);
+    // The job reaps its own tree, the daemon too: a task's final CPU is harvested when it is
+    // freed, after it is reaped, and the machine's PID 1 need not reap orphans (a VM's does
+    // not).
+    inst.cli_ok(&[
+        "run", "--keep", "--slot", "cpu", "--", ESCAPE, "reaper", &m, "bash", "-c", &script,
+    ]);
     wait_empty(&inst, "cpu");
     let s = stat(&inst, "cpu");
     let ours = num(&s, "cpu_user_seconds") + num(&s, "cpu_system_seconds");
@@ -156,7 +162,9 @@ fn a_short_memory_spike_of_a_grandchild_shows_in_the_peak() {
     let m = marker("mem");
     // A grandchild touches 400 MiB for 100 ms and frees it.
     let script = format!("bash -c '{ESCAPE} touch {m} 400 100'; sleep 0.2");
-    inst.cli_ok(&["run", "--detach", "--slot", "mem", "--", "bash", "-c", &script]);
+    // Waited for (not detached): every process of the job is reaped, so freed (see
+    // `wait_empty`).
+    inst.cli_ok(&["run", "--keep", "--slot", "mem", "--", "bash", "-c", &script]);
     wait_empty(&inst, "mem");
     let s = stat(&inst, "mem");
     let peak = num(&s, "memory_peak_bytes") as u64;
@@ -200,7 +208,7 @@ fn a_slot_without_a_memory_cgroup_keeps_its_peak_through_rss_stat() {
     let out = inst
         .cli()
         .env("TRACKER_CGROUPS", "off")
-        .args(["run", "--detach", "--slot", "rssmem", "--", "bash", "-c", &script])
+        .args(["run", "--keep", "--slot", "rssmem", "--", "bash", "-c", &script])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
