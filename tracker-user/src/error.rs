@@ -149,6 +149,12 @@ pub enum Error {
     )]
     DelegationGone(PathBuf),
 
+    #[error(
+        "cannot start the tracker's systemd scope {unit}: {detail}; or give `--cgroup-parent` \
+         (tracker.toml: cgroup_parent) a cgroup systemd delegated"
+    )]
+    Scope { unit: String, detail: String },
+
     #[error("slot registry {}: {detail}", .path.display())]
     Registry { path: PathBuf, detail: String },
 

@@ -508,6 +508,13 @@ pub fn unload(paths: &Paths, force: bool) -> Result<UnloadReport> {
         }
     }
     cgroups.remove_parents();
+    // The scope the tracker made for its slots goes with them (not while a slot's cgroup is
+    // still there, which a forced unload leaves to its processes).
+    if let Some(m) = &cgroups.mounts().unified
+        && let Some(w) = cgroups.parent().release(m)
+    {
+        report.warnings.push(w);
+    }
     remove_pins(paths)?;
     let _ = fs::remove_file(paths.registry_file());
     let _ = fs::remove_file(paths.cgroup_parent_file());

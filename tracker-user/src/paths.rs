@@ -40,6 +40,12 @@ pub const SYSTEMD_RUNNING: &str = "/run/systemd/system";
 /// The extended attributes systemd puts on a cgroup it delegated (`Delegate=yes`): `trusted.`
 /// since systemd 251, `user.` too since 252 (readable by the unprivileged delegatee).
 pub const DELEGATE_XATTRS: &[&str] = &["trusted.delegate", "user.delegate"];
+/// The slice the tracker's own scope goes in (see cgroup/scope.rs), and the tools that make
+/// and stop it. The scope holds one process that only keeps it alive.
+pub const SCOPE_SLICE: &str = "system.slice";
+pub const SYSTEMD_RUN: &str = "systemd-run";
+pub const SYSTEMCTL: &str = "systemctl";
+pub const SCOPE_HOLDER: &[&str] = &["sleep", "infinity"];
 /// The leaf a delegated cgroup's own processes move into, so that the delegated cgroup can
 /// enable controllers for the slots beside them (the kernel's no-internal-process rule). The
 /// name systemd's documentation uses for `DelegateSubgroup=`.

@@ -38,6 +38,9 @@ pub struct Status {
     /// The cgroup systemd delegated that the parent is in, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_delegated: Option<PathBuf>,
+    /// The systemd scope the tracker made to hold its slots, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_scope: Option<String>,
     /// Tasks the tasks map can hold (the kernel's `pid_max` at load time).
     pub max_tasks: u32,
     pub max_slots: u32,
@@ -134,6 +137,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
         cgroup_delegated: cgroups.mounts().unified.as_ref().and_then(|m| {
             cgroups.parent().delegated.as_ref().map(|d| crate::paths::cgroup_dir(m, d))
         }),
+        cgroup_scope: cgroups.parent().scope.clone(),
         max_tasks,
         max_slots,
         slots,

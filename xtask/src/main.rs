@@ -71,6 +71,10 @@ enum Task {
         /// Minutes after which a guest is stopped and its run counted as failed
         #[arg(long, default_value_t = 60)]
         timeout_minutes: u64,
+        /// Boot systemd as PID 1 (the host's, with the guest's own units): the suites run
+        /// beside it, as on a site's node
+        #[arg(long)]
+        systemd: bool,
     },
 }
 
@@ -81,8 +85,16 @@ fn main() -> ExitCode {
         Task::Check => check::run(),
         Task::Bench { rounds } => bench::run(rounds),
         Task::Package => package(),
-        Task::TestVm { kernel, suites, filter, cpus, memory, timeout_minutes } => {
-            vm::run(&vm::Options { kernel, suites, filters: filter, cpus, memory, timeout_minutes })
+        Task::TestVm { kernel, suites, filter, cpus, memory, timeout_minutes, systemd } => {
+            vm::run(&vm::Options {
+                kernel,
+                suites,
+                filters: filter,
+                cpus,
+                memory,
+                timeout_minutes,
+                systemd,
+            })
         }
     };
     match result {

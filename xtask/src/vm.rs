@@ -58,6 +58,8 @@ pub struct Options {
     pub memory: String,
     /// Minutes after which a guest that has not finished is stopped (a hang is a failure).
     pub timeout_minutes: u64,
+    /// Boot systemd as PID 1.
+    pub systemd: bool,
 }
 
 /// Kernels `--kernel` takes that are below the minimum (5.14): the guest only checks that
@@ -79,12 +81,14 @@ struct Outcome {
 
 pub fn run(opts: &Options) -> Result<()> {
     crate::prereqs::require_root()?;
+    // On a fresh machine test-vm may be the first command: the build needs bpf-linker too.
+    crate::prereqs::ensure_toolchain()?;
     let kernels: Vec<String> = if opts.kernel == "all" {
         KERNELS.iter().map(|k| (*k).to_owned()).collect()
     } else {
         opts.kernel.split(',').map(str::to_owned).collect()
     };
-    ensure_host_packages()?;
+    ensure_host_packages(opts.systemd)?;
     let vng = ensure_vng()?;
     let tests = build_tests(&opts.suites)?;
     let tracker = crate::run::build_tracker(false)?;
@@ -129,8 +133,13 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// QEMU, depmod (virtme-ng regenerates the modules' index), busybox (its initramfs),
 /// mkfs.ext4 (the guest's disk) and Python's venv module.
-fn ensure_host_packages() -> Result<()> {
+fn ensure_host_packages(systemd: bool) -> Result<()> {
     let mut missing = vec![];
+    // A systemd guest runs the suites from a serial console's getty, which waits for its
+    // device unit, which only udev makes (container images leave udev out).
+    if systemd && !Path::new("/usr/lib/systemd/systemd-udevd").exists() {
+        missing.push("udev");
+    }
     for (tool, package) in [
         ("depmod", "kmod"),
         ("busybox", "busybox-static"),
@@ -469,7 +478,13 @@ fn build_tests(suites: &[String]) -> Result<Vec<TestBinary>> {
 
 /// The shell script the guest runs: the machine a pure cgroup v2 site has (systemd's default
 /// controllers, bpffs, tracefs), a real disk for temporary files, then each suite.
-fn guest_script(tests: &[TestBinary], tracker: &Path, opts: &Options, out: &Path) -> String {
+fn guest_script(
+    tests: &[TestBinary],
+    tracker: &Path,
+    opts: &Options,
+    out: &Path,
+    modules: &Path,
+) -> String {
     let strict = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
         || std::env::var("TRACKER_TEST_STRICT").is_ok_and(|v| v == "1");
     let filter: Vec<String> = opts.filters.iter().map(|f| shell_quote(f)).collect();
@@ -481,15 +496,23 @@ OUT={out}
 fail() {{ echo "$*" > "$OUT/setup-failed"; echo "setup failed: $*"; exit 1; }}
 exec > "$OUT/guest.log" 2>&1
 echo "kernel $(uname -r)"
-# Pure cgroup v2 with the controllers systemd enables at the root.
 [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ] || fail "/sys/fs/cgroup is not cgroup2"
-for c in cpu io memory pids; do
-    echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || fail "cannot enable the $c controller"
-done
+if [ {systemd} = 1 ]; then
+    # systemd owns the cgroup tree and enables controllers where its units need them.
+    [ "$(cat /proc/1/comm)" = systemd ] || fail "systemd is not PID 1 (it is $(cat /proc/1/comm))"
+    export TRACKER_TEST_SYSTEMD=1
+else
+    # Pure cgroup v2 with the controllers systemd enables at the root.
+    for c in cpu io memory pids; do
+        echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control || fail "cannot enable the $c controller"
+    done
+fi
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || fail "cannot mount bpffs"
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing \
     || fail "cannot mount tracefs"
 # Temporary files on a real ext4 disk: block I/O is counted, tmpfs has none.
+# Under systemd, vng's rw overlay on /lib hides the kernel's modules it linked there.
+[ -e "/lib/modules/$(uname -r)" ] || {{ mkdir -p /lib/modules; ln -s {modules}/"$(uname -r)" /lib/modules/; }} 2>/dev/null
 modprobe virtio_blk 2>/dev/null
 for i in $(seq 100); do
     disk=$(ls /dev/vd? 2>/dev/null | head -n1)
@@ -518,6 +541,8 @@ cd {tests_dir}
         out = shell_quote(&out.display().to_string()),
         tracker = shell_quote(&tracker.display().to_string()),
         strict = u8::from(strict),
+        systemd = u8::from(opts.systemd),
+        modules = shell_quote(&modules.display().to_string()),
         tests_dir = shell_quote(&workspace().join("tests").display().to_string()),
     );
     if let Some(python) = python_venv() {
@@ -544,6 +569,100 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// What booting the host's systemd as the guest's PID 1 takes.
+fn systemd_args(cmd: &mut Command) -> Result<()> {
+    // vng's systemd boot links the kernel's modules under /lib/modules, which must exist on
+    // the host root the guest sees (a container image may have none).
+    let modules = Path::new("/usr/lib/modules");
+    if !modules.exists() {
+        println!("xtask: making {} (vng's systemd boot needs it)", modules.display());
+        fs::create_dir_all(modules)?;
+    }
+    // --verbose: the boot shows in console.log, which is all there is to read when it stalls.
+    cmd.args(["--systemd", "--verbose"]);
+    // Units that only slow a software-emulated boot down (and wait for a network there is not).
+    for unit in SYSTEMD_MASKED {
+        cmd.arg("--append").arg(format!("systemd.mask={unit}"));
+    }
+    Ok(())
+}
+
+/// The root the guest boots: the host's own, except where a file in it would make the guest's
+/// systemd take itself for a container (a container image's `/.dockerenv`): then systemd and
+/// its generators read their settings from PID 1's argv instead of the kernel's command line
+/// and start no serial console, where vng runs the suites. No environment says otherwise to
+/// systemd's generators (an empty `container=` reads as "some container" there), so the guest
+/// gets the host's root through an overlay that hides the file (a whiteout on a tmpfs), with
+/// this tool's directory bound in so that what the guest writes lands on the host.
+struct GuestRoot {
+    root: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+/// Host files that tell systemd it runs in a container.
+const CONTAINER_MARKERS: &[&str] = &[".dockerenv"];
+
+impl GuestRoot {
+    fn host() -> Self {
+        Self { root: PathBuf::from("/"), mounts: vec![] }
+    }
+
+    fn for_systemd() -> Result<Self> {
+        let markers: Vec<&str> =
+            CONTAINER_MARKERS.iter().copied().filter(|m| Path::new("/").join(m).exists()).collect();
+        if markers.is_empty() {
+            return Ok(Self::host());
+        }
+        let base = Path::new(ROOT).join("sysroot");
+        let (rw, merged) = (base.join("rw"), base.join("merged"));
+        fs::create_dir_all(&rw)?;
+        fs::create_dir_all(&merged)?;
+        let mut me = Self { root: merged.clone(), mounts: vec![] };
+        me.mount(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs"]), &rw)?;
+        let (upper, work) = (rw.join("upper"), rw.join("work"));
+        fs::create_dir_all(&upper)?;
+        fs::create_dir_all(&work)?;
+        for m in markers {
+            // A whiteout: a 0/0 character device hides the lower file.
+            quiet(Command::new("mknod").arg(upper.join(m)).args(["c", "0", "0"]))?;
+        }
+        let opts = format!("lowerdir=/,upperdir={},workdir={}", upper.display(), work.display());
+        me.mount(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]), &merged)?;
+        let inner = me.path(Path::new(ROOT));
+        me.mount(Command::new("mount").arg("--bind").arg(ROOT), &inner)?;
+        Ok(me)
+    }
+
+    fn mount(&mut self, cmd: &mut Command, target: &Path) -> Result<()> {
+        quiet(cmd.arg(target))?;
+        self.mounts.push(target.to_path_buf());
+        Ok(())
+    }
+
+    /// Where the host's `path` is in the guest's root, on the host.
+    fn path(&self, path: &Path) -> PathBuf {
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+}
+
+impl Drop for GuestRoot {
+    fn drop(&mut self) {
+        for m in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+/// Units the systemd guest does without.
+const SYSTEMD_MASKED: &[&str] = &[
+    "systemd-timesyncd.service",
+    "systemd-networkd-wait-online.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "man-db.timer",
+    "e2scrub_all.timer",
+];
+
 /// Boot `kernel` and run the suites; the counts come from each suite's own summary line.
 fn run_guest(
     vng: &Path,
@@ -552,21 +671,24 @@ fn run_guest(
     tracker: &Path,
     opts: &Options,
 ) -> Result<Outcome> {
-    let out = Path::new(ROOT).join("out").join(&kernel.release);
+    let name =
+        if opts.systemd { format!("{}-systemd", kernel.release) } else { kernel.release.clone() };
+    let out = Path::new(ROOT).join("out").join(&name);
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let run_dir = Path::new(ROOT).join("run");
     fs::create_dir_all(&run_dir)?;
-    let script = run_dir.join(format!("guest-{}.sh", kernel.release));
-    fs::write(&script, guest_script(tests, tracker, opts, &out))
+    let script = run_dir.join(format!("guest-{name}.sh"));
+    fs::write(&script, guest_script(tests, tracker, opts, &out, &kernel.dir.join("lib/modules")))
         .with_context(|| format!("writing {}", script.display()))?;
-    let disk = run_dir.join(format!("disk-{}.img", kernel.release));
+    let disk = run_dir.join(format!("disk-{name}.img"));
     let _ = fs::remove_file(&disk);
     quiet(Command::new("truncate").args(["-s", "2G"]).arg(&disk))?;
     quiet(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk))?;
 
     let venv_bin = vng.parent().map(Path::to_path_buf).unwrap_or_default();
     let path = format!("{}:{}", venv_bin.display(), std::env::var("PATH").unwrap_or_default());
+    let guest = if opts.systemd { GuestRoot::for_systemd()? } else { GuestRoot::host() };
     let mut cmd = Command::new("timeout");
     cmd.env("PATH", path)
         .arg("--kill-after=30")
@@ -576,22 +698,29 @@ fn run_guest(
         .arg(kernel.image())
         .args(["--disable-kvm", "--cpus", &opts.cpus.to_string(), "--memory", &opts.memory])
         // /var/tmp is an empty tmpfs in the guest: what it needs from there is passed in.
-        .arg(format!("--rodir={}", run_dir.display()))
-        .arg(format!("--rodir={}", kernel.dir.display()))
-        .arg(format!("--rwdir={}", out.display()))
+        .arg(format!("--rodir={}", guest.path(&run_dir).display()))
+        .arg(format!("--rodir={}", guest.path(&kernel.dir).display()))
+        .arg(format!("--rwdir={}", guest.path(&out).display()))
         .arg(format!("--disk={}", disk.display()))
         .arg("--exec")
         .arg(format!("sh {}", shell_quote(&script.display().to_string())))
-        .current_dir(workspace());
+        .current_dir(guest.path(&workspace()));
+    if guest.root != Path::new("/") {
+        cmd.arg("--root").arg(&guest.root);
+    }
+    if opts.systemd {
+        systemd_args(&mut cmd)?;
+    }
     if let Some(venv) = python_venv().and_then(|p| p.ancestors().nth(2).map(Path::to_path_buf)) {
-        cmd.arg(format!("--rodir={}", venv.display()));
+        cmd.arg(format!("--rodir={}", guest.path(&venv).display()));
     }
     let started = Instant::now();
     let console = cmd.output().with_context(|| format!("cannot start {}", vng.display()))?;
+    drop(guest);
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     fs::write(out.join("console.log"), [&console.stdout[..], &console.stderr[..]].concat())?;
     let mut o = Outcome {
-        kernel: kernel.release.clone(),
+        kernel: name,
         passed: 0,
         failed: 0,
         skipped: 0,

@@ -19,6 +19,7 @@ mod limits;
 mod memory;
 mod mounts;
 pub mod parent;
+mod scope;
 
 use std::{
     collections::BTreeMap,

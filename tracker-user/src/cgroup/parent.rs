@@ -9,8 +9,11 @@
 //! 2. `<delegated cgroup>/<instance>` when the loading process runs in a delegated cgroup
 //!    (tracker.service with `Delegate=yes`): its own processes move into the leaf
 //!    `<delegated cgroup>/supervisor`, as `DelegateSubgroup=supervisor` does on systemd 254+;
-//! 3. `<instance>` under the root, as before (and for an instance loaded before the parent was
-//!    recorded), with a warning when systemd is PID 1.
+//! 3. on a machine run by systemd, `<instance>` in the tracker's own scope,
+//!    `system.slice/tracker.scope` (`tracker-<instance>.scope`), delegated to it and made and
+//!    kept by it (see `scope`);
+//! 4. `<instance>` under the root, as before (and for an instance loaded before the parent was
+//!    recorded), with a warning when systemd is PID 1 but its scope cannot be made.
 //!
 //! Controllers are enabled top-down from the delegated cgroup (else from the root) to the
 //! parent. The v1 hierarchies of a hybrid machine keep `<instance>` under each root.
@@ -27,6 +30,8 @@ use crate::{
     error::{Error, IoContext, Result},
     paths::{self, DELEGATE_XATTRS, Paths, SELF_CGROUP, SUPERVISOR_CGROUP, SYSTEMD_RUNNING},
 };
+
+use super::scope;
 
 /// v2 controllers the tracker enables for its slots.
 pub const V2_SLOT_CONTROLLERS: &[&str] = &["pids", "memory", "cpu", "io"];
@@ -45,6 +50,10 @@ pub struct CgroupParent {
     /// a stopped unit's empty cgroups) and the programs must be attached again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attached_id: Option<u64>,
+    /// The systemd scope the tracker made to hold `delegated` (its unit name), made again when
+    /// it is gone and stopped at unload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// What a choice or an `ensure` has to say: one line each.
@@ -53,7 +62,7 @@ pub type Notes = Vec<String>;
 impl CgroupParent {
     /// The default parent, `<instance>` under the root.
     pub fn default_for(paths: &Paths) -> Self {
-        Self { rel: paths.default_cgroup_parent(), delegated: None, attached_id: None }
+        Self { rel: paths.default_cgroup_parent(), delegated: None, attached_id: None, scope: None }
     }
 
     /// The recorded parent, or the default one for an instance loaded before it was recorded
@@ -92,26 +101,47 @@ impl CgroupParent {
             Some(asked) => {
                 let rel = relative_parent(mount, asked)?;
                 let delegated = delegated_ancestor(mount, &rel);
-                Self { rel, delegated, attached_id: None }
+                Self { rel, delegated, attached_id: None, scope: None }
             }
             None => match own_delegation(mount) {
                 Some(d) => Self {
                     rel: d.join(paths.default_cgroup_parent()),
                     delegated: Some(d),
                     attached_id: None,
+                    scope: None,
                 },
+                None if scope::available() => {
+                    let unit = scope::unit_name(paths.instance());
+                    let d = scope::cgroup_rel(&unit);
+                    Self {
+                        rel: d.join(paths.default_cgroup_parent()),
+                        delegated: Some(d),
+                        attached_id: None,
+                        scope: Some(unit),
+                    }
+                }
                 None => Self::default_for(paths),
             },
         };
         if parent.delegated.is_none() && Path::new(SYSTEMD_RUNNING).exists() {
             notes.push(format!(
                 "systemd runs this machine but the slots' cgroup parent {} is not in a cgroup \
-                 it delegated: run the loader (`tracker daemon`) from tracker.service with \
-                 Delegate=yes, or give `--cgroup-parent` a delegated cgroup",
+                 it delegated, and systemd-run, which makes the tracker's own scope, is not \
+                 installed: give `--cgroup-parent` a delegated cgroup",
                 parent.rel.display()
             ));
         }
         Ok((parent, notes))
+    }
+
+    /// After an unload removed the parent directory: stop the scope the tracker made for it,
+    /// whose holder is then all it has. A line if that failed.
+    pub fn release(&self, mount: &Path) -> Option<String> {
+        let unit = self.scope.as_ref()?;
+        if paths::cgroup_dir(mount, &self.rel).exists() {
+            return None;
+        }
+        scope::stop(unit)
     }
 
     /// Make the parent directory (and those between it and the delegated cgroup, or the root)
@@ -122,6 +152,9 @@ impl CgroupParent {
         let mut notes = vec![];
         let top_rel = self.delegated.clone().unwrap_or_default();
         let top = paths::cgroup_dir(mount, &top_rel);
+        if let Some(unit) = &self.scope {
+            scope::ensure(unit, &top)?;
+        }
         if self.delegated.is_some() {
             if !top.is_dir() {
                 return Err(Error::DelegationGone(top));

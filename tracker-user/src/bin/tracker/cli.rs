@@ -32,8 +32,10 @@ pub enum Command {
         #[arg(long, default_value_t = DEFAULT_MAX_SLOTS)]
         max_slots: u32,
         /// The slots' cgroup2 parent, relative to the cgroup2 root (e.g.
-        /// system.slice/tracker.service/tracker), fixed at the first load [default: under the
-        /// delegated cgroup this runs in, else the instance's name under the root]
+        /// system.slice/slurmstepd.scope/tracker), fixed at the first load [default: under the
+        /// delegated cgroup this runs in, else in the tracker's own systemd scope
+        /// (system.slice/tracker.scope/tracker) where systemd runs the machine, else the
+        /// instance's name under the root]
         #[arg(long, value_name = "REL")]
         cgroup_parent: Option<std::path::PathBuf>,
         #[arg(long)]

@@ -113,9 +113,13 @@ fn status_body(st: &Status) {
     if let Some(parent) = &st.cgroup_parent {
         match &st.cgroup_delegated {
             Some(d) => println!(
-                "slot cgroups under {} (in {}, delegated by systemd)",
+                "slot cgroups under {} (in {}, delegated by systemd{})",
                 parent.display(),
-                d.display()
+                d.display(),
+                st.cgroup_scope
+                    .as_ref()
+                    .map(|u| format!(": the tracker's scope {u}"))
+                    .unwrap_or_default()
             ),
             None => println!("slot cgroups under {}", parent.display()),
         }
