@@ -105,21 +105,16 @@ fn cpu_time_matches_the_kernels_cgroup_counter_and_getrusage() {
         }
         None => tracker_tests::skip("no cgroup CPU counter for the slot"),
     }
-    // A well-behaved tree (every process waited for): the shell's getrusage(RUSAGE_CHILDREN),
-    // as `times` prints it, sees what the tracker sees.
-    let script = format!(
-        "{} run --slot rusage --keep -- {ESCAPE} spin {m} 1 2>/dev/null; times",
-        tracker_tests::tracker_bin().display()
-    );
-    let out = Command::new("bash")
-        .env("TRACKER_INSTANCE", &inst.name)
-        .args(["-c", &script])
-        .output()
-        .unwrap();
+    // A well-behaved tree (every process waited for): the job's shell's getrusage, of itself
+    // and of its children (`times` prints both), is the whole slot's CPU, as the tracker sees
+    // it. (Not the CPU of a shell outside: its children would include `tracker run` itself.)
+    let script = format!("{ESCAPE} spin {m} 1; times");
+    let out = inst.cli_output(&["run", "--slot", "rusage", "--keep", "--", "bash", "-c", &script]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    // `times`: shell user/sys, then children user/sys, as `0m1.002s 0m0.004s`.
-    let children = text.lines().nth(1).unwrap_or_default();
-    let secs: f64 = children.split_whitespace().map(parse_times).sum();
+    // `times`: the shell's user/sys, then its children's, as `0m1.002s 0m0.004s`.
+    let secs: f64 = text.lines().take(2).flat_map(str::split_whitespace).map(parse_times).sum();
+    wait_empty(&inst, "rusage");
     let s = stat(&inst, "rusage");
     let ours = num(&s, "cpu_user_seconds") + num(&s, "cpu_system_seconds");
     assert!((ours - secs).abs() <= 0.05 * secs, "tracker {ours} s, getrusage {secs} s ({text})");
