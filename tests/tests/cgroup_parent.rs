@@ -2,9 +2,10 @@
 //! (`Delegate=yes`, marked `trusted.delegate`), never writing above it, and made again from
 //! the registry after systemd removed them (as it does to a stopped unit's empty cgroups).
 //!
-//! systemd is not PID 1 here: a test makes the cgroups systemd would (an outer one standing for
-//! system.slice, `tracker.service` inside it, marked delegated, holding the unit's process) and
-//! removes what systemd would remove.
+//! Where systemd is not PID 1 (this machine), a test makes the cgroups systemd would (an outer
+//! one standing for system.slice, `tracker.service` inside it, marked delegated, holding the
+//! unit's process) and removes what systemd would remove. Beside a real systemd (`cargo xtask
+//! test-vm --systemd`), the tracker's own scope is tested too.
 #![allow(clippy::unwrap_used)]
 
 use std::{
