@@ -90,6 +90,10 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     ensure_host_packages(opts.systemd)?;
     let vng = ensure_vng()?;
+    // The daemon suite drives the API from Python's gRPC client too.
+    if opts.suites.is_empty() || opts.suites.iter().any(|s| s == "daemon") {
+        crate::python::ensure_venv();
+    }
     let tests = build_tests(&opts.suites)?;
     let tracker = crate::run::build_tracker(false)?;
     let mut outcomes = vec![];
