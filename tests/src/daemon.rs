@@ -140,7 +140,7 @@ impl Daemon {
 
     /// A client on the socket, and the runtime it runs on.
     pub fn client(&self) -> (tokio::runtime::Runtime, TrackerClient<Channel>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = client_runtime();
         let channel = rt.block_on(connect(&self.socket));
         (rt, TrackerClient::new(channel))
     }
@@ -150,10 +150,18 @@ impl Daemon {
         &self,
         bytes: u32,
     ) -> (tokio::runtime::Runtime, TrackerClient<Channel>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = client_runtime();
         let channel = rt.block_on(connect_small_window(&self.socket, bytes));
         (rt, TrackerClient::new(channel))
     }
+}
+
+/// A client's runtime: one worker thread drives the connection while the test does other
+/// things between its calls, as a real client's does. On a current-thread runtime nothing
+/// answers the daemon's HTTP/2 keepalive pings between calls, and where those things take
+/// longer than the keepalive (a slow VM), the daemon rightly closes the connection.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
 }
 
 impl Drop for Daemon {
