@@ -32,10 +32,7 @@ impl SlotCgroups {
         if let Some(dir) = &self.unified
             && fs::write(dir.join("cgroup.freeze"), "1").is_ok()
         {
-            wait_until(timeout, || {
-                fs::read_to_string(dir.join("cgroup.events"))
-                    .is_ok_and(|s| s.lines().any(|l| l == "frozen 1"))
-            });
+            wait_until(timeout, || super::event_set(dir, "frozen"));
             return true;
         }
         if let Some(dir) = self.v1.get("freezer")

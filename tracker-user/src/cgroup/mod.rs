@@ -28,6 +28,12 @@ use std::{
 };
 
 pub(crate) use lifecycle::make_dir;
+
+/// Whether `dir`'s `cgroup.events` has `key` set (`frozen 1`, `populated 1`).
+fn event_set(dir: &Path, key: &str) -> bool {
+    fs::read_to_string(dir.join("cgroup.events"))
+        .is_ok_and(|s| s.lines().any(|l| l.split_once(' ') == Some((key, "1"))))
+}
 pub use memory::MemorySource;
 pub use mounts::CgroupMounts;
 pub use parent::CgroupParent;

@@ -7,7 +7,7 @@
 //! 1. the one the administrator named (`tracker load --cgroup-parent`, the daemon's
 //!    `cgroup_parent`);
 //! 2. `<delegated cgroup>/<instance>` when the loading process runs in a delegated cgroup
-//!    (tracker.service with `Delegate=yes`): its own processes move into the leaf
+//!    (a batch system's unit with `Delegate=yes`): its own processes move into the leaf
 //!    `<delegated cgroup>/supervisor`, as `DelegateSubgroup=supervisor` does on systemd 254+;
 //! 3. on a machine run by systemd, `<instance>` in the tracker's own scope,
 //!    `system.slice/tracker.scope` (`tracker-<instance>.scope`), delegated to it and made and
@@ -65,6 +65,16 @@ impl CgroupParent {
         Self { rel: paths.default_cgroup_parent(), delegated: None, attached_id: None, scope: None }
     }
 
+    /// `<instance>` in the delegated cgroup `d` (the tracker's own scope `scope`, if it is).
+    fn in_delegation(paths: &Paths, d: PathBuf, scope: Option<String>) -> Self {
+        Self {
+            rel: d.join(paths.default_cgroup_parent()),
+            delegated: Some(d),
+            attached_id: None,
+            scope,
+        }
+    }
+
     /// The recorded parent, or the default one for an instance loaded before it was recorded
     /// (or not loaded at all).
     pub fn read(paths: &Paths) -> Result<Self> {
@@ -104,21 +114,10 @@ impl CgroupParent {
                 Self { rel, delegated, attached_id: None, scope: None }
             }
             None => match own_delegation(mount) {
-                Some(d) => Self {
-                    rel: d.join(paths.default_cgroup_parent()),
-                    delegated: Some(d),
-                    attached_id: None,
-                    scope: None,
-                },
+                Some(d) => Self::in_delegation(paths, d, None),
                 None if scope::available() => {
                     let unit = scope::unit_name(paths.instance());
-                    let d = scope::cgroup_rel(&unit);
-                    Self {
-                        rel: d.join(paths.default_cgroup_parent()),
-                        delegated: Some(d),
-                        attached_id: None,
-                        scope: Some(unit),
-                    }
+                    Self::in_delegation(paths, scope::cgroup_rel(&unit), Some(unit))
                 }
                 None => Self::default_for(paths),
             },

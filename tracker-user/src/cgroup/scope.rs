@@ -12,7 +12,6 @@
 //! everything in it, jobs included, as stopping any unit does; `tracker unload` stops it only
 //! once the slots' parent is gone.
 use std::{
-    fs,
     io::Read as _,
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
@@ -132,10 +131,9 @@ pub fn stop(unit: &str) -> Option<String> {
     }
 }
 
-/// Whether the scope's cgroup exists with a process in it or below (`populated 1`).
+/// Whether the scope's cgroup exists with a process in it or below.
 fn populated(dir: &Path) -> bool {
-    fs::read_to_string(dir.join("cgroup.events"))
-        .is_ok_and(|s| s.lines().any(|l| l.trim() == "populated 1"))
+    super::event_set(dir, "populated")
 }
 
 /// systemd's tools where distributions put them (a root service's PATH may be short).
