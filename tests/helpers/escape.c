@@ -384,6 +384,16 @@ static int churn(int workers) {
     return 0;
 }
 
+/* A child that exits at once, reaped only when a line comes on stdin: until then it has
+ * exited and is not freed. */
+static int reap_on_input(void) {
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    return waitpid(child, NULL, 0) == child ? 0 : 1;
+}
+
 /* Run ARGV as a child and reap it and every process orphaned below it (a child subreaper),
  * returning once none is left: a job's whole tree is reaped inside the job, whatever the
  * machine's PID 1 does with orphans (a VM's minimal init never reaps them, and a task is
@@ -416,6 +426,7 @@ int main(int argc, char **argv) {
     marker = argv[2];
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!strcmp(mode, "reaper")) return reaper(argv + 3);
+    if (!strcmp(mode, "reap-on-input")) return reap_on_input();
     if (!strcmp(mode, "sleep")) sleep_forever();
     if (!strcmp(mode, "daemonize")) return daemonize();
     if (!strcmp(mode, "env-pgrp")) return env_and_pgrp(argv[0]);

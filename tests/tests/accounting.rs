@@ -382,3 +382,43 @@ fn run_prints_the_trees_usage_and_writes_the_summary() {
     assert!(num(&v, "tasks_started") >= 4.0, "{v}");
     fs::remove_file(&file).unwrap();
 }
+
+/// The kernel's count of tagged tasks that exited and are not yet freed (`tracker status`).
+fn pending_frees(inst: &Instance) -> Option<u64> {
+    let st: Value = serde_json::from_str(&inst.cli_ok(&["status", "--json"])).unwrap();
+    st["pending_frees"].as_u64()
+}
+
+/// While no tagged task is between its exit and its free, the free program returns before it
+/// reads the task being freed. It must still see every tagged free: of processes, of threads,
+/// and of a leader that a thread's exec replaced, freed under that thread's old tid. Each is
+/// counted finished (which a skipped free never is), and the count returns to 0 once all are
+/// freed, so that the machine's other frees pay nothing again.
+#[test]
+fn every_exited_task_is_freed_and_the_pending_count_returns_to_zero() {
+    let Some(inst) = Instance::start() else { return };
+    assert_eq!(pending_frees(&inst), Some(0));
+    // Processes, reaped by the job's shell.
+    let script = "for i in $(seq 100); do /bin/true; done";
+    inst.cli_ok(&["run", "--keep", "--slot", "procs", "--", "bash", "-c", script]);
+    wait_empty(&inst, "procs");
+    // Threads, one of which execs (the leader is freed under the exec'ing thread's old tid).
+    // In the foreground, so that `tracker run` reaps it; killed once the exec happened.
+    let m = marker("pfree");
+    let mut job = inst
+        .cli()
+        .args(["run", "--keep", "--slot", "texec", "--", ESCAPE, "thread-exec", &m])
+        .spawn()
+        .unwrap();
+    let exec_done = || {
+        let pids = tracker_tests::processes_named(&m);
+        pids.len() == 1 && inst.ps("texec").first().is_some_and(|p| p.threads == 1)
+    };
+    assert!(wait_for(T, exec_done), "{:?}", inst.ps("texec"));
+    inst.cli_ok(&["kill", "texec"]);
+    job.wait().unwrap();
+    wait_empty(&inst, "texec");
+    let s = stat(&inst, "texec");
+    assert_eq!(num(&s, "tasks_started"), 4.0, "{s}");
+    assert!(wait_for(T, || pending_frees(&inst) == Some(0)), "{:?}", pending_frees(&inst));
+}

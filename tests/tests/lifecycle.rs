@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeSet,
     fs,
+    io::Write as _,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -260,4 +261,40 @@ fn status_before_any_load_sees_the_kernels_cgroup_features() {
     assert_eq!(feature("cgroup.kill")["present"], true, "{st}");
     // The kernel's differences are shown whether or not anything is loaded.
     assert!(st["features"].to_string().contains("sched_process_exit group_dead"), "{st}");
+}
+
+/// An upgrade from a version that kept no count of exited tasks awaiting their free (stood in
+/// for by removing the count's pin): a task that exited before it, and is freed after it, is
+/// not in the new count, so the free program must look at every free from then on.
+#[test]
+fn an_upgrade_from_a_version_without_the_pending_free_count_misses_no_free() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    // A child that exits at once, and that its parent reaps only when told: until then the
+    // child has exited and is not freed.
+    let m = marker("zomb");
+    let mut job = inst
+        .cli()
+        .args(["run", "--keep", "--slot", "zombie", "--", ESCAPE, "reap-on-input", &m])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = inst.tracker();
+    let counts = || t.slot_status("zombie").map(|s| s.counts);
+    assert!(
+        wait_for(T, || counts().is_ok_and(|c| c.tasks_exited == 1 && c.tasks_finished == 0)),
+        "{:?}",
+        counts()
+    );
+    fs::remove_file(inst.paths.map_pin(tracker_common::map_name::PENDING_FREE)).unwrap();
+    let report = loader::load(&inst.paths, &LoadOptions::default()).unwrap();
+    assert_eq!(report.action, loader::LoadAction::Upgraded);
+    let st = tracker::status::status(&inst.paths).unwrap();
+    assert_eq!(st.pending_frees, None, "the count cannot be known after such an upgrade");
+    // The parent reaps the child and exits: both are freed under the new programs.
+    job.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(job.wait().unwrap().success());
+    let done = || counts().is_ok_and(|c| c.tasks_exited == 2 && c.tasks_finished == 2);
+    assert!(wait_for(T, done), "{:?}", counts());
 }

@@ -34,6 +34,9 @@ pub mod map_name {
     pub const READER: &str = "TRK_READER";
     /// `0 -> GlobalCounters`, per CPU.
     pub const GLOBAL: &str = "TRK_GLOBAL";
+    /// `0 -> u64`: tagged tasks that have exited and are not yet freed (see
+    /// `PENDING_FREE_UNKNOWN`).
+    pub const PENDING_FREE: &str = "TRK_PENDING_FREE";
     /// `tgid -> MmRss`: the resident pages of each tagged process's address space.
     pub const MM_RSS: &str = "TRK_MM_RSS";
     /// `requester tid -> UsageRequest`: input of the usage iterator.
@@ -70,6 +73,12 @@ pub const SLOT_DOOMED: u32 = 1 << 1;
 /// (`sched_process_free`, after its final context switch), where its CPU time is final and is
 /// harvested. Not a live task any more.
 pub const TAG_EXITED: u32 = 1 << 31;
+
+/// The count of exited tagged tasks not yet freed, when it cannot be known: an upgrade from a
+/// version that did not keep it, whose exited tasks were never counted. The count only opens
+/// the free program's path past its first load, so a count too high costs time, never a
+/// figure; this one stays high until the tracker is unloaded.
+pub const PENDING_FREE_UNKNOWN: u64 = 1 << 62;
 
 /// `PF_KTHREAD` from `include/linux/sched.h`: kernel threads are never adopted.
 pub const PF_KTHREAD: u32 = 0x0020_0000;

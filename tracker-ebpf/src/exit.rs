@@ -3,7 +3,9 @@
 //! is not (the running slice is not yet added): `free.rs` harvests that when the task is
 //! freed, after its final context switch.
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::BPF_NOEXIST,
+    cty::c_void,
     macros::{btf_tracepoint, map},
     maps::LruHashMap,
     programs::BtfTracePointContext,
@@ -23,8 +25,18 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
     // untagged path needs no helper call (each is a call and a return, which the kernel's
     // return-stack mitigations make dear).
     let task = Task::of(ctx.arg(0));
+    let tid = task.tid(offsets());
+    if !slot::holds_live_tag(tid) {
+        return 0;
+    }
+    exit_tagged(ctx.as_ptr(), task, tid)
+}
+
+/// The exit of a task whose entry holds a tag (see `slot::holds_live_tag` for why apart).
+#[inline(never)]
+fn exit_tagged(ctx: *mut c_void, task: Task, tid: u32) -> u32 {
+    let ctx = BtfTracePointContext::new(ctx);
     let off = offsets();
-    let tid = task.tid(off);
     let Some((tag, task)) = slot::live_tag(tid, || task) else {
         return 0;
     };

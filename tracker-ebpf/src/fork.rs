@@ -34,6 +34,16 @@ pub fn trk_fork(ctx: BtfTracePointContext) -> u32 {
         Task::of(current_task())
     };
     let creator_tid = creator.tid(off);
+    if !slot::holds_live_tag(creator_tid) {
+        return 0;
+    }
+    fork_tagged(child, creator, creator_tid)
+}
+
+/// The fork of a task whose entry holds a tag (see `slot::holds_live_tag` for why apart).
+#[inline(never)]
+fn fork_tagged(child: Task, creator: Task, creator_tid: u32) -> u32 {
+    let off = offsets();
     let Some((parent, _)) = slot::live_tag(creator_tid, || creator) else {
         return 0;
     };

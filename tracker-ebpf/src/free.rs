@@ -14,6 +14,11 @@ use crate::{
 
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
+    // No tagged task is between its exit and its free: this is not one, and its task
+    // structure, cold here, is not read at all.
+    if slot::no_pending_free() {
+        return 0;
+    }
     let off = offsets();
     let p: *mut task_struct = ctx.arg(0);
     let task = Task::of(p);
@@ -24,6 +29,21 @@ pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
     // (`de_thread` swapped their pids); its entry is there unless the exec program has not
     // moved it yet from the group's tid (see `slot::exec_by_thread`). The start time tells
     // it from the group's other entries.
+    if slot::holds_exited_tag(tid) {
+        return free_tagged(task, tid);
+    }
+    let tgid = task.tgid(off);
+    if tid != tgid && slot::holds_exited_tag(tgid) {
+        return free_tagged(task, tid);
+    }
+    0
+}
+
+/// Harvest the final CPU time of `task` (tid `tid`), whose exited tag is under its tid or its
+/// group's (see `slot::holds_live_tag` for why apart).
+#[inline(never)]
+fn free_tagged(task: Task, tid: u32) -> u32 {
+    let off = offsets();
     let Some(slot) = slot::finish(tid, task).or_else(|| {
         let tgid = task.tgid(off);
         if tid != tgid { slot::finish(tgid, task) } else { None }
@@ -32,8 +52,7 @@ pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
     };
     let (sum, utime, stime) = task.cpu(off);
     let (user, system) = split(sum, utime, stime);
-    slot::with_counters(slot, |c| {
-        c.counts.tasks_finished += 1;
+    slot::count_finished(slot, |c| {
         c.cpu_user_ns += user;
         c.cpu_system_ns += system;
     });

@@ -42,6 +42,12 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "TRK_READER")]
 pub static READER: Array<Reader> = Array::with_max_entries(1, 0);
 
+/// Tagged tasks that have exited and are not yet freed: added to where an entry is marked
+/// exited, taken from wherever an exited entry is closed and counted finished. At 0 the free
+/// program returns before it reads the task, which is cold there (see `free.rs`).
+#[map(name = "TRK_PENDING_FREE")]
+pub static PENDING_FREE: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map(name = "TRK_GLOBAL")]
 pub static GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 

@@ -4,8 +4,50 @@ use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters, TAG_EXITED, TaskTag};
 
 use crate::{
     kernel::{Task, current_task, is_active, offsets},
-    maps::{COUNTERS, GLOBAL, SLOT_STATE, SLOTS, TASKS},
+    maps::{COUNTERS, GLOBAL, PENDING_FREE, SLOT_STATE, SLOTS, TASKS},
 };
+
+/// Whether `tid`'s entry holds a live tag. This is the whole of what an untagged task runs in
+/// each program: one array load, which the verifier inlines into a bounds check and a load.
+/// The programs test it inline and leave everything else to a function of its own
+/// (`#[inline(never)]`: a BPF subprogram, which the JIT compiles apart). Measured on 6.18,
+/// the same untagged path cost 157 ns a call in a 0.5 KB program and 222-247 ns in a 2.5 KB
+/// one that also held the tagged path (the cache lines of its code and its larger frame).
+#[inline(always)]
+pub fn holds_live_tag(tid: u32) -> bool {
+    TASKS.get(tid).is_some_and(|t| t.slot != 0 && t.slot & TAG_EXITED == 0)
+}
+
+/// Whether `tid`'s entry holds the tag of an exited task, not yet finished (see `finish`).
+#[inline(always)]
+pub fn holds_exited_tag(tid: u32) -> bool {
+    TASKS.get(tid).is_some_and(|t| t.slot & TAG_EXITED != 0)
+}
+
+/// Whether no tagged task has exited without being freed yet: then no task being freed has an
+/// exited entry. The count is raised before an entry is marked exited, in the exiting task,
+/// and the task is freed a grace period after it passed its exit program, so the free sees
+/// the raise. A count that ends too high (an entry closed some way that does not lower it)
+/// only keeps this path open; none lowers it without closing an entry it raised it for.
+#[inline(always)]
+pub fn no_pending_free() -> bool {
+    // SAFETY: a map value; a plain read of a count other CPUs change atomically.
+    PENDING_FREE.get_ptr(0).is_some_and(|p| unsafe { core::ptr::read_volatile(p) } == 0)
+}
+
+/// An exited entry of `slot` was closed: count its task finished (with whatever else `f`
+/// counts, in the same lookup of the counters) and one pending free fewer.
+#[inline(always)]
+pub fn count_finished(slot: u32, f: impl FnOnce(&mut SlotCounters)) {
+    with_counters(slot, |c| {
+        c.counts.tasks_finished += 1;
+        f(c);
+    });
+    if let Some(p) = PENDING_FREE.get_ptr_mut(0) {
+        // Adding 2^64-1 subtracts one.
+        atomic_add(p, u64::MAX);
+    }
+}
 
 /// The tag of the current task, found under `tid` (its tid, or the tid it had before an
 /// exec); see `live_tag`.
@@ -89,7 +131,7 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
     // the tid came round within a grace period).
     if old.slot & TAG_EXITED != 0 {
         if slot_cmpxchg(entry, old.slot, tag.slot) {
-            with_counters(old.slot & !TAG_EXITED, |c| c.counts.tasks_finished += 1);
+            count_finished(old.slot & !TAG_EXITED, |_| {});
             task_entered(tag.slot, tid == tag.tgid);
             return true;
         }
@@ -109,6 +151,10 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
 #[inline(always)]
 pub fn mark_exited(tid: u32, slot: u32) {
     if let Some(entry) = TASKS.get_ptr_mut(tid) {
+        // Raised first: whatever closes the entry lowers it after.
+        if let Some(p) = PENDING_FREE.get_ptr_mut(0) {
+            atomic_add(p, 1);
+        }
         // SAFETY: an array element, valid for the map's lifetime.
         unsafe { core::ptr::write_volatile(&raw mut (*entry).slot, slot | TAG_EXITED) };
         live_tasks_drop(slot);
@@ -215,7 +261,7 @@ pub fn exec_by_thread(old_tid: u32, tid: u32, tgid: u32, start_ns: u64) -> Optio
     } else {
         if leader.slot & TAG_EXITED != 0 && slot_cmpxchg(new, leader.slot, 0) {
             // An older task's exited entry, never to be freed under this tid now.
-            with_counters(leader.slot & !TAG_EXITED, |c| c.counts.tasks_finished += 1);
+            count_finished(leader.slot & !TAG_EXITED, |_| {});
         }
         // SAFETY: as above.
         unsafe { *old = TaskTag::default() };

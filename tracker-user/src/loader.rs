@@ -144,8 +144,22 @@ fn load_locked(
     if EBPF_OBJECT.is_empty() {
         return Err(Error::NoKernelPrograms);
     }
+    // Before the load pins it: whether the count of pending frees was kept from the start.
+    let pending_counted = fresh || paths.map_pin(map_name::PENDING_FREE).exists();
     let mut ebpf =
         loader.load(EBPF_OBJECT).map_err(|e| Error::bpf("loading the eBPF object", e))?;
+    if !pending_counted {
+        // An upgrade from a version that did not count them: tasks it saw exit may still be
+        // freed. Set before these programs become the active ones.
+        let mut pending: aya::maps::Array<_, u64> = ebpf
+            .map_mut(map_name::PENDING_FREE)
+            .ok_or(Error::BadObject("has no pending-free count"))?
+            .try_into()
+            .map_err(|e| Error::bpf("opening the pending-free count", e))?;
+        pending
+            .set(0, tracker_common::PENDING_FREE_UNKNOWN, 0)
+            .map_err(|e| Error::bpf("setting the pending-free count", e))?;
+    }
 
     let mut warnings = vec![];
     let (cgroups, mut parent) = choose_parent(paths, opts, fresh, &mut warnings)?;

@@ -32,6 +32,7 @@ pub const SHAPES: &[MapShape] = &[
     shape::<u32, Config>(map_name::CONFIG, MapType::Array),
     shape::<u32, Reader>(map_name::READER, MapType::Array),
     shape::<u32, GlobalCounters>(map_name::GLOBAL, MapType::PerCpuArray),
+    shape::<u32, u64>(map_name::PENDING_FREE, MapType::Array),
     shape::<u32, MmRss>(map_name::MM_RSS, MapType::Hash),
     shape::<u32, UsageRequest>(map_name::USAGE, MapType::Hash),
     shape::<u64, u32>(map_name::CGROUP_SLOTS, MapType::Hash),
@@ -221,6 +222,19 @@ impl Maps {
         self.counters
             .set(slot, zero, 0)
             .map_err(|e| Error::bpf(format!("resetting counters of slot {slot}"), e))
+    }
+
+    /// Tagged tasks that have exited and are not yet freed (the kernel's count, kept so that
+    /// the free program reads no task while it is 0): `None` for an instance loaded before it
+    /// was kept, or upgraded from one (`PENDING_FREE_UNKNOWN`).
+    pub fn pending_frees(paths: &Paths) -> Result<Option<u64>> {
+        if !paths.map_pin(map_name::PENDING_FREE).exists() {
+            return Ok(None);
+        }
+        let map: Array<MapData, u64> = typed!(paths, map_name::PENDING_FREE);
+        let n = map.get(&0, 0).map_err(|e| Error::bpf("reading the pending-free count", e))?;
+        // Below the mark, a count lowered by a close racing its raise reads as a wrap.
+        Ok((n < tracker_common::PENDING_FREE_UNKNOWN / 2).then_some(n))
     }
 
     pub fn global(&self) -> Result<GlobalCounters> {

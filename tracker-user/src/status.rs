@@ -46,6 +46,10 @@ pub struct Status {
     pub max_slots: u32,
     pub slots: usize,
     pub tag_failures: u64,
+    /// Tagged tasks that have exited and are not yet freed (their final CPU time is counted
+    /// when they are): a count that stays up names zombies nobody reaps. `None` if unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_frees: Option<u64>,
     /// Writes of `kernel.pid_max` above `max_tasks` that the guard refused.
     pub pid_max_refused: u64,
 }
@@ -142,6 +146,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
         max_slots,
         slots,
         tag_failures: global.tag_failures,
+        pending_frees: if loaded { Maps::pending_frees(paths).ok().flatten() } else { None },
         pid_max_refused: global.pid_max_refused,
     })
 }

@@ -89,6 +89,9 @@ fn status_body(st: &Status) {
             st.tag_failures,
             st.pid_max_refused
         );
+        if let Some(n) = st.pending_frees {
+            println!("exited tasks not yet freed (their final CPU time comes then): {n}");
+        }
     }
     println!("programs:");
     let rows: Vec<Vec<String>> = st
