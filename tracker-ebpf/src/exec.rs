@@ -18,6 +18,16 @@ pub fn trk_exec(ctx: BtfTracePointContext) -> u32 {
     let old_pid: u64 = ctx.arg(1);
     let old_tid = old_pid as u32;
     let tid = current_tid();
+    if old_tid == tid && !slot::holds_live_tag(tid) {
+        return 0;
+    }
+    exec_tagged(old_tid, tid)
+}
+
+/// The exec of a task whose entry holds a tag, or of a thread (see `slot::holds_live_tag` for
+/// why apart).
+#[inline(never)]
+fn exec_tagged(old_tid: u32, tid: u32) -> u32 {
     let tag = if old_tid == tid {
         slot::current_tag(tid)
     } else {
