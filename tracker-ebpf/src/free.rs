@@ -2,8 +2,9 @@
 //! (`delayed_put_task_struct`, an RCU callback) once both `release_task` and its final
 //! context switch have dropped their reference (`rcu_users`), so its last running slice is
 //! counted, which for a process that lives a millisecond is most of its life. It runs once
-//! per task, where a `sched_switch` program ran at every context switch of the machine; every
-//! task but an exited tagged one returns after one array load.
+//! per task, where a `sched_switch` program ran at every context switch of the machine; while
+//! no tagged task awaits its free, every task returns after reading one count, and otherwise
+//! every task but an exited tagged one after its tid and one array load.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracker_common::cpu::split;
 

@@ -233,7 +233,8 @@ impl Maps {
         }
         let map: Array<MapData, u64> = typed!(paths, map_name::PENDING_FREE);
         let n = map.get(&0, 0).map_err(|e| Error::bpf("reading the pending-free count", e))?;
-        // Below the mark, a count lowered by a close racing its raise reads as a wrap.
+        // From half the mark up: the mark itself, or a wrap below 0 for an instant (a close
+        // that lowered the count before the raise it pairs with was seen); neither is a count.
         Ok((n < tracker_common::PENDING_FREE_UNKNOWN / 2).then_some(n))
     }
 
