@@ -324,11 +324,14 @@ mod tests {
             .env(CHILD, "1")
             .output()
             .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
             "the waiting process ended with {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        // The child ran this test, not none (a renamed module would match nothing).
+        assert!(stdout.contains("1 passed"), "{stdout}");
     }
 }
