@@ -15,7 +15,7 @@ use crate::{
 /// one that also held the tagged path (the cache lines of its code and its larger frame).
 #[inline(always)]
 pub fn holds_live_tag(tid: u32) -> bool {
-    TASKS.get(tid).is_some_and(|t| t.slot != 0 && t.slot & TAG_EXITED == 0)
+    current_slot(tid).is_some()
 }
 
 /// Whether `tid`'s entry holds the tag of an exited task, not yet finished (see `finish`).

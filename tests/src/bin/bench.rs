@@ -318,11 +318,10 @@ fn set_state(paths: &Paths, state: State) {
     loader::load(paths, &LoadOptions::default()).unwrap();
     if state == State::Off {
         let settled = || status::status(paths).unwrap().pending_frees == Some(0);
-        let until = Instant::now() + Duration::from_secs(10);
-        while !settled() {
-            assert!(Instant::now() < until, "tagged tasks exited and were never freed");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(
+            tracker_tests::wait_for(Duration::from_secs(10), settled),
+            "tagged tasks exited and were never freed"
+        );
         for p in HOT {
             let _ = fs::remove_file(paths.link_pin(p));
         }
