@@ -4,7 +4,8 @@
 //! - `check`: formatting, lints and unit tests as any user, without the BPF toolchain;
 //! - `bench`: overhead and kill-time benchmarks against a no-tracker baseline;
 //! - `package`: the .deb and .rpm packages sites install (and the Python client's wheel).
-//! - `test-vm`: the real-kernel suites in a VM per kernel (Debian's 5.10, 6.1, 6.12), pure cgroup v2.
+//! - `test-vm`: the real-kernel suites in a VM per kernel (Ubuntu's 5.15 and 6.8, Debian's 6.1,
+//!   6.12, 6.18 and 7.x), pure cgroup v2.
 mod bench;
 mod check;
 mod package;
@@ -55,10 +56,10 @@ enum Task {
     Package,
     /// Run the real-kernel suites in a VM on each kernel (software emulation: slow), pure cgroup v2
     TestVm {
-        /// Kernel series (5.10, 6.1, 6.12; comma-separated), or `all`
+        /// Kernel series (5.10, 5.15, 6.1, 6.8, 6.12, 6.18; 7 for the newest 7.x; comma-separated), or `all`
         #[arg(long, default_value = "6.1")]
         kernel: String,
-        /// Suites to run (tests/tests/<suite>.rs), comma-separated; default all
+        /// Suites to run (tests/tests/<suite>.rs), comma-separated; default all but `package`
         #[arg(long, value_delimiter = ',')]
         suites: Vec<String>,
         /// Only tests whose name contains one of these (comma-separated)

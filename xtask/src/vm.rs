@@ -21,9 +21,10 @@ use crate::run::{quiet, workspace};
 /// Cache of everything downloaded or made (kernels, the venv, the disk images, the logs).
 const ROOT: &str = "/var/tmp/tracker-vm";
 /// The kernels `--kernel all` runs, oldest first: Ubuntu 22.04's (the oldest line sites run,
-/// beside RHEL 9's 5.14), Debian 12's, Ubuntu 24.04's, Debian 13's (RHEL 10's base). Debian
-/// 11's 5.10, below the minimum, runs on demand: `tracker load` must refuse it in one line.
-pub const KERNELS: &[&str] = &["5.15", "6.1", "6.8", "6.12"];
+/// beside RHEL 9's 5.14), Debian 12's, Ubuntu 24.04's, Debian 13's (RHEL 10's base), and
+/// Debian's backports of the newest lines (`7`: the newest 7.x there). Debian 11's 5.10,
+/// below the minimum, runs on demand: `tracker load` must refuse it in one line.
+pub const KERNELS: &[&str] = &["5.15", "6.1", "6.8", "6.12", "6.18", "7"];
 const UBUNTU_ARCHIVE: &str = "http://archive.ubuntu.com/ubuntu";
 const UBUNTU_KEYRING: &str = "/usr/share/keyrings/ubuntu-archive-keyring.gpg";
 
@@ -90,10 +91,13 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     ensure_host_packages(opts.systemd)?;
     let vng = ensure_vng()?;
+    let wants = |suite: &str| opts.suites.is_empty() || opts.suites.iter().any(|s| s == suite);
     // The daemon suite drives the API from Python's gRPC client too.
-    if opts.suites.is_empty() || opts.suites.iter().any(|s| s == "daemon") {
+    if wants("daemon") {
         crate::python::ensure_venv();
     }
+    // The client package's tests install its wheel, built here, into a directory of their own.
+    let client = if wants("python_client") { crate::python::ensure_client() } else { None };
     let tests = build_tests(&opts.suites)?;
     let tracker = crate::run::build_tracker(false)?;
     let mut outcomes = vec![];
@@ -101,13 +105,13 @@ pub fn run(opts: &Options) -> Result<()> {
         let kernel = ensure_kernel(series)?;
         if BELOW_MINIMUM.contains(&series.as_str()) {
             println!("xtask: booting {} (below the minimum: the load must refuse)", kernel.release);
-            let mut o = run_guest(&vng, &kernel, &[], &tracker, opts)?;
+            let mut o = run_guest(&vng, &kernel, &[], &tracker, client.as_ref(), opts)?;
             o.expect_refusal();
             outcomes.push(o);
             continue;
         }
         println!("xtask: booting {} ({} suite(s))", kernel.release, tests.len());
-        outcomes.push(run_guest(&vng, &kernel, &tests, &tracker, opts)?);
+        outcomes.push(run_guest(&vng, &kernel, &tests, &tracker, client.as_ref(), opts)?);
     }
     println!("xtask: test-vm results:");
     for o in &outcomes {
@@ -274,9 +278,14 @@ fn ensure_kernel(series: &str) -> Result<Kernel> {
     let apt = PrivateApt::new()?;
     let image = apt.newest_kernel(series)?;
     let release = kernel_release(&image).to_owned();
-    // Ubuntu puts the modules in a package of their own; Debian's image holds them.
+    // Ubuntu puts the modules in a package of their own; Debian's image holds them, except
+    // in its newest packages, where the image depends on a binary and a modules package.
     let packages = match distro_of(series) {
-        Distro::Debian => vec![image.clone()],
+        Distro::Debian => {
+            let mut p = vec![image.clone()];
+            p.extend(apt.split_parts(&image, &release)?);
+            p
+        }
         Distro::Ubuntu => vec![image.clone(), format!("linux-modules-{release}")],
     };
     let dir = Path::new(ROOT).join("kernels").join(&release);
@@ -336,6 +345,8 @@ impl PrivateApt {
             (DEBIAN_SECURITY, "bookworm-security"),
             (DEBIAN_ARCHIVE, "bullseye"),
             (DEBIAN_SECURITY, "bullseye-security"),
+            // 6.18 and 7.x: Debian 13's backports.
+            (DEBIAN_ARCHIVE, "trixie-backports"),
         ]
         .iter()
         .map(|(uri, suite)| format!("deb [signed-by={DEBIAN_KEYRING}] {uri} {suite} main\n"))
@@ -378,6 +389,14 @@ impl PrivateApt {
         c
     }
 
+    /// The packages a split Debian kernel image depends on for its kernel and modules
+    /// (`linux-binary-<release>`, `linux-modules-<release>`); none for one that holds both.
+    fn split_parts(&self, image: &str, release: &str) -> Result<Vec<String>> {
+        let out = quiet(self.command("apt-cache").args(["show", "--no-all-versions", image]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(split_parts_of(&text, release))
+    }
+
     /// Debian: `linux-image-<series>.<n>-<abi>-amd64` (Debian 11/12's naming) or
     /// `linux-image-<series>.<n>+deb<m>-amd64` (the newer one); Ubuntu:
     /// `linux-image-unsigned-<series>.0-<abi>-generic`. The highest version.
@@ -401,6 +420,18 @@ impl PrivateApt {
             format!("no kernel package for Linux {series} (known: 5.10, {})", KERNELS.join(", "))
         })
     }
+}
+
+/// Of `apt-cache show`'s output for a kernel image, the split parts it depends on.
+fn split_parts_of(show: &str, release: &str) -> Vec<String> {
+    let depends = show.lines().find_map(|l| l.strip_prefix("Depends:")).unwrap_or_default();
+    ["linux-binary-", "linux-modules-"]
+        .iter()
+        .map(|prefix| format!("{prefix}{release}"))
+        .filter(|part| {
+            depends.split(',').any(|d| d.split_whitespace().next() == Some(part.as_str()))
+        })
+        .collect()
 }
 
 /// The kernel release a package holds (`6.1.0-57-amd64`, `5.15.0-163-generic`).
@@ -431,12 +462,21 @@ fn is_kernel_package(name: &str, series: &str) -> bool {
         None => return false,
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(minor) && (digits(abi) || abi.strip_prefix("deb").is_some_and(digits))
+    // A major version alone (`7`) takes any of its lines: `7.3.4+deb13`.
+    let minor_ok = if series.contains('.') {
+        digits(minor)
+    } else {
+        minor.split_once('.').is_some_and(|(a, b)| digits(a) && digits(b))
+    };
+    minor_ok && (digits(abi) || abi.strip_prefix("deb").is_some_and(digits))
 }
 
 fn version_key(name: &str) -> Vec<u64> {
     name.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
 }
+
+/// Suites an unqualified run leaves out (see `build_tests`).
+const NOT_IN_GUEST: &[&str] = &["package"];
 
 /// A test binary of tests/tests.
 struct TestBinary {
@@ -473,6 +513,11 @@ fn build_tests(suites: &[String]) -> Result<Vec<TestBinary>> {
             found.push(TestBinary { suite: name.to_owned(), exe: exe.into() });
         }
     }
+    if suites.is_empty() {
+        // Its tests install the packages into the machine's root, which is the guest's too
+        // and read-only there; nothing in them differs by kernel.
+        found.retain(|t| !NOT_IN_GUEST.contains(&t.suite.as_str()));
+    }
     found.sort_by(|a, b| a.suite.cmp(&b.suite));
     if found.is_empty() {
         bail!("cargo built no test binary for suites {suites:?}");
@@ -485,6 +530,7 @@ fn build_tests(suites: &[String]) -> Result<Vec<TestBinary>> {
 fn guest_script(
     tests: &[TestBinary],
     tracker: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
     opts: &Options,
     out: &Path,
     modules: &Path,
@@ -552,6 +598,13 @@ cd {tests_dir}
     if let Some(python) = python_venv() {
         s +=
             &format!("export TRACKER_TEST_PYTHON={}\n", shell_quote(&python.display().to_string()));
+    }
+    if let Some((python, wheel)) = client {
+        s += &format!(
+            "export TRACKER_TEST_CLIENT_PYTHON={}\nexport TRACKER_TEST_CLIENT_WHEEL={}\n",
+            shell_quote(&python.display().to_string()),
+            shell_quote(&wheel.display().to_string())
+        );
     }
     for t in tests {
         s += &format!(
@@ -676,6 +729,7 @@ fn run_guest(
     kernel: &Kernel,
     tests: &[TestBinary],
     tracker: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
     opts: &Options,
 ) -> Result<Outcome> {
     let name =
@@ -686,7 +740,8 @@ fn run_guest(
     let run_dir = Path::new(ROOT).join("run");
     fs::create_dir_all(&run_dir)?;
     let script = run_dir.join(format!("guest-{name}.sh"));
-    fs::write(&script, guest_script(tests, tracker, opts, &out, &kernel.dir.join("lib/modules")))
+    let modules = kernel.dir.join("lib/modules");
+    fs::write(&script, guest_script(tests, tracker, client, opts, &out, &modules))
         .with_context(|| format!("writing {}", script.display()))?;
     let disk = run_dir.join(format!("disk-{name}.img"));
     let _ = fs::remove_file(&disk);
@@ -718,7 +773,9 @@ fn run_guest(
     if opts.systemd {
         systemd_args(&mut cmd)?;
     }
-    if let Some(venv) = python_venv().and_then(|p| p.ancestors().nth(2).map(Path::to_path_buf)) {
+    // Python environments live under /var/tmp, which the guest sees empty.
+    let pythons = python_venv().into_iter().chain(client.map(|(python, _)| python.clone()));
+    for venv in pythons.filter_map(|p| p.ancestors().nth(2).map(Path::to_path_buf)) {
         cmd.arg(format!("--rodir={}", guest.path(&venv).display()));
     }
     let started = Instant::now();
@@ -845,6 +902,29 @@ mod tests {
             .into_iter()
             .max_by_key(|n| version_key(n));
         assert_eq!(newest, Some("linux-image-6.1.0-57-amd64"));
+    }
+
+    #[test]
+    fn a_major_version_takes_its_newest_line_and_split_images_name_their_parts() {
+        assert!(is_kernel_package("linux-image-6.18.15+deb13-amd64", "6.18"));
+        assert!(!is_kernel_package("linux-image-6.18.15+deb13-amd64", "6.1"));
+        assert!(is_kernel_package("linux-image-7.3.4+deb13-amd64", "7"));
+        assert!(!is_kernel_package("linux-image-6.18.15+deb13-amd64", "7"));
+        assert!(!is_kernel_package("linux-image-7.3.4+deb13-rt-amd64", "7"));
+        let newest = ["linux-image-7.2.12+deb13-amd64", "linux-image-7.3.4+deb13-amd64"]
+            .into_iter()
+            .max_by_key(|n| version_key(n));
+        assert_eq!(newest, Some("linux-image-7.3.4+deb13-amd64"));
+        let show = "Package: linux-image-7.3.4+deb13-amd64\nDepends: dracut | initramfs-tools \
+                    (>= 0.120+deb8u2), linux-base-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), \
+                    linux-binary-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), \
+                    linux-modules-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1)\n";
+        assert_eq!(
+            split_parts_of(show, "7.3.4+deb13-amd64"),
+            ["linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64"]
+        );
+        let whole = "Depends: kmod, linux-base (>= 4.3~), initramfs-tools\n";
+        assert!(split_parts_of(whole, "6.1.0-57-amd64").is_empty());
     }
 
     #[test]
