@@ -37,6 +37,13 @@ pub fn attacker_for_anyone() -> PathBuf {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The running kernel's (major, minor), for tests whose expectation differs by release.
+pub fn kernel_release() -> (u32, u32) {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok());
+    (v.next().unwrap(), v.next().unwrap())
+}
+
 /// Whether a skipped core test must fail instead (CI sets this through `cargo xtask test`).
 pub fn strict() -> bool {
     std::env::var("TRACKER_TEST_STRICT").is_ok_and(|v| v == "1")

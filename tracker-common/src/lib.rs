@@ -52,6 +52,12 @@ pub mod map_name {
     pub const ALLOW6: &str = "TRK_ALLOW6";
     /// `DeviceKey -> 1`: devices a slot may not open (minor `u32::MAX`: every minor).
     pub const DENY_DEV: &str = "TRK_DENY_DEV";
+    /// `[tid, start_ns] -> slot`: on kernels before 5.13 (`KF_OLD_KERNEL`), each tagged task
+    /// between its exit and its close; whoever deletes its key closes it. One entry elsewhere.
+    pub const EXITED: &str = "TRK_EXITED";
+    /// `tgid -> 1`: on kernels before 5.13, the lock of a process's memory entry while one CPU
+    /// changes it. Not pinned: each generation has its own, and only the active one writes.
+    pub const RSS_LOCK: &str = "TRK_RSS_LOCK";
 }
 
 /// Names of the globals the loader sets before loading.
@@ -326,6 +332,10 @@ pub const KF_EXIT_GROUP_DEAD: u32 = 1;
 /// plain load reach (`Type 'atomic_long_t' is not a struct`): they are read with
 /// `bpf_probe_read_kernel`.
 pub const KF_RSS_ATOMIC: u32 = 1 << 2;
+/// A kernel before 5.13: no `bpf_get_current_task_btf` (5.11) or no atomic exchange and
+/// compare-and-exchange (5.12), whose verifier refuses a program that holds one, reached or
+/// not. The loader loads each program's `_old` build (see `ProgramSpec::old`).
+pub const KF_OLD_KERNEL: u32 = 1 << 3;
 
 impl KernelOffsets {
     /// All zero: the placeholder the kernel object is built with.

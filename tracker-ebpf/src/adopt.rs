@@ -20,6 +20,18 @@ use crate::{
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
+    adopt::<false>(ctx)
+}
+
+/// For kernels before 5.13 (see `slot`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+pub extern "C" fn trk_adopt_old(ctx: *mut IterTaskCtx) -> i32 {
+    adopt::<true>(ctx)
+}
+
+#[inline(always)]
+fn adopt<const COMPAT: bool>(ctx: *mut IterTaskCtx) -> i32 {
     // SAFETY: the kernel passes a valid context; `task` is NULL on the final call.
     let (meta, task) = unsafe { ((*ctx).meta, (*ctx).task) };
     if task.is_null() {
@@ -48,7 +60,7 @@ pub extern "C" fn trk_adopt(ctx: *mut IterTaskCtx) -> i32 {
         return 0;
     }
     let tag = TaskTag { slot: req.slot, tgid, start_ns };
-    if !slot::tag(tid, &tag) {
+    if !slot::tag::<COMPAT>(tid, &tag) {
         return 0;
     }
     // SAFETY: `meta` is the iterator's metadata.

@@ -7,8 +7,19 @@ use crate::{kernel::current_tid, slot};
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn trk_doom(_ctx: BtfTracePointContext) -> u32 {
+    doom::<false>()
+}
+
+/// For kernels before 5.13 (see `slot`).
+#[btf_tracepoint(function = "sys_enter")]
+pub fn trk_doom_old(_ctx: BtfTracePointContext) -> u32 {
+    doom::<true>()
+}
+
+#[inline(always)]
+fn doom<const COMPAT: bool>() -> u32 {
     // `current_tag` checks the start time, so a task that merely inherited a tid is spared.
-    if let Some(tag) = slot::current_tag(current_tid())
+    if let Some(tag) = slot::current_tag::<COMPAT>(current_tid())
         && slot::is_doomed(tag.slot)
     {
         slot::doom_current(tag.slot);

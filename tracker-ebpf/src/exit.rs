@@ -21,6 +21,17 @@ use crate::{
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
+    exit::<false>(&ctx)
+}
+
+/// For kernels before 5.13 (see `slot`).
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn trk_exit_old(ctx: BtfTracePointContext) -> u32 {
+    exit::<true>(&ctx)
+}
+
+#[inline(always)]
+fn exit<const COMPAT: bool>(ctx: &BtfTracePointContext) -> u32 {
     // The exiting task is the current one: its pointer comes with the tracepoint, so the
     // untagged path needs no helper call (each is a call and a return, which the kernel's
     // return-stack mitigations make dear).
@@ -29,15 +40,16 @@ pub fn trk_exit(ctx: BtfTracePointContext) -> u32 {
     if !slot::holds_live_tag(tid) {
         return 0;
     }
-    exit_tagged(ctx.as_ptr(), task, tid)
+    exit_tagged::<COMPAT>(ctx.as_ptr(), task, tid)
 }
 
 /// The exit of a task whose entry holds a tag (see `slot::holds_live_tag` for why apart).
 #[inline(never)]
-fn exit_tagged(ctx: *mut c_void, task: Task, tid: u32) -> u32 {
+fn exit_tagged<const COMPAT: bool>(ctx: *mut c_void, task: Task, tid: u32) -> u32 {
     let ctx = BtfTracePointContext::new(ctx);
     let off = offsets();
-    let Some((tag, task)) = slot::live_tag(tid, || task) else {
+    let start_ns = task.start_ns(off);
+    let Some(tag) = slot::live_tag(tid, || Some(start_ns)) else {
         return 0;
     };
     if !is_active() {
@@ -80,9 +92,9 @@ fn exit_tagged(ctx: *mut c_void, task: Task, tid: u32) -> u32 {
     });
     // Counted exited first, then one live task fewer: a reader that sees the live count drop
     // sees the exit counted.
-    slot::mark_exited(tid, tag.slot);
+    slot::mark_exited::<COMPAT>(tid, tag.slot, start_ns);
     if gone {
-        rss::process_gone(tag.slot, tag.tgid);
+        rss::process_gone::<COMPAT>(tag.slot, tag.tgid);
     }
     0
 }

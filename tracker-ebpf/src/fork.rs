@@ -11,7 +11,7 @@ use tracker_common::{EVENT_FORK, TaskTag};
 
 use crate::{
     events,
-    kernel::{Task, current_task, is_active, offsets},
+    kernel::{Task, current_start_ns, current_tid, is_active, offsets},
     slot,
 };
 
@@ -21,30 +21,48 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 
 #[btf_tracepoint(function = "task_newtask")]
 pub fn trk_fork(ctx: BtfTracePointContext) -> u32 {
+    fork::<false>(&ctx)
+}
+
+/// For kernels before 5.13 (see `slot`).
+#[btf_tracepoint(function = "task_newtask")]
+pub fn trk_fork_old(ctx: BtfTracePointContext) -> u32 {
+    fork::<true>(&ctx)
+}
+
+#[inline(always)]
+fn fork<const COMPAT: bool>(ctx: &BtfTracePointContext) -> u32 {
     let off = offsets();
     let child = Task::of(ctx.arg::<*mut task_struct>(0));
     let clone_flags: u64 = ctx.arg(1);
     // The creator is the current task. A new process's `real_parent` is it (copy_process), so
     // the untagged path of a fork is two loads and one array load, no helper call (each is a
     // call and a return, which the kernel's return-stack mitigations make dear); a thread, or
-    // a `CLONE_PARENT` child, takes its creator's parent, so there the helper says who it is.
-    let creator = if clone_flags & (CLONE_PARENT | CLONE_THREAD) == 0 {
-        child.real_parent(off).unwrap_or_else(|| Task::of(current_task()))
-    } else {
-        Task::of(current_task())
-    };
-    let creator_tid = creator.tid(off);
+    // a `CLONE_PARENT` child, takes its creator's parent, so there a helper says who it is.
+    let parent = (clone_flags & (CLONE_PARENT | CLONE_THREAD) == 0)
+        .then(|| child.real_parent(off))
+        .flatten();
+    let creator_tid = parent.map_or_else(current_tid, |p| p.tid(off));
     if !slot::holds_live_tag(creator_tid) {
         return 0;
     }
-    fork_tagged(child, creator, creator_tid)
+    // A subprogram's arguments are registers the verifier must see set: no `Option` of a
+    // pointer (its pointer half is unset for `None`), the child stands in for it instead.
+    fork_tagged::<COMPAT>(child, parent.unwrap_or(child), parent.is_some(), creator_tid)
 }
 
 /// The fork of a task whose entry holds a tag (see `slot::holds_live_tag` for why apart).
+/// The creator is `parent` if `known`, else the current task.
 #[inline(never)]
-fn fork_tagged(child: Task, creator: Task, creator_tid: u32) -> u32 {
+fn fork_tagged<const COMPAT: bool>(
+    child: Task,
+    parent: Task,
+    known: bool,
+    creator_tid: u32,
+) -> u32 {
     let off = offsets();
-    let Some((parent, _)) = slot::live_tag(creator_tid, || creator) else {
+    let start_ns = || if known { Some(parent.start_ns(off)) } else { current_start_ns::<COMPAT>() };
+    let Some(creator) = slot::live_tag(creator_tid, start_ns) else {
         return 0;
     };
     if !is_active() {
@@ -52,15 +70,16 @@ fn fork_tagged(child: Task, creator: Task, creator_tid: u32) -> u32 {
     }
     let (pid, tgid) = child.ids(off);
     // A child the tasks array cannot hold is counted as a tag failure by `slot::tag`.
-    if slot::tag(pid, &TaskTag { slot: parent.slot, tgid, start_ns: child.start_ns(off) }) {
-        events::emit(EVENT_FORK, parent.slot, |e| {
+    let tag = TaskTag { slot: creator.slot, tgid, start_ns: child.start_ns(off) };
+    if slot::tag::<COMPAT>(pid, &tag) {
+        events::emit(EVENT_FORK, creator.slot, |e| {
             e.pid = pid;
             e.tgid = tgid;
             e.parent = creator_tid;
         });
     }
-    if slot::is_doomed(parent.slot) {
-        slot::doom_current(parent.slot);
+    if slot::is_doomed(creator.slot) {
+        slot::doom_current(creator.slot);
     }
     0
 }

@@ -15,6 +15,17 @@ use crate::{
 
 #[btf_tracepoint(function = "sched_process_free")]
 pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
+    free::<false>(&ctx)
+}
+
+/// For kernels before 5.13 (see `slot`).
+#[btf_tracepoint(function = "sched_process_free")]
+pub fn trk_free_old(ctx: BtfTracePointContext) -> u32 {
+    free::<true>(&ctx)
+}
+
+#[inline(always)]
+fn free<const COMPAT: bool>(ctx: &BtfTracePointContext) -> u32 {
     // No tagged task is between its exit and its free: this is not one, and its task
     // structure, cold here, is not read at all.
     if slot::no_pending_free() {
@@ -31,11 +42,11 @@ pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
     // moved it yet from the group's tid (see `slot::exec_by_thread`). The start time tells
     // it from the group's other entries.
     if slot::holds_exited_tag(tid) {
-        return free_tagged(task, tid);
+        return free_tagged::<COMPAT>(task, tid);
     }
     let tgid = task.tgid(off);
     if tid != tgid && slot::holds_exited_tag(tgid) {
-        return free_tagged(task, tid);
+        return free_tagged::<COMPAT>(task, tid);
     }
     0
 }
@@ -43,11 +54,11 @@ pub fn trk_free(ctx: BtfTracePointContext) -> u32 {
 /// Harvest the final CPU time of `task` (tid `tid`), whose exited tag is under its tid or its
 /// group's (see `slot::holds_live_tag` for why apart).
 #[inline(never)]
-fn free_tagged(task: Task, tid: u32) -> u32 {
+fn free_tagged<const COMPAT: bool>(task: Task, tid: u32) -> u32 {
     let off = offsets();
-    let Some(slot) = slot::finish(tid, task).or_else(|| {
+    let Some(slot) = slot::finish::<COMPAT>(tid, task).or_else(|| {
         let tgid = task.tgid(off);
-        if tid != tgid { slot::finish(tgid, task) } else { None }
+        if tid != tgid { slot::finish::<COMPAT>(tgid, task) } else { None }
     }) else {
         return 0;
     };

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{seq_file, task_struct},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_seq_write},
+        generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_seq_write},
     },
 };
 use tracker_common::{IoCounters, KF_RSS_ATOMIC, KernelOffsets};
@@ -52,6 +52,37 @@ pub fn is_active() -> bool {
 pub fn current_task() -> *mut task_struct {
     // SAFETY: a helper without arguments; never NULL in process context.
     unsafe { bpf_get_current_task_btf() }
+}
+
+/// The start time of the current task. The programs of kernels before 5.13 (`COMPAT`, see
+/// `slot::tag`) have no `bpf_get_current_task_btf` (5.11): the task is an untyped address
+/// there, read with `bpf_probe_read_kernel`.
+#[inline(always)]
+pub fn current_start_ns<const COMPAT: bool>() -> Option<u64> {
+    let off = offsets();
+    if COMPAT {
+        // SAFETY: a helper without arguments; the read is checked by the next helper.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        // SAFETY: a read the helper checks.
+        unsafe { bpf_probe_read_kernel(task.add(off.task_start_boottime as usize).cast::<u64>()) }
+            .ok()
+    } else {
+        Some(Task::of(current_task()).start_ns(off))
+    }
+}
+
+/// The address of the current task's `mm_struct` (0 for none), as `current_start_ns`.
+#[inline(always)]
+pub fn current_mm_addr<const COMPAT: bool>() -> u64 {
+    let off = offsets();
+    if COMPAT {
+        // SAFETY: as in `current_start_ns`.
+        let task = unsafe { bpf_get_current_task() } as *const u8;
+        // SAFETY: a read the helper checks.
+        unsafe { bpf_probe_read_kernel(task.add(off.task_mm as usize).cast::<u64>()) }.unwrap_or(0)
+    } else {
+        Task::of(current_task()).mm(off).map_or(0, Mm::addr)
+    }
 }
 
 #[inline(always)]

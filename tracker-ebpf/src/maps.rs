@@ -48,6 +48,17 @@ pub static READER: Array<Reader> = Array::with_max_entries(1, 0);
 #[map(name = "TRK_PENDING_FREE")]
 pub static PENDING_FREE: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Kernels before 5.13 only (the compat programs, see `slot`): `[tid, start_ns] -> slot` of
+/// each tagged task between its exit and its close; whoever deletes the key closes the task.
+/// The loader sizes it (1 entry where the programs swap the tasks array's entries instead).
+#[map(name = "TRK_EXITED")]
+pub static EXITED: HashMap<[u64; 2], u32> = HashMap::with_max_entries(1, 0);
+
+/// Kernels before 5.13 only: `tgid -> 1` while one CPU updates that process's `MM_RSS` entry
+/// (see `rss.rs`); sized by the loader.
+#[map(name = "TRK_RSS_LOCK")]
+pub static RSS_LOCK: HashMap<u32, u8> = HashMap::with_max_entries(1, 0);
+
 #[map(name = "TRK_GLOBAL")]
 pub static GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 

@@ -1,10 +1,20 @@
 //! Tags and per-slot bookkeeping, shared by the programs that tag and untag tasks.
-use aya_ebpf::helpers::bpf_send_signal;
+//!
+//! Two builds of what closes an exited entry, chosen by the loader per kernel (`COMPAT`):
+//! - from 5.13, a compare-and-exchange of the entry's slot word (`BPF_CMPXCHG`, 5.12) decides
+//!   which of the free and a new tag of the tid closes it;
+//! - before (Debian 11's 5.10), a kernel that refuses any atomic but add (its verifier
+//!   rejects a program holding one, reached or not), an entry `[tid, start_ns]` of `EXITED`,
+//!   inserted at the exit, decides: whoever deletes it closes the task (a hash delete is
+//!   atomic). The free then leaves the array entry as it is: only a tag writes an entry whose
+//!   tid may be reused, so no write of the free can wipe a new task's tag. An exited entry
+//!   left there is read as not live by everyone, and overwritten by the tid's next tag.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_send_signal};
 use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters, TAG_EXITED, TaskTag};
 
 use crate::{
-    kernel::{Task, current_task, is_active, offsets},
-    maps::{COUNTERS, GLOBAL, PENDING_FREE, SLOT_STATE, SLOTS, TASKS},
+    kernel::{Task, current_start_ns, is_active, offsets},
+    maps::{COUNTERS, EXITED, GLOBAL, PENDING_FREE, SLOT_STATE, SLOTS, TASKS},
 };
 
 /// Whether `tid`'s entry holds a live tag. This is the whole of what an untagged task runs in
@@ -52,17 +62,17 @@ pub fn count_finished(slot: u32, f: impl FnOnce(&mut SlotCounters)) {
 /// The tag of the current task, found under `tid` (its tid, or the tid it had before an
 /// exec); see `live_tag`.
 #[inline(always)]
-pub fn current_tag(tid: u32) -> Option<TaskTag> {
-    live_tag(tid, || Task::of(current_task())).map(|(tag, _)| tag)
+pub fn current_tag<const COMPAT: bool>(tid: u32) -> Option<TaskTag> {
+    live_tag(tid, current_start_ns::<COMPAT>)
 }
 
-/// The live tag under `tid` of the task `task` gives, with that task. The untagged path is one
-/// array load: `task` is called (on the current task, a helper call) only for a tagged entry.
-/// An entry left by an earlier task with the same tid (possible only if a task was adopted at
-/// the instant it exited) has another start time: it is cleared on the way and its slot's
-/// count corrected, and the task is not tagged.
+/// The live tag under `tid` of the task whose start time `start_ns` gives. The untagged path
+/// is one array load: `start_ns` is called (on the current task, a helper call) only for a
+/// tagged entry. An entry left by an earlier task with the same tid (possible only if a task
+/// was adopted at the instant it exited) has another start time: it is cleared on the way and
+/// its slot's count corrected, and the task is not tagged.
 #[inline(always)]
-pub fn live_tag(tid: u32, task: impl FnOnce() -> Task) -> Option<(TaskTag, Task)> {
+pub fn live_tag(tid: u32, start_ns: impl FnOnce() -> Option<u64>) -> Option<TaskTag> {
     let entry = TASKS.get_ptr_mut(tid)?;
     // SAFETY: an array element, valid for the map's lifetime.
     let tag = unsafe { *entry };
@@ -70,14 +80,13 @@ pub fn live_tag(tid: u32, task: impl FnOnce() -> Task) -> Option<(TaskTag, Task)
     if tag.slot == 0 || tag.slot & TAG_EXITED != 0 {
         return None;
     }
-    let task = task();
-    if task.start_ns(offsets()) != tag.start_ns {
+    if start_ns()? != tag.start_ns {
         // SAFETY: as above.
         unsafe { *entry = TaskTag::default() };
         stale_entry_left(tag.slot);
         return None;
     }
-    Some((tag, task))
+    Some(tag)
 }
 
 /// The slot of the current task (tid `tid`), for program types that cannot read the task
@@ -101,7 +110,7 @@ pub fn tag_of(tid: u32, task: Task) -> Option<TaskTag> {
 
 /// Tag task `tid` with `tag`; returns whether this call tagged it (and counted it).
 #[inline(always)]
-pub fn tag(tid: u32, tag: &TaskTag) -> bool {
+pub fn tag<const COMPAT: bool>(tid: u32, tag: &TaskTag) -> bool {
     let Some(entry) = TASKS.get_ptr_mut(tid) else {
         // A tid beyond the array: pid_max grew after the load. Never silent.
         tag_failed(tag.slot);
@@ -130,7 +139,12 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
     // this tag, and the exited task is closed exactly once (its CPU is lost if the tag wins:
     // the tid came round within a grace period).
     if old.slot & TAG_EXITED != 0 {
-        if slot_cmpxchg(entry, old.slot, tag.slot) {
+        if COMPAT {
+            // The free never writes the entry here: the delete alone decides who closes it.
+            if EXITED.remove(&exited_key(tid, old.start_ns)).is_ok() {
+                count_finished(old.slot & !TAG_EXITED, |_| {});
+            }
+        } else if slot_cmpxchg(entry, old.slot, tag.slot) {
             count_finished(old.slot & !TAG_EXITED, |_| {});
             task_entered(tag.slot, tid == tag.tgid);
             return true;
@@ -148,17 +162,37 @@ pub fn tag(tid: u32, tag: &TaskTag) -> bool {
 /// The caller counts `tasks_exited` before, with the rest of what it counts, in one lookup of
 /// the counters (a helper call before 6.10), so that a reader that sees the live count drop
 /// sees the exit counted.
+///
+/// `COMPAT`: the entry's key in `EXITED` (`start_ns`, the task's) is inserted too. If it
+/// cannot be (the map is full), the task is counted finished at once, without the CPU time of
+/// its last slice: a figure a little short, never a task counted twice or never.
 #[inline(always)]
-pub fn mark_exited(tid: u32, slot: u32) {
+pub fn mark_exited<const COMPAT: bool>(tid: u32, slot: u32, start_ns: u64) {
     if let Some(entry) = TASKS.get_ptr_mut(tid) {
         // Raised first: whatever closes the entry lowers it after.
         if let Some(p) = PENDING_FREE.get_ptr_mut(0) {
             atomic_add(p, 1);
         }
+        if COMPAT
+            && EXITED.insert(&exited_key(tid, start_ns), &slot, u64::from(BPF_NOEXIST)).is_err()
+        {
+            // The tid is not released yet: no tag can be written here meanwhile.
+            // SAFETY: an array element, valid for the map's lifetime.
+            unsafe { *entry = TaskTag::default() };
+            live_tasks_drop(slot);
+            count_finished(slot, |_| {});
+            return;
+        }
         // SAFETY: an array element, valid for the map's lifetime.
         unsafe { core::ptr::write_volatile(&raw mut (*entry).slot, slot | TAG_EXITED) };
         live_tasks_drop(slot);
     }
+}
+
+/// The key of an exited task in `EXITED` (compat programs).
+#[inline(always)]
+fn exited_key(tid: u32, start_ns: u64) -> [u64; 2] {
+    [u64::from(tid), start_ns]
 }
 
 /// Task `tid` (`task`) is being freed: its slot, if the entry is its exited one, after
@@ -170,8 +204,21 @@ pub fn mark_exited(tid: u32, slot: u32) {
 /// from exactly this exited value to 0: it fails if a tag came first (that tag closed the
 /// entry, see `tag`), and a tag that comes after finds 0 and writes over it. A plain write of
 /// the whole entry could wipe a new task's tag written between our read and our write.
+///
+/// `COMPAT`: deleting the task's key from `EXITED` closes it; the entry stays (see the module
+/// doc).
 #[inline(always)]
-pub fn finish(tid: u32, task: Task) -> Option<u32> {
+pub fn finish<const COMPAT: bool>(tid: u32, task: Task) -> Option<u32> {
+    if COMPAT {
+        if !is_active() {
+            return None;
+        }
+        let key = exited_key(tid, task.start_ns(offsets()));
+        // SAFETY: the value is copied out at once. A key's value never changes while it is
+        // there (one task, one slot), so it is the one the delete takes.
+        let slot = unsafe { EXITED.get(&key) }.copied()?;
+        return EXITED.remove(&key).is_ok().then_some(slot);
+    }
     let entry = TASKS.get_ptr_mut(tid)?;
     // SAFETY: an array element, valid for the map's lifetime.
     let word = unsafe { core::ptr::read_volatile(&raw const (*entry).slot) };
@@ -233,8 +280,17 @@ fn slot_cmpxchg(entry: *mut TaskTag, old: u32, new: u32) -> bool {
 /// group's tid (see `free.rs`): the copy is written first and the original claimed with a
 /// compare-and-exchange; if the free took the original first, the copy is taken back. Either
 /// way the leader is closed once.
+///
+/// `COMPAT`: the same, with the leader's key in `EXITED` moved instead of the entry swapped:
+/// inserted under `old_tid`, then deleted under `tid`; if the free deleted it first, the copy
+/// is deleted back.
 #[inline(always)]
-pub fn exec_by_thread(old_tid: u32, tid: u32, tgid: u32, start_ns: u64) -> Option<TaskTag> {
+pub fn exec_by_thread<const COMPAT: bool>(
+    old_tid: u32,
+    tid: u32,
+    tgid: u32,
+    start_ns: u64,
+) -> Option<TaskTag> {
     let old = TASKS.get_ptr_mut(old_tid)?;
     // SAFETY: an array element, valid for the map's lifetime.
     let tag = unsafe { *old };
@@ -254,12 +310,27 @@ pub fn exec_by_thread(old_tid: u32, tid: u32, tgid: u32, start_ns: u64) -> Optio
             (*old).start_ns = leader.start_ns;
             core::ptr::write_volatile(&raw mut (*old).slot, leader.slot);
         }
-        if !slot_cmpxchg(new, leader.slot, 0) {
+        if COMPAT {
+            let (copy, original) = (exited_key(old_tid, start_ns), exited_key(tid, start_ns));
+            let slot = leader.slot & !TAG_EXITED;
+            // If the copy cannot be inserted, the original stays, where the free looks second.
+            if EXITED.insert(&copy, &slot, u64::from(BPF_NOEXIST)).is_ok()
+                && EXITED.remove(&original).is_err()
+            {
+                let _ = EXITED.remove(&copy);
+            }
+        } else if !slot_cmpxchg(new, leader.slot, 0) {
             // The free closed the original: the copy goes.
             let _ = slot_cmpxchg(old, leader.slot, 0);
         }
     } else {
-        if leader.slot & TAG_EXITED != 0 && slot_cmpxchg(new, leader.slot, 0) {
+        let closed = leader.slot & TAG_EXITED != 0
+            && if COMPAT {
+                EXITED.remove(&exited_key(tid, leader.start_ns)).is_ok()
+            } else {
+                slot_cmpxchg(new, leader.slot, 0)
+            };
+        if closed {
             // An older task's exited entry, never to be freed under this tid now.
             count_finished(leader.slot & !TAG_EXITED, |_| {});
         }

@@ -8,7 +8,11 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use tracker_common::{IoCounters, KF_EXIT_GROUP_DEAD, KF_RSS_ATOMIC, KernelOffsets};
+use tracker_common::{IoCounters, KF_EXIT_GROUP_DEAD, KF_OLD_KERNEL, KF_RSS_ATOMIC, KernelOffsets};
+
+/// Set to 1, the loader takes this kernel for one before 5.13 and loads the programs' `_old`
+/// builds: how the tests run those builds on a recent kernel.
+pub const OLD_KERNEL_PROGRAMS_ENV: &str = "TRACKER_OLD_KERNEL_PROGRAMS";
 
 use crate::error::{Error, Result};
 
@@ -20,15 +24,6 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     let btf = Btf::from_file(path)
         .map_err(|e| Error::Btf(format!("cannot parse {}: {e}", path.display())))?;
     let r = Resolver { btf: &btf };
-    // Every program reads the current task through this helper (5.11+): without it nothing
-    // loads, so it is named before anything else.
-    if !r.has_helper("get_current_task_btf")? {
-        return Err(Error::Btf(
-            "this kernel lacks the bpf_get_current_task_btf helper (Linux 5.11+); the tracker \
-             needs Linux 5.14 or later"
-                .into(),
-        ));
-    }
     let task = "task_struct";
     let pid = r.field(task, &["pid"], 4)?;
     let tgid = r.field(task, &["tgid"], 4)?;
@@ -45,6 +40,15 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
     let rss = r.rss_counters()?;
     let mut features = rss.feature;
+    // bpf_get_current_task_btf came in 5.11, the atomics in 5.12; bpf_for_each_map_elem, in
+    // 5.13, is the first helper a kernel with both names in its BTF (the atomics are not
+    // named there).
+    if !r.has_helper("get_current_task_btf")?
+        || !r.has_helper("for_each_map_elem")?
+        || std::env::var(OLD_KERNEL_PROGRAMS_ENV).is_ok_and(|v| v == "1")
+    {
+        features |= KF_OLD_KERNEL;
+    }
     // sched_process_exit(struct task_struct *p, bool group_dead)
     if r.tracepoint_int_arg("sched_process_exit", 1)? == Some(1) {
         features |= KF_EXIT_GROUP_DEAD;
@@ -63,7 +67,8 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
         task_real_parent: r.field(task, &["real_parent"], 8)?,
         task_start_boottime: r.field(task, &["start_boottime"], 8)?,
         task_exit_code: r.field(task, &["exit_code"], 4)?,
-        task_state: r.field(task, &["__state"], 4)?,
+        // `state`, a `long`, before 5.14: its low half (little-endian) holds the same bits.
+        task_state: r.field(task, &["__state"], 4).or_else(|_| r.field(task, &["state"], 8))?,
         task_mm: r.field(task, &["mm"], 8)?,
         task_signal: r.field(task, &["signal"], 8)?,
         task_utime: r.field(task, &["utime"], 8)?,
@@ -107,6 +112,13 @@ pub fn describe_features(features: u32) -> Vec<(&'static str, bool, &'static str
             "sched_process_exit group_dead",
             features & KF_EXIT_GROUP_DEAD != 0,
             "the group's end is read from signal->live, counted once per group",
+        ),
+        (
+            "bpf_get_current_task_btf, atomic exchange (5.13+)",
+            features & KF_OLD_KERNEL == 0,
+            "the programs' _old builds: the current task read with bpf_probe_read_kernel, an \
+             exited task closed by whoever deletes its map entry, a process's memory entry \
+             changed under a lock taken with an atomic map insert",
         ),
         (
             "percpu_counter RSS counters",
@@ -413,10 +425,13 @@ mod tests {
     }
 
     #[test]
-    fn a_kernel_without_the_current_task_helper_names_it_and_the_minimum() {
-        // Linux 5.10 (Debian 11): the first thing a site on it must read.
-        let err = offsets_of(&tiny_btf(false), "helper");
-        assert!(err.contains("bpf_get_current_task_btf") && err.contains("5.14"), "{err}");
+    fn a_kernel_without_the_current_task_helper_is_not_refused_for_it() {
+        // Linux 5.10 (Debian 11) gets the `_old` builds: the first error this BTF gives is its
+        // missing field, as with the helper.
+        for helper in [false, true] {
+            let err = offsets_of(&tiny_btf(helper), &format!("helper-{helper}"));
+            assert!(err.contains("task_struct.tgid not found in this kernel"), "{err}");
+        }
     }
 
     #[test]
@@ -425,7 +440,7 @@ mod tests {
         if !vmlinux.exists() {
             return;
         }
-        // The handler of every cgroup's cgroup.freeze (5.2+; the minimum is 5.14).
+        // The handler of every cgroup's cgroup.freeze (5.2+; the oldest kernel the tracker loads on is 5.10).
         assert!(kernel_has_function(vmlinux, "cgroup_freeze_write"));
         assert!(!kernel_has_function(vmlinux, "no_such_kernel_function"));
         assert!(!kernel_has_function(Path::new("/nonexistent/vmlinux"), "cgroup_freeze_write"));
@@ -473,5 +488,8 @@ mod tests {
             assert!(group_dead, "{release}");
         }
         assert_eq!(off.features & KF_RSS_ATOMIC != 0, atomic);
+        // The old builds below 5.13, or where the tests ask for them.
+        let forced = std::env::var(OLD_KERNEL_PROGRAMS_ENV).is_ok_and(|v| v == "1");
+        assert_eq!(off.features & KF_OLD_KERNEL != 0, forced || version < (5, 13), "{release}");
     }
 }

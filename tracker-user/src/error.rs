@@ -53,6 +53,13 @@ pub enum Error {
     )]
     IncompatiblePin { path: PathBuf, detail: String },
 
+    #[error(
+        "the loaded programs are the build for {loaded} kernels and this kernel now gets the \
+         build for {now} ones ({}); the two do not mix: `tracker unload`, then load again",
+        crate::btf::OLD_KERNEL_PROGRAMS_ENV
+    )]
+    ProgramBuildMismatch { loaded: &'static str, now: &'static str },
+
     #[error("no slot named {0:?} (see `tracker slots`)")]
     UnknownSlot(String),
 

@@ -24,7 +24,7 @@ use aya::{
     },
 };
 use serde::Serialize;
-use tracker_common::{Config, global_name, map_name};
+use tracker_common::{Config, KF_OLD_KERNEL, global_name, map_name};
 
 use crate::{
     bpf_sys, btf,
@@ -124,6 +124,15 @@ fn load_locked(
     };
     let capacity_global = u64::from(capacity);
 
+    let old_kernel = offsets.features & KF_OLD_KERNEL != 0;
+    if !fresh {
+        check_same_builds(paths, old_kernel)?;
+    }
+    // The old builds' maps (see `ProgramSpec::old`): an entry per task between its exit and
+    // its close, as many as the tasks array has or 65,536 (a task that finds it full is
+    // counted finished at its exit, short of its last slice of CPU); a lock per process whose
+    // memory a CPU is changing, a few per CPU at most.
+    let (exited, rss_locks) = if old_kernel { (capacity.min(1 << 16), 4096) } else { (1, 1) };
     let map_pins: Vec<(&str, std::path::PathBuf)> =
         SHAPES.iter().map(|s| (s.name, paths.map_pin(s.name))).collect();
     let mut loader = EbpfLoader::new();
@@ -137,7 +146,9 @@ fn load_locked(
         .map_max_entries(map_name::CGROUP_SLOTS, max_slots)
         .map_max_entries(map_name::SLOTS, max_slots)
         .map_max_entries(map_name::SLOT_STATE, max_slots)
-        .map_max_entries(map_name::COUNTERS, max_slots);
+        .map_max_entries(map_name::COUNTERS, max_slots)
+        .map_max_entries(map_name::EXITED, exited)
+        .map_max_entries(map_name::RSS_LOCK, rss_locks);
     for (name, pin) in &map_pins {
         loader.map_pin_path(name, pin.as_path());
     }
@@ -182,8 +193,16 @@ fn load_locked(
     let cgroup_root = cgroups.mounts().unified.clone();
     let dirs = CgroupDirs { instance: cgroup_dir.as_deref(), root: cgroup_root.as_deref() };
     let mut staged = vec![];
+    if old_kernel {
+        warnings.push(
+            "this kernel lacks bpf_get_current_task_btf or the atomic exchange (5.13+): the \
+             programs' _old builds are loaded (see `tracker status`)"
+                .into(),
+        );
+    }
     for spec in PROGRAMS {
-        let mut staging = stage_program(paths, &mut ebpf, spec, spec.name, kernel_btf, &dirs);
+        let function = spec.function(old_kernel);
+        let mut staging = stage_program(paths, &mut ebpf, spec, function, kernel_btf, &dirs);
         if let (Err(e), Some(fb)) = (&staging, spec.fallback) {
             let refused = e.to_string();
             staging = stage_program(paths, &mut ebpf, spec, fb.function, kernel_btf, &dirs);
@@ -264,6 +283,23 @@ fn load_locked(
         slots_kept,
         warnings,
     })
+}
+
+/// An upgrade loads the same builds as the programs it replaces (see `ProgramSpec::old`): the
+/// two close exited tasks in ways that do not mix. The pinned `EXITED` map says which ran (one
+/// entry: the recent builds; none pinned: a version before the old builds existed).
+fn check_same_builds(paths: &Paths, old_kernel: bool) -> Result<()> {
+    let pin = paths.map_pin(map_name::EXITED);
+    let was_old = match aya::maps::MapInfo::from_pin(&pin) {
+        Ok(info) => info.max_entries() > 1,
+        Err(_) if !pin.exists() => false,
+        Err(e) => return Err(Error::bpf(format!("opening {}", pin.display()), e)),
+    };
+    if was_old == old_kernel {
+        return Ok(());
+    }
+    let (loaded, now) = if was_old { ("old", "recent") } else { ("recent", "old") };
+    Err(Error::ProgramBuildMismatch { loaded, now })
 }
 
 /// Detach the programs an earlier version attached that this one no longer has (its

@@ -84,6 +84,10 @@ pub struct Fallback {
 
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramSpec {
+    /// The function loaded instead on kernels before 5.13 (`KF_OLD_KERNEL`), which lack
+    /// `bpf_get_current_task_btf` or the 5.12 atomics: its own build of the same code (see
+    /// tracker-ebpf's `slot`). Chosen for every such program together, never one by one: the
+    /// two builds close exited tasks in ways that do not mix.
     /// The function name in tracker-ebpf, which is also the pin's file name.
     pub name: &'static str,
     pub kind: Kind,
@@ -92,6 +96,18 @@ pub struct ProgramSpec {
     pub needs: &'static [Need],
     pub purpose: &'static str,
     pub fallback: Option<Fallback>,
+    /// At most 15 bytes, as `Fallback::function`.
+    pub old: Option<&'static str>,
+}
+
+impl ProgramSpec {
+    /// The function to load: its own, or on an old kernel its `old` build.
+    pub fn function(&self, old_kernel: bool) -> &'static str {
+        match self.old {
+            Some(f) if old_kernel => f,
+            _ => self.name,
+        }
+    }
 }
 
 impl ProgramSpec {
@@ -127,6 +143,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TpBtf, Need::SendSignal],
         purpose: "tags every task a tagged task creates (threads, io_uring workers) before it runs",
         fallback: None,
+        old: Some("trk_fork_old"),
     },
     ProgramSpec {
         name: EXIT,
@@ -136,6 +153,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TpBtf],
         purpose: "untags and accounts exiting tasks",
         fallback: None,
+        old: Some("trk_exit_old"),
     },
     ProgramSpec {
         name: EXEC,
@@ -145,6 +163,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TpBtf, Need::SendSignal],
         purpose: "counts execs, follows a thread that execs",
         fallback: None,
+        old: Some("trk_exec_old"),
     },
     ProgramSpec {
         name: ADOPT,
@@ -154,6 +173,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TaskIter],
         purpose: "tags an existing process tree (adopt, run)",
         fallback: None,
+        old: Some("trk_adopt_old"),
     },
     ProgramSpec {
         name: FREE,
@@ -163,6 +183,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TpBtf],
         purpose: "harvests an exited task's final CPU time when the kernel frees it",
         fallback: None,
+        old: Some("trk_free_old"),
     },
     ProgramSpec {
         name: RSS,
@@ -178,6 +199,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
                   their own (bound slots, no memory controller, cgroup v2 before 5.19), at every \
                   change; attached only while such a slot exists",
         fallback: None,
+        old: Some("trk_rss_old"),
     },
     ProgramSpec {
         name: USAGE,
@@ -187,6 +209,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TaskIter],
         purpose: "reads what the live tagged tasks hold now (stat)",
         fallback: None,
+        old: None,
     },
     ProgramSpec {
         name: NET_INGRESS,
@@ -196,6 +219,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::Cgroup2],
         purpose: "counts the packets the slots' sockets receive",
         fallback: None,
+        old: None,
     },
     ProgramSpec {
         name: NET_EGRESS,
@@ -205,6 +229,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::Cgroup2],
         purpose: "counts the packets the slots' sockets send",
         fallback: None,
+        old: None,
     },
     ProgramSpec {
         name: CGROUP_MOVE,
@@ -214,6 +239,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TpBtf],
         purpose: "reports a tagged task moved out of its slot's cgroup (watch)",
         fallback: None,
+        old: None,
     },
     ProgramSpec {
         name: OOM,
@@ -223,6 +249,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TpBtf],
         purpose: "reports a tagged task chosen by the OOM killer (watch)",
         fallback: None,
+        old: None,
     },
     sock_addr("trk_connect4", SockAddrHook::Connect4),
     sock_addr("trk_connect6", SockAddrHook::Connect6),
@@ -240,6 +267,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
             difference: "this kernel's device programs may not read the current pid (5.15), so the \
                          deny-list follows the cgroup a task is in, not its tag",
         }),
+        old: None,
     },
     ProgramSpec {
         name: PID_MAX_GUARD,
@@ -251,6 +279,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::Cgroup2],
         purpose: "refuses a kernel.pid_max above what the tasks array can tag",
         fallback: None,
+        old: None,
     },
     ProgramSpec {
         name: DOOM,
@@ -260,6 +289,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         needs: &[Need::TpBtf, Need::SendSignal],
         purpose: "kills a doomed slot's tasks at their next syscall, during a kill",
         fallback: None,
+        old: Some("trk_doom_old"),
     },
 ];
 
@@ -272,6 +302,7 @@ const fn sock_addr(name: &'static str, hook: SockAddrHook) -> ProgramSpec {
         needs: &[Need::Cgroup2],
         purpose: "holds a slot's connections to its allow-list (--deny-network, --allow-connect)",
         fallback: None,
+        old: None,
     }
 }
 
@@ -282,6 +313,24 @@ pub fn spec(name: &str) -> Option<&'static ProgramSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn program_names_fit_what_the_kernel_keeps() {
+        for p in PROGRAMS {
+            for f in [Some(p.name), p.old, p.fallback.map(|f| f.function)].into_iter().flatten() {
+                assert!(f.len() <= 15, "{f} is longer than the 15 bytes the kernel keeps");
+            }
+        }
+    }
+
+    #[test]
+    fn every_program_that_closes_or_tags_tasks_has_its_old_kernel_build() {
+        for name in [FORK, EXIT, EXEC, ADOPT, FREE, RSS, DOOM] {
+            let p = spec(name).unwrap();
+            assert_eq!(p.function(true), format!("{name}_old"));
+            assert_eq!(p.function(false), name);
+        }
+    }
 
     #[test]
     fn a_program_that_may_be_disabled_says_what_it_needs() {

@@ -79,6 +79,10 @@ pub struct Feature {
     pub detail: String,
 }
 
+/// What differs in a program's `_old` build.
+const OLD_BUILD: &str = "the build for kernels before 5.13 (no bpf_get_current_task_btf or \
+                         atomic exchange)";
+
 pub fn status(paths: &Paths) -> Result<Status> {
     let maps = Maps::open(paths).ok();
     let loaded = maps.is_some();
@@ -105,10 +109,13 @@ pub fn status(paths: &Paths) -> Result<Status> {
                     Kind::CgroupSysctl => "cgroup/sysctl (v2 root)".into(),
                 },
                 ready: info.is_some(),
-                fallback: spec
-                    .fallback
-                    .filter(|fb| info.as_ref().and_then(|i| i.name_as_str()) == Some(fb.function))
-                    .map(|fb| (fb.function, fb.difference)),
+                fallback: [
+                    spec.fallback.map(|fb| (fb.function, fb.difference)),
+                    spec.old.map(|f| (f, OLD_BUILD)),
+                ]
+                .into_iter()
+                .flatten()
+                .find(|(f, _)| info.as_ref().and_then(|i| i.name_as_str()) == Some(*f)),
                 on_demand: spec.attach == Attach::OnDemand,
                 attached_now: info.is_some()
                     && (spec.attach == Attach::Pinned || paths.link_pin(spec.name).exists()),

@@ -70,12 +70,18 @@ pub fn build_tracker(release: bool) -> Result<PathBuf> {
     }
     println!("xtask: building tracker ({})", if release { "release" } else { "debug" });
     quiet(&mut cmd)?;
-    let bin =
-        workspace().join("target").join(if release { "release" } else { "debug" }).join("tracker");
+    let bin = target_dir().join(if release { "release" } else { "debug" }).join("tracker");
     if !bin.exists() {
         bail!("the build did not produce {}", bin.display());
     }
     Ok(bin)
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace, where cargo runs
+/// here), else the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), |d| workspace().join(d))
 }
 
 /// Copy `bin` into `dir` atomically (a running tracker keeps its old binary).
