@@ -45,8 +45,29 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         test.arg(f);
     }
-    run::status(&mut test)
+    run::status(&mut test)?;
+    // The programs' `_old` builds (kernels before 5.13, see tracker-user's programs.rs) load
+    // and run here too: the suites that tag, account, follow and kill tasks, once more on them.
+    println!("xtask: the tagging suites again, on the programs' builds for kernels before 5.13");
+    let mut old = cargo();
+    old.args(["test", "--no-fail-fast", "--package", "tracker-tests"])
+        .env("TRACKER_BIN", &bin)
+        .env("TRACKER_OLD_KERNEL_PROGRAMS", "1");
+    for suite in OLD_BUILD_SUITES {
+        old.args(["--test", suite]);
+    }
+    if strict {
+        old.env("TRACKER_TEST_STRICT", "1");
+    }
+    if let Some(f) = filter {
+        old.arg(f);
+    }
+    run::status(&mut old)
 }
+
+/// The suites run a second time on the old builds.
+const OLD_BUILD_SUITES: &[&str] =
+    &["accounting", "bound", "containment", "escapes", "events", "lifecycle", "signals"];
 
 /// The tests that need the packages (tests/tests/package.rs), a release build and minutes
 /// of CPU, and those that need the client's wheel (tests/tests/python_client.rs): built only
