@@ -256,8 +256,12 @@ struct Kernel {
 }
 
 impl Kernel {
+    /// `boot/vmlinuz-<release>`, or where the newest Debian packages put it (beside the
+    /// modules).
     fn image(&self) -> PathBuf {
-        self.dir.join("boot").join(format!("vmlinuz-{}", self.release))
+        let boot = self.dir.join("boot").join(format!("vmlinuz-{}", self.release));
+        let beside = self.dir.join("lib/modules").join(&self.release).join("vmlinuz");
+        if !boot.exists() && beside.exists() { beside } else { boot }
     }
 }
 
