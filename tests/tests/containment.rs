@@ -143,17 +143,34 @@ fn pid_hopper_is_followed_and_killed() {
             let live = t.slot_status("hopper").unwrap().tasks_live;
             (!ps.is_empty() && ps == named && live == ps.len() as u64, (ps, named, live))
         };
-        assert!(
-            wait_for(T, || agree().0),
-            "slot's pids, the machine's {m} pids, live: {:?}",
-            agree().1
-        );
+        // On failure: the two lists, and what the kernel says of each pid they do not share.
+        let explain = || {
+            let (ps, named, live) = agree().1;
+            let odd: Vec<String> = ps
+                .iter()
+                .filter(|p| !named.contains(p))
+                .chain(named.iter().filter(|p| !ps.contains(p)))
+                .map(|p| format!("{p}: {}", stat_of(*p)))
+                .collect();
+            format!("slot's pids {ps:?}, the machine's {m} pids {named:?}, live {live}; {odd:?}")
+        };
+        assert!(wait_for(T, || agree().0), "{}", explain());
         inst.cli_ok(&["thaw", "hopper"]);
     }
     inst.kill_clean("hopper");
     assert!(wait_for(T, || processes_named(&m).is_empty()), "{:?}", processes_named(&m));
     let after = t.slot_status("hopper").unwrap();
     assert_eq!(after.tasks_live, 0, "{after:?}");
+}
+
+/// A process's state and flags (`/proc/PID/stat`), or that it is gone.
+fn stat_of(pid: u32) -> String {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return "gone".into();
+    };
+    let after: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let flags = after.get(6).and_then(|f| f.parse::<u64>().ok()).unwrap_or_default();
+    format!("state {} flags {flags:#x}", after.first().copied().unwrap_or("?"))
 }
 
 #[test]
