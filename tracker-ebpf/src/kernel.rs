@@ -54,9 +54,9 @@ pub fn current_task() -> *mut task_struct {
     unsafe { bpf_get_current_task_btf() }
 }
 
-/// The start time of the current task. The programs' builds for kernels before 5.13 (`COMPAT`,
-/// see the `slot` module) have no `bpf_get_current_task_btf` (5.11): the task is an untyped address
-/// there, read with `bpf_probe_read_kernel`.
+/// The start time of the current task. The programs' builds for kernels before 5.13
+/// (`COMPAT`, see the `slot` module) have no `bpf_get_current_task_btf` (5.11): the task is
+/// an untyped address there, read with `bpf_probe_read_kernel`.
 #[inline(always)]
 pub fn current_start_ns<const COMPAT: bool>() -> Option<u64> {
     let off = offsets();
