@@ -206,15 +206,25 @@ static int try_maps(int argc, char **argv) {
  * start time), while two other threads sleep: what a Go program's syscall.Exec does. */
 static const char *exec_self;
 
+static const char *exec_mode = "sleep";
+
 static void *thread_exec(void *arg) {
     (void)arg;
-    execl(exec_self, exec_self, "sleep", marker, (char *)NULL);
+    execl(exec_self, exec_self, exec_mode, marker, (char *)NULL);
     _exit(127);
 }
 
-static int thread_exec_mode(const char *self) {
+/* Fork at once, then both sleep: what the exec'd image of `thread-exec-fork` does. */
+static int fork_sleep(void) {
+    if (fork() < 0) return 1;
+    sleep_forever();
+    return 0;
+}
+
+static int thread_exec_mode(const char *self, const char *then) {
     pthread_t t;
     exec_self = self;
+    exec_mode = then;
     for (int i = 0; i < 2; i++) pthread_create(&t, NULL, thread_sleep, NULL);
     pthread_create(&t, NULL, thread_exec, NULL);
     for (;;) pause();
@@ -440,7 +450,9 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "try-maps")) return try_maps(argc - 3, argv + 3);
     if (!strcmp(mode, "spin")) return spin(argc > 3 ? atof(argv[3]) : 1.0);
     if (!strcmp(mode, "daemon-spin")) return daemon_spin(argc > 3 ? atof(argv[3]) : 1.0);
-    if (!strcmp(mode, "thread-exec")) return thread_exec_mode(argv[0]);
+    if (!strcmp(mode, "thread-exec")) return thread_exec_mode(argv[0], "sleep");
+    if (!strcmp(mode, "thread-exec-fork")) return thread_exec_mode(argv[0], "fork-sleep");
+    if (!strcmp(mode, "fork-sleep")) return fork_sleep();
     if (!strcmp(mode, "io-uring")) return argc > 3 ? io_uring_mode(argv[3]) : 2;
     if (!strcmp(mode, "chain")) return chain(argc > 3 ? atoi(argv[3]) : 2);
     if (!strcmp(mode, "churn")) return churn(argc > 3 ? atoi(argv[3]) : 2);

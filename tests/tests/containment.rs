@@ -4,6 +4,8 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
+use tracker::programs;
+
 use tracker_tests::{
     ESCAPE, Instance, cgroups_of, live_processes_named, marker, processes_named, wait_for,
 };
@@ -187,6 +189,38 @@ fn fork_bomb_is_killed_while_it_forks() {
     assert!(wait_for(T, || processes_named(&m).is_empty()), "{:?}", processes_named(&m));
     let after = t.slot_status("bomb").unwrap();
     assert_eq!(after.tasks_live, 0, "{after:?}");
+}
+
+/// From 7.0 the kernel runs tracepoint programs preemptibly, and skips a program's run on a
+/// CPU where another task is preempted inside that same program. The programs that tag and
+/// close tasks run where no task can be preempted (`sched_wakeup_new`, a task's final context
+/// switch, its free), so thousands of forks and exits leave none of their runs skipped, and
+/// every task that started is counted exited, whichever run of another program the kernel
+/// skipped. On older kernels nothing is skipped at all, and the counts hold the same.
+#[test]
+fn forks_and_exits_by_the_thousand_skip_no_run_of_the_programs_that_tag_and_close() {
+    let Some(inst) = Instance::start() else {
+        return;
+    };
+    let m = marker("storm");
+    inst.run_detached("storm", &[], "hopper", &m, &[]);
+    let t = inst.tracker();
+    assert!(wait_for(T, || t.slot_status("storm").unwrap().counts.tasks_started > 2000));
+    inst.kill_clean("storm");
+    assert!(wait_for(T, || processes_named(&m).is_empty()), "{:?}", processes_named(&m));
+    let s = t.slot_status("storm").unwrap();
+    assert_eq!(s.tasks_live, 0, "{s:?}");
+    assert_eq!(s.counts.tasks_exited, s.counts.tasks_started, "{s:?}");
+    let st = tracker::status::status(&inst.paths).unwrap();
+    let runs = |name: &str| st.programs.iter().find(|p| p.name == name);
+    for name in [programs::FORK, programs::DEAD, programs::FREE] {
+        // trk_dead is there only where exits can be skipped (7.0+).
+        if let Some(p) = runs(name) {
+            assert_eq!(p.skipped.unwrap_or(0), 0, "{name} had runs skipped: {p:?}");
+        }
+    }
+    let exit = runs(programs::EXIT).and_then(|p| p.skipped);
+    println!("runs of {} the kernel skipped: {exit:?}", programs::EXIT);
 }
 
 #[test]

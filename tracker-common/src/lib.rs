@@ -93,6 +93,8 @@ pub const PF_EXITING: u32 = 0x0000_0004;
 /// `TASK_NEW` (`task_struct.__state`): a child between `copy_process` and its first wake-up,
 /// which the fork program tags; the adopt iterator leaves it alone so they never both do.
 pub const TASK_NEW: u32 = 0x0000_0800;
+/// `TASK_DEAD` (`task_struct.__state`): a task's state at its final context switch.
+pub const TASK_DEAD: u32 = 0x0000_0080;
 
 pub const SIGKILL: u32 = 9;
 
@@ -336,6 +338,17 @@ pub const KF_RSS_ATOMIC: u32 = 1 << 2;
 /// compare-and-exchange (5.12), whose verifier refuses a program that holds one, reached or
 /// not. The loader loads each program's `_old` build (see `ProgramSpec::old`).
 pub const KF_OLD_KERNEL: u32 = 1 << 3;
+/// Tracepoint programs run preemptibly (7.0+: SRCU-fast tracepoints, read from the BTF), and
+/// the kernel skips a program's run on a CPU where another task was preempted inside it. What
+/// covers for the runs it may skip is on: the exit backstop on `sched_switch` (`trk_dead`),
+/// the group's end counted by whichever of the two first records it, and the repair of a
+/// thread's exec whose tag move was skipped (at the fork and the free programs, which are never
+/// skipped). The fork program is at `sched_wakeup_new` on every kernel.
+pub const KF_PREEMPTIBLE_TP: u32 = 1 << 4;
+/// Tests only (`TRACKER_TEST_SKIP_RUNS=1`): the exit program leaves every tagged task alone,
+/// and the exec program every exec from a thread that is not its process's leader, as the
+/// kernel does when it skips their runs, so that what covers for a skipped run does it all.
+pub const KF_TEST_SKIP_RUNS: u32 = 1 << 5;
 
 impl KernelOffsets {
     /// All zero: the placeholder the kernel object is built with.

@@ -6,10 +6,10 @@
 //! no tagged task awaits its free, every task returns after reading one count, and otherwise
 //! every task but an exited tagged one after its tid and one array load.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracker_common::cpu::split;
+use tracker_common::{KF_PREEMPTIBLE_TP, cpu::split};
 
 use crate::{
-    kernel::{Task, offsets},
+    kernel::{Task, is_active, offsets},
     slot,
 };
 
@@ -46,9 +46,31 @@ fn free<const COMPAT: bool>(ctx: &BtfTracePointContext) -> u32 {
     }
     let tgid = task.tgid(off);
     if tid != tgid && slot::holds_exited_tag(tgid) {
+        // Where runs may be skipped (`KF_PREEMPTIBLE_TP`), a live tag of the group under the
+        // leader's tid now is the exec'ing thread's, which the exec program did not move.
+        if off.features & KF_PREEMPTIBLE_TP != 0 && slot::holds_live_tag(tid) {
+            return free_after_skipped_exec::<COMPAT>(task, tid, tgid);
+        }
         return free_tagged::<COMPAT>(task, tid);
     }
     0
+}
+
+/// The free of a leader whose group's exec from another thread the exec program did not
+/// follow (a kernel that skipped its run): the leader is freed under the thread's old tid
+/// (`tid`, where `de_thread` put it), and the thread's tag is still there while the group's
+/// tid holds the leader's exited entry. The move the exec program makes is made here, with
+/// the leader's start time, which the thread took: the thread's tag goes to the group's tid
+/// and the leader's exited entry to `tid`, whose free this is. It may also run before the
+/// exec program, whose run then finds the tag moved (see `exec.rs`). Until this free, the
+/// thread's forks take its slot from the leader's exited entry (`fork.rs`'s `exec_skipped`).
+#[inline(never)]
+fn free_after_skipped_exec<const COMPAT: bool>(task: Task, tid: u32, tgid: u32) -> u32 {
+    if !is_active() {
+        return 0;
+    }
+    let _ = slot::exec_by_thread::<COMPAT>(tid, tgid, tgid, task.start_ns(offsets()));
+    free_tagged::<COMPAT>(task, tid)
 }
 
 /// Harvest the final CPU time of `task` (tid `tid`), whose exited tag is under its tid or its
@@ -65,8 +87,8 @@ fn free_tagged<const COMPAT: bool>(task: Task, tid: u32) -> u32 {
     let (sum, utime, stime) = task.cpu(off);
     let (user, system) = split(sum, utime, stime);
     slot::count_finished(slot, |c| {
-        c.cpu_user_ns += user;
-        c.cpu_system_ns += system;
+        slot::add(&mut c.cpu_user_ns, user);
+        slot::add(&mut c.cpu_system_ns, system);
     });
     0
 }

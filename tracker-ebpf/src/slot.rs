@@ -10,7 +10,7 @@
 //!   tid may be reused, so no write of the free can wipe a new task's tag. An exited entry
 //!   left there is read as not live by everyone, and overwritten by the tid's next tag.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_send_signal};
-use tracker_common::{SIGKILL, SLOT_DOOMED, SlotCounters, TAG_EXITED, TaskTag};
+use tracker_common::{KF_PREEMPTIBLE_TP, SIGKILL, SLOT_DOOMED, SlotCounters, TAG_EXITED, TaskTag};
 
 use crate::{
     kernel::{Task, current_start_ns, is_active, offsets},
@@ -26,6 +26,25 @@ use crate::{
 #[inline(always)]
 pub fn holds_live_tag(tid: u32) -> bool {
     current_slot(tid).is_some()
+}
+
+/// Whether `tid`'s entry holds a tag, live or exited.
+#[inline(always)]
+pub fn holds_tag(tid: u32) -> bool {
+    TASKS.get(tid).is_some_and(|t| t.slot != 0)
+}
+
+/// The tag to take for a live task (`tid`, `tgid`, `start_ns`) whose entry holds an exited
+/// tag of its own start time and process: a thread that exec'd, whose tag the exec program did
+/// not move (see `fork.rs`'s `exec_skipped`).
+#[inline(always)]
+pub fn exec_skipped_tag(tid: u32, tgid: u32, start_ns: u64) -> Option<TaskTag> {
+    let t = *TASKS.get(tid)?;
+    (t.slot & TAG_EXITED != 0 && t.start_ns == start_ns && t.tgid == tgid).then_some(TaskTag {
+        slot: t.slot & !TAG_EXITED,
+        tgid,
+        start_ns,
+    })
 }
 
 /// Whether `tid`'s entry holds the tag of an exited task, not yet finished (see `finish`).
@@ -50,7 +69,7 @@ pub fn no_pending_free() -> bool {
 #[inline(always)]
 pub fn count_finished(slot: u32, f: impl FnOnce(&mut SlotCounters)) {
     with_counters(slot, |c| {
-        c.counts.tasks_finished += 1;
+        add(&mut c.counts.tasks_finished, 1);
         f(c);
     });
     if let Some(p) = PENDING_FREE.get_ptr_mut(0) {
@@ -138,6 +157,17 @@ pub fn tag<const COMPAT: bool>(tid: u32, tag: &TaskTag) -> bool {
     // slot word first closes the entry; the other sees it changed. So the free never wipes
     // this tag, and the exited task is closed exactly once (its CPU is lost if the tag wins:
     // the tid came round within a grace period).
+    // An empty entry is claimed with a compare-and-exchange: the adopt iterator may tag a new
+    // task in the instant between its wake-up making it runnable and the fork program that
+    // tags it (see `fork`), and the task must enter its slot once. (The old build has no
+    // compare-and-exchange; there the two can both count it, in that instant only.)
+    if old.slot == 0 && !COMPAT {
+        if !slot_cmpxchg(entry, 0, tag.slot) {
+            return false;
+        }
+        task_entered(tag.slot, tid == tag.tgid);
+        return true;
+    }
     if old.slot & TAG_EXITED != 0 {
         if COMPAT {
             // The free never writes the entry here: the delete alone decides who closes it.
@@ -187,6 +217,36 @@ pub fn mark_exited<const COMPAT: bool>(tid: u32, slot: u32, start_ns: u64) {
         unsafe { core::ptr::write_volatile(&raw mut (*entry).slot, slot | TAG_EXITED) };
         live_tasks_drop(slot);
     }
+}
+
+/// The exit backstop (`exit.rs`'s `trk_dead`) closes task `tid`, whose live tag `tag` it
+/// read, as `mark_exited` does; whether it did. Unlike at `trk_exit`, the tid may already be
+/// released (an autoreaped thread's is, before its final switch), and a new task tagged under
+/// it: the slot word is swapped from exactly the live value, so a new tag is never overwritten.
+/// If the swap fails, that tag counted this task as a stale entry that left (`tag`). The old
+/// build has no compare-and-exchange, and needs no backstop (its kernels run tracepoint
+/// programs with preemption off): there it closes nothing.
+#[inline(always)]
+pub fn close_dead(tid: u32, tag: &TaskTag) -> bool {
+    let Some(entry) = TASKS.get_ptr_mut(tid) else {
+        return false;
+    };
+    // Raised first, as in `mark_exited`, and lowered again if the entry is not ours.
+    let Some(pending) = PENDING_FREE.get_ptr_mut(0) else {
+        return false;
+    };
+    atomic_add(pending, 1);
+    if slot_cmpxchg(entry, tag.slot, tag.slot | TAG_EXITED) {
+        return true;
+    }
+    atomic_add(pending, u64::MAX);
+    false
+}
+
+/// The backstop closed an entry of `slot` (`close_dead`) and counted its exit.
+#[inline(always)]
+pub fn dead_closed(slot: u32) {
+    live_tasks_drop(slot);
 }
 
 /// The key of an exited task in `EXITED` (compat programs).
@@ -354,6 +414,19 @@ pub fn with_counters(slot: u32, f: impl FnOnce(&mut SlotCounters)) {
     }
 }
 
+/// Add `v` to a per-CPU counter. Where every program runs with preemption off, no other
+/// program runs on this CPU between the load and the store, and a plain add is exact. Where a
+/// 7.0+ kernel runs them preemptibly (`KF_PREEMPTIBLE_TP`), a program preempted between the
+/// two could write back over another program's add to the same counter: the add is atomic.
+#[inline(always)]
+pub fn add(p: &mut u64, v: u64) {
+    if offsets().features & KF_PREEMPTIBLE_TP != 0 {
+        atomic_add(p, v);
+    } else {
+        *p += v;
+    }
+}
+
 /// Atomic add to a u64 shared by all CPUs. The BPF target has no fetch-add at the default CPU
 /// level, only `lock xadd` without a result, which is what this compiles to.
 #[inline(always)]
@@ -422,9 +495,9 @@ fn task_entered(slot: u32, is_leader: bool) {
         }
     }
     with_counters(slot, |c| {
-        c.counts.tasks_started += 1;
+        add(&mut c.counts.tasks_started, 1);
         if is_leader {
-            c.counts.processes_started += 1;
+            add(&mut c.counts.processes_started, 1);
         }
     });
 }
@@ -435,8 +508,8 @@ fn task_entered(slot: u32, is_leader: bool) {
 #[inline(always)]
 fn stale_entry_left(slot: u32) {
     with_counters(slot, |c| {
-        c.counts.tasks_exited += 1;
-        c.counts.tasks_finished += 1;
+        add(&mut c.counts.tasks_exited, 1);
+        add(&mut c.counts.tasks_finished, 1);
     });
     live_tasks_drop(slot);
 }
@@ -452,7 +525,7 @@ fn live_tasks_drop(slot: u32) {
 
 #[inline(always)]
 fn tag_failed(slot: u32) {
-    with_counters(slot, |c| c.counts.tag_failures += 1);
+    with_counters(slot, |c| add(&mut c.counts.tag_failures, 1));
     if let Some(g) = GLOBAL.get_ptr_mut(0) {
         // SAFETY: per-CPU value, as in `with_counters`.
         unsafe { (*g).tag_failures += 1 };
@@ -469,6 +542,6 @@ pub fn is_doomed(slot: u32) -> bool {
 pub fn doom_current(slot: u32) {
     // SAFETY: a helper call; it fails harmlessly for kernel threads.
     if unsafe { bpf_send_signal(SIGKILL) } == 0 {
-        with_counters(slot, |c| c.counts.doom_kills += 1);
+        with_counters(slot, |c| add(&mut c.counts.doom_kills, 1));
     }
 }

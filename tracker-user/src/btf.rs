@@ -8,11 +8,31 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use tracker_common::{IoCounters, KF_EXIT_GROUP_DEAD, KF_OLD_KERNEL, KF_RSS_ATOMIC, KernelOffsets};
+use tracker_common::{
+    IoCounters, KF_EXIT_GROUP_DEAD, KF_OLD_KERNEL, KF_PREEMPTIBLE_TP, KF_RSS_ATOMIC,
+    KF_TEST_SKIP_RUNS, KernelOffsets,
+};
 
 /// Set to 1, the loader takes this kernel for one before 5.13 and loads the programs' `_old`
 /// builds: how the tests run those builds on a recent kernel.
 pub const OLD_KERNEL_PROGRAMS_ENV: &str = "TRACKER_OLD_KERNEL_PROGRAMS";
+/// Set to 1, the loader acts as on a kernel that runs tracepoint programs preemptibly (the exit
+/// backstop `trk_dead` attached, see `KF_PREEMPTIBLE_TP`) whatever the kernel: how the tests
+/// and the bench run it on a kernel that never skips a run.
+pub const PREEMPTIBLE_TP_ENV: &str = "TRACKER_PREEMPTIBLE_TRACEPOINTS";
+/// Set to 1 (tests only), the exit program leaves every tagged task to the backstop, and the
+/// exec program a thread's exec to the fork and free programs, as a kernel that skipped their
+/// runs would: how the tests prove that what covers for a skipped run does what it must.
+pub const TEST_SKIP_RUNS_ENV: &str = "TRACKER_TEST_SKIP_RUNS";
+
+fn env_is_1(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// The type that says this kernel runs tracepoint programs preemptibly: the guard class of
+/// SRCU-fast, which guards tracepoints from 7.0 on (`__DECLARE_TRACE`); until then they ran
+/// with preemption disabled.
+const PREEMPTIBLE_TRACEPOINTS_TYPE: &str = "class_srcu_fast_notrace_t";
 
 use crate::error::{Error, Result};
 
@@ -45,9 +65,27 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
     // named there).
     if !r.has_helper("get_current_task_btf")?
         || !r.has_helper("for_each_map_elem")?
-        || std::env::var(OLD_KERNEL_PROGRAMS_ENV).is_ok_and(|v| v == "1")
+        || env_is_1(OLD_KERNEL_PROGRAMS_ENV)
     {
         features |= KF_OLD_KERNEL;
+    }
+    // A kernel that runs tracepoint programs preemptibly may skip a run of the exit program;
+    // its kernels have the recent builds, which the backstop is one of.
+    let skip_runs = env_is_1(TEST_SKIP_RUNS_ENV);
+    if r.has_typedef(PREEMPTIBLE_TRACEPOINTS_TYPE) || env_is_1(PREEMPTIBLE_TP_ENV) || skip_runs {
+        if features & KF_OLD_KERNEL != 0 {
+            if skip_runs {
+                return Err(Error::Btf(format!(
+                    "{TEST_SKIP_RUNS_ENV} needs the recent builds, whose exit backstop closes \
+                     what the exit program leaves: unset {OLD_KERNEL_PROGRAMS_ENV}"
+                )));
+            }
+        } else {
+            features |= KF_PREEMPTIBLE_TP;
+        }
+    }
+    if skip_runs {
+        features |= KF_TEST_SKIP_RUNS;
     }
     // sched_process_exit(struct task_struct *p, bool group_dead)
     if r.tracepoint_int_arg("sched_process_exit", 1)? == Some(1) {
@@ -119,6 +157,13 @@ pub fn describe_features(features: u32) -> Vec<(&'static str, bool, &'static str
             "the programs' _old builds: the current task read with bpf_probe_read_kernel, an \
              exited task closed by whoever deletes its map entry, a process's memory entry \
              changed under a lock taken with an atomic map insert",
+        ),
+        (
+            "tracepoint programs never skipped (before 7.0)",
+            features & KF_PREEMPTIBLE_TP == 0,
+            "this kernel runs them preemptibly and may skip a run: tasks are tagged at \
+             sched_wakeup_new (interrupts off, never skipped) and trk_dead closes at a task's \
+             final context switch an exit that trk_exit missed",
         ),
         (
             "percpu_counter RSS counters",
@@ -262,6 +307,12 @@ impl Resolver<'_> {
     }
 
     /// Whether this kernel knows BPF helper `name` (`BPF_FUNC_<name>` in `enum bpf_func_id`).
+    fn has_typedef(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Typedef(_))))
+    }
+
     fn has_helper(&self, name: &str) -> Result<bool> {
         let want = format!("BPF_FUNC_{name}");
         let types = self
@@ -489,7 +540,16 @@ mod tests {
         }
         assert_eq!(off.features & KF_RSS_ATOMIC != 0, atomic);
         // The old builds below 5.13, or where the tests ask for them.
-        let forced = std::env::var(OLD_KERNEL_PROGRAMS_ENV).is_ok_and(|v| v == "1");
+        let forced = env_is_1(OLD_KERNEL_PROGRAMS_ENV);
         assert_eq!(off.features & KF_OLD_KERNEL != 0, forced || version < (5, 13), "{release}");
+        // Preemptible tracepoints: 7.3 has them (seen), 6.18 not (this host); the backstop
+        // follows them unless the old builds or the tests' variables decide.
+        let preemptible = r.has_typedef(PREEMPTIBLE_TRACEPOINTS_TYPE);
+        if version >= (7, 0) || version <= (6, 18) {
+            assert_eq!(preemptible, version >= (7, 0), "{release}");
+        }
+        if !forced && !env_is_1(PREEMPTIBLE_TP_ENV) && !env_is_1(TEST_SKIP_RUNS_ENV) {
+            assert_eq!(off.features & KF_PREEMPTIBLE_TP != 0, preemptible, "{release}");
+        }
     }
 }

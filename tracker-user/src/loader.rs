@@ -201,6 +201,11 @@ fn load_locked(
         );
     }
     for spec in PROGRAMS {
+        if !spec.wanted(offsets.features) {
+            // Not called for on this kernel: a link an earlier load left goes.
+            let _ = fs::remove_file(paths.link_pin(spec.name));
+            continue;
+        }
         let function = spec.function(old_kernel);
         let mut staging = stage_program(paths, &mut ebpf, spec, function, kernel_btf, &dirs);
         if let (Err(e), Some(fb)) = (&staging, spec.fallback) {

@@ -1,6 +1,7 @@
 //! The declarative table of the tracker's kernel programs: what each is, how it is attached,
 //! and what it needs from the kernel. The loader walks this table; a program that is not
 //! `required` and fails to load costs its feature (with a warning), not the whole tracker.
+use tracker_common::KF_PREEMPTIBLE_TP;
 
 /// What a program needs from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,10 +85,6 @@ pub struct Fallback {
 
 #[derive(Clone, Copy, Debug)]
 pub struct ProgramSpec {
-    /// The function loaded instead on kernels before 5.13 (`KF_OLD_KERNEL`), which lack
-    /// `bpf_get_current_task_btf` or the 5.12 atomics: its own build of the same code (see
-    /// tracker-ebpf's `slot`). Chosen for every such program together, never one by one: the
-    /// two builds close exited tasks in ways that do not mix.
     /// The function name in tracker-ebpf, which is also the pin's file name.
     pub name: &'static str,
     pub kind: Kind,
@@ -96,11 +93,23 @@ pub struct ProgramSpec {
     pub needs: &'static [Need],
     pub purpose: &'static str,
     pub fallback: Option<Fallback>,
-    /// At most 15 bytes, as `Fallback::function`.
+    /// The function loaded instead on kernels before 5.13 (`KF_OLD_KERNEL`), which lack
+    /// `bpf_get_current_task_btf` or the 5.12 atomics: its own build of the same code (see
+    /// tracker-ebpf's `slot`). Chosen for every such program together, never one by one: the
+    /// two builds close exited tasks in ways that do not mix. At most 15 bytes, as
+    /// `Fallback::function`.
     pub old: Option<&'static str>,
+    /// `KF_*` bits the kernel must have for the program to be loaded at all (0: always): a
+    /// program this kernel does not call for, not a feature it lacks.
+    pub only_with: u32,
 }
 
 impl ProgramSpec {
+    /// Whether this kernel (its `KF_*` features) calls for the program.
+    pub fn wanted(&self, features: u32) -> bool {
+        features & self.only_with == self.only_with
+    }
+
     /// The function to load: its own, or on an old kernel its `old` build.
     pub fn function(&self, old_kernel: bool) -> &'static str {
         match self.old {
@@ -121,6 +130,7 @@ impl ProgramSpec {
 pub const FORK: &str = "trk_fork";
 pub const EXIT: &str = "trk_exit";
 pub const EXEC: &str = "trk_exec";
+pub const DEAD: &str = "trk_dead";
 pub const ADOPT: &str = "trk_adopt";
 pub const DOOM: &str = "trk_doom";
 pub const FREE: &str = "trk_free";
@@ -136,14 +146,17 @@ pub const PID_MAX_GUARD: &str = "trk_pid_max";
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec {
         name: FORK,
-        // Not `sched_process_fork`: `create_io_thread` (io-wq, SQPOLL) does not fire it.
-        kind: Kind::BtfTracePoint("task_newtask"),
+        // Not `task_newtask` or `sched_process_fork`: a 7.0+ kernel may skip a run of a program
+        // there (see tracker-ebpf's `fork`), and `create_io_thread` (io-wq, SQPOLL) does not
+        // fire `sched_process_fork`.
+        kind: Kind::BtfTracePoint("sched_wakeup_new"),
         attach: Attach::Pinned,
         required: true,
         needs: &[Need::TpBtf, Need::SendSignal],
         purpose: "tags every task a tagged task creates (threads, io_uring workers) before it runs",
         fallback: None,
         old: Some("trk_fork_old"),
+        only_with: 0,
     },
     ProgramSpec {
         name: EXIT,
@@ -154,6 +167,20 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "untags and accounts exiting tasks",
         fallback: None,
         old: Some("trk_exit_old"),
+        only_with: 0,
+    },
+    ProgramSpec {
+        name: DEAD,
+        kind: Kind::BtfTracePoint("sched_switch"),
+        attach: Attach::Pinned,
+        required: true,
+        needs: &[Need::TpBtf],
+        purpose: "closes and accounts a task whose exit the kernel skipped, at its final context \
+                  switch (kernels that run tracepoint programs preemptibly, 7.0+)",
+        fallback: None,
+        // Its kernels all have the recent builds' helpers and atomics.
+        old: None,
+        only_with: KF_PREEMPTIBLE_TP,
     },
     ProgramSpec {
         name: EXEC,
@@ -164,6 +191,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "counts execs, follows a thread that execs",
         fallback: None,
         old: Some("trk_exec_old"),
+        only_with: 0,
     },
     ProgramSpec {
         name: ADOPT,
@@ -174,6 +202,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "tags an existing process tree (adopt, run)",
         fallback: None,
         old: Some("trk_adopt_old"),
+        only_with: 0,
     },
     ProgramSpec {
         name: FREE,
@@ -184,6 +213,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "harvests an exited task's final CPU time when the kernel frees it",
         fallback: None,
         old: Some("trk_free_old"),
+        only_with: 0,
     },
     ProgramSpec {
         name: RSS,
@@ -200,6 +230,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
                   change; attached only while such a slot exists",
         fallback: None,
         old: Some("trk_rss_old"),
+        only_with: 0,
     },
     ProgramSpec {
         name: USAGE,
@@ -210,6 +241,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "reads what the live tagged tasks hold now (stat)",
         fallback: None,
         old: None,
+        only_with: 0,
     },
     ProgramSpec {
         name: NET_INGRESS,
@@ -220,6 +252,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "counts the packets the slots' sockets receive",
         fallback: None,
         old: None,
+        only_with: 0,
     },
     ProgramSpec {
         name: NET_EGRESS,
@@ -230,6 +263,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "counts the packets the slots' sockets send",
         fallback: None,
         old: None,
+        only_with: 0,
     },
     ProgramSpec {
         name: CGROUP_MOVE,
@@ -240,6 +274,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "reports a tagged task moved out of its slot's cgroup (watch)",
         fallback: None,
         old: None,
+        only_with: 0,
     },
     ProgramSpec {
         name: OOM,
@@ -250,6 +285,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "reports a tagged task chosen by the OOM killer (watch)",
         fallback: None,
         old: None,
+        only_with: 0,
     },
     sock_addr("trk_connect4", SockAddrHook::Connect4),
     sock_addr("trk_connect6", SockAddrHook::Connect6),
@@ -268,6 +304,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
                          deny-list follows the cgroup a task is in, not its tag",
         }),
         old: None,
+        only_with: 0,
     },
     ProgramSpec {
         name: PID_MAX_GUARD,
@@ -280,6 +317,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "refuses a kernel.pid_max above what the tasks array can tag",
         fallback: None,
         old: None,
+        only_with: 0,
     },
     ProgramSpec {
         name: DOOM,
@@ -290,6 +328,7 @@ pub const PROGRAMS: &[ProgramSpec] = &[
         purpose: "kills a doomed slot's tasks at their next syscall, during a kill",
         fallback: None,
         old: Some("trk_doom_old"),
+        only_with: 0,
     },
 ];
 
@@ -303,6 +342,7 @@ const fn sock_addr(name: &'static str, hook: SockAddrHook) -> ProgramSpec {
         purpose: "holds a slot's connections to its allow-list (--deny-network, --allow-connect)",
         fallback: None,
         old: None,
+        only_with: 0,
     }
 }
 

@@ -1,6 +1,7 @@
 //! What is loaded, where it is pinned, and which kernel features were found.
 use std::{
     fs,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -12,7 +13,7 @@ use aya::programs::{
 use serde::Serialize;
 
 use crate::{
-    btf,
+    bpf_sys, btf,
     cgroup::{Cgroups, Layout},
     error::Result,
     maps::Maps,
@@ -66,6 +67,10 @@ pub struct ProgramStatus {
     /// For on-demand programs: attached now (its link is pinned while it is).
     pub attached_now: bool,
     pub prog_id: Option<u32>,
+    /// Runs the kernel skipped (`recursion_misses`, 5.12+): it skips a program's run on a CPU
+    /// where the same program is already running, which from 7.0 includes a task preempted
+    /// inside it. `None` where the kernel does not count them or the program is not loaded.
+    pub skipped: Option<u64>,
     /// From the kernel's BPF statistics (`kernel.bpf_stats_enabled=1`), else 0.
     pub run_count: u64,
     pub run_time_ns: u64,
@@ -87,8 +92,15 @@ pub fn status(paths: &Paths) -> Result<Status> {
     let maps = Maps::open(paths).ok();
     let loaded = maps.is_some();
     let cgroups = Cgroups::detect(paths)?;
+    let kernel = btf::kernel_offsets(paths.btf()).map(|o| o.features);
     let programs = PROGRAMS
         .iter()
+        // A program this kernel does not call for is not listed, unless it is attached (the
+        // tests' variables can ask for it on any kernel).
+        .filter(|spec| {
+            kernel.as_ref().map_or(true, |f| spec.wanted(*f))
+                || paths.link_pin(spec.name).exists()
+        })
         .map(|spec| {
             let info = match spec.attach {
                 Attach::Pinned => PinnedLink::from_pin(paths.link_pin(spec.name))
@@ -120,6 +132,10 @@ pub fn status(paths: &Paths) -> Result<Status> {
                 attached_now: info.is_some()
                     && (spec.attach == Attach::Pinned || paths.link_pin(spec.name).exists()),
                 prog_id: info.as_ref().map(ProgramInfo::id),
+                skipped: info.as_ref().and_then(|i| {
+                    let fd = i.fd().ok()?;
+                    bpf_sys::recursion_misses(fd.as_fd()).ok().flatten()
+                }),
                 run_count: info.as_ref().map_or(0, ProgramInfo::run_count),
                 run_time_ns: info.as_ref().map_or(0, |i| i.run_time().as_nanos() as u64),
                 purpose: spec.purpose,
@@ -142,7 +158,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
         loaded,
         generation,
         programs,
-        features: features(paths, &cgroups),
+        features: features(paths, &cgroups, &kernel),
         cgroup_layout: cgroups.layout(),
         cgroup_parent: cgroups.parent_dir(),
         cgroup_delegated: cgroups.mounts().unified.as_ref().and_then(|m| {
@@ -187,7 +203,7 @@ fn program_by_id(id: u32) -> Option<ProgramInfo> {
     loaded_programs().flatten().find(|p| p.id() == id)
 }
 
-fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
+fn features(paths: &Paths, cgroups: &Cgroups, kernel: &Result<u32>) -> Vec<Feature> {
     let mut f = vec![];
     let mut add = |name, present, detail: String| f.push(Feature { name, present, detail });
     add("btf", paths.btf().exists(), paths.btf().display().to_string());
@@ -241,9 +257,9 @@ fn features(paths: &Paths, cgroups: &Cgroups) -> Vec<Feature> {
         },
     );
     // How this kernel differs, as the programs were (or would be) chosen for it at load.
-    match btf::kernel_offsets(paths.btf()) {
-        Ok(off) => {
-            for (name, present, instead) in btf::describe_features(off.features) {
+    match kernel {
+        Ok(features) => {
+            for (name, present, instead) in btf::describe_features(*features) {
                 let detail = if present { String::new() } else { format!("instead: {instead}") };
                 add(name, present, detail);
             }

@@ -306,8 +306,8 @@ impl State {
 
 /// The programs on the hooks every process takes (`trk_rss` is attached only while a slot
 /// needs it: its pin may be absent).
-const HOT: [&str; 5] =
-    [programs::FORK, programs::EXIT, programs::EXEC, programs::FREE, programs::RSS];
+const HOT: [&str; 6] =
+    [programs::FORK, programs::EXIT, programs::DEAD, programs::EXEC, programs::FREE, programs::RSS];
 
 /// Attach what `state` needs: a load over pinned maps is an upgrade, which keeps every tag;
 /// dropping a link's pin detaches it. Before detaching, every tagged task that exited is let
@@ -329,11 +329,14 @@ fn set_state(paths: &Paths, state: State) {
 }
 
 /// The tracker's programs that run on every fork, exec, exit, switch and memory change, each
-/// with its tracepoint and the name of the empty program the bench puts beside it.
-const HOOKS: [(&str, &str, &str); 5] = [
-    (programs::FORK, "task_newtask", "empty_fork"),
+/// with its tracepoint and the name of the empty program the bench puts beside it. The exit
+/// backstop (`trk_dead`, at every context switch) is attached only on kernels that may skip a
+/// run of the exit program (7.0+), or with `TRACKER_PREEMPTIBLE_TRACEPOINTS=1`: measured where it is.
+const HOOKS: [(&str, &str, &str); 6] = [
+    (programs::FORK, "sched_wakeup_new", "empty_fork"),
     (programs::EXEC, "sched_process_exec", "empty_exec"),
     (programs::EXIT, "sched_process_exit", "empty_exit"),
+    (programs::DEAD, "sched_switch", "empty_switch"),
     (programs::FREE, "sched_process_free", "empty_free"),
     (programs::RSS, "rss_stat", "empty_rss"),
 ];
@@ -466,8 +469,12 @@ fn overhead(paths: &Paths, rounds: usize) {
     // call path, which would otherwise count against the tracker's.
     set_state(paths, State::Off);
     let btf = btf_rs::Btf::from_file("/sys/kernel/btf/vmlinux").unwrap();
-    let empties: Vec<EmptyProgram> =
-        HOOKS.iter().map(|(_, tp, empty)| EmptyProgram::attach(&btf, tp, empty).unwrap()).collect();
+    let programs = status::status(paths).unwrap().programs;
+    let empties: Vec<EmptyProgram> = HOOKS
+        .iter()
+        .filter(|(prog, ..)| programs.iter().any(|p| p.name == *prog))
+        .map(|(_, tp, empty)| EmptyProgram::attach(&btf, tp, empty).unwrap())
+        .collect();
     set_state(paths, State::On);
     set_stats(true);
     // Per (operation, program): calls per operation and ns per call, for each batch.

@@ -242,6 +242,12 @@ impl Collector for KernelCollector {
                 )?;
                 single(
                     &mut enc,
+                    "tracker_program_runs_skipped",
+                    "Runs of the tracker's programs the kernel skipped (recursion_misses)",
+                    ConstCounter::new(st.programs.iter().filter_map(|p| p.skipped).sum::<u64>()),
+                )?;
+                single(
+                    &mut enc,
                     "tracker_tag_failures",
                     "New tasks of a slot that could not be tagged (should stay 0)",
                     ConstCounter::new(st.tag_failures),

@@ -105,6 +105,13 @@ fn status_body(st: &Status) {
                 (true, true, _) => "ready (attached on demand)".to_owned(),
                 (false, ..) => "MISSING".to_owned(),
             };
+            // Never silent: a skipped run of a tagging program is a task the kernel did not
+            // show it (the README's "Kernels" says which programs may be skipped, and what
+            // covers for them).
+            let state = match p.skipped {
+                Some(n) if n > 0 => format!("{state}; {n} runs skipped by the kernel"),
+                _ => state,
+            };
             let purpose = match p.fallback {
                 Some((_, difference)) => format!("{}; {difference}", p.purpose),
                 None => p.purpose.to_owned(),
