@@ -61,11 +61,7 @@ pub fn current_task() -> *mut task_struct {
 pub fn current_start_ns<const COMPAT: bool>() -> Option<u64> {
     let off = offsets();
     if COMPAT {
-        // SAFETY: a helper without arguments; the read is checked by the next helper.
-        let task = unsafe { bpf_get_current_task() } as *const u8;
-        // SAFETY: a read the helper checks.
-        unsafe { bpf_probe_read_kernel(task.add(off.task_start_boottime as usize).cast::<u64>()) }
-            .ok()
+        current_field::<u64>(off.task_start_boottime)
     } else {
         Some(Task::of(current_task()).start_ns(off))
     }
@@ -76,13 +72,20 @@ pub fn current_start_ns<const COMPAT: bool>() -> Option<u64> {
 pub fn current_mm_addr<const COMPAT: bool>() -> u64 {
     let off = offsets();
     if COMPAT {
-        // SAFETY: as in `current_start_ns`.
-        let task = unsafe { bpf_get_current_task() } as *const u8;
-        // SAFETY: a read the helper checks.
-        unsafe { bpf_probe_read_kernel(task.add(off.task_mm as usize).cast::<u64>()) }.unwrap_or(0)
+        current_field::<u64>(off.task_mm).unwrap_or(0)
     } else {
         Task::of(current_task()).mm(off).map_or(0, Mm::addr)
     }
+}
+
+/// The current task's field at `offset`, read through its untyped address with
+/// `bpf_probe_read_kernel` (the compat builds' way, without `bpf_get_current_task_btf`).
+#[inline(always)]
+fn current_field<T: Copy>(offset: u32) -> Option<T> {
+    // SAFETY: a helper without arguments; the read is checked by the next helper.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    // SAFETY: a read the helper checks.
+    unsafe { bpf_probe_read_kernel(task.add(offset as usize).cast::<T>()) }.ok()
 }
 
 #[inline(always)]

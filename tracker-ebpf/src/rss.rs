@@ -104,13 +104,7 @@ fn rss<const COMPAT: bool>(ctx: &BtfTracePointContext) -> u32 {
         }
         let idx = (member & 3) as usize;
         let place = &raw mut (*entry).bytes[idx];
-        let before = if COMPAT {
-            let before = core::ptr::read_volatile(place);
-            core::ptr::write_volatile(place, now);
-            before
-        } else {
-            slot::atomic_swap(place, now)
-        };
+        let before = swap::<COMPAT>(place, now);
         slot::mem_add((*entry).slot, now as i64 - before as i64);
     }
     if COMPAT {
@@ -153,16 +147,25 @@ fn empty<const COMPAT: bool>(entry: *mut MmRss) {
         let slot = (*entry).slot;
         let mut gone = 0u64;
         for i in 0..4 {
-            let place = &raw mut (*entry).bytes[i];
-            gone += if COMPAT {
-                let b = core::ptr::read_volatile(place);
-                core::ptr::write_volatile(place, 0);
-                b
-            } else {
-                slot::atomic_swap(place, 0)
-            };
+            gone += swap::<COMPAT>(&raw mut (*entry).bytes[i], 0);
         }
         slot::mem_add(slot, -(gone as i64));
+    }
+}
+
+/// Store `v` in an entry's place and return what was there: atomically, or (compat programs,
+/// which have no atomic exchange) under the process's lock, which the caller holds.
+#[inline(always)]
+fn swap<const COMPAT: bool>(place: *mut u64, v: u64) -> u64 {
+    if COMPAT {
+        // SAFETY: a map value's field; the caller holds the process's lock.
+        unsafe {
+            let before = core::ptr::read_volatile(place);
+            core::ptr::write_volatile(place, v);
+            before
+        }
+    } else {
+        slot::atomic_swap(place, v)
     }
 }
 
