@@ -93,12 +93,50 @@ pub fn status(paths: &Paths) -> Result<Status> {
     let loaded = maps.is_some();
     let cgroups = Cgroups::detect(paths)?;
     let kernel = btf::kernel_offsets(paths.btf()).map(|o| o.features);
-    let programs = PROGRAMS
+    let programs = programs(paths, kernel.as_ref().ok().copied());
+    let (generation, max_tasks, max_slots, global) = match &maps {
+        Some(m) => (
+            m.active_generation().unwrap_or(0),
+            m.tasks_capacity(),
+            m.max_slots(),
+            m.global().unwrap_or_default(),
+        ),
+        None => (0, 0, 0, Default::default()),
+    };
+    let slots = if loaded { registry::read(paths).map(|r| r.slots.len()).unwrap_or(0) } else { 0 };
+    Ok(Status {
+        instance: paths.instance().to_owned(),
+        pin_dir: paths.pin_dir(),
+        loaded,
+        generation,
+        programs,
+        features: features(paths, &cgroups, &kernel),
+        cgroup_layout: cgroups.layout(),
+        cgroup_parent: cgroups.parent_dir(),
+        cgroup_delegated: cgroups.mounts().unified.as_ref().and_then(|m| {
+            cgroups.parent().delegated.as_ref().map(|d| crate::paths::cgroup_dir(m, d))
+        }),
+        cgroup_scope: cgroups.parent().scope.clone(),
+        max_tasks,
+        max_slots,
+        slots,
+        tag_failures: global.tag_failures,
+        pending_frees: if loaded { Maps::pending_frees(paths).ok().flatten() } else { None },
+        pid_max_refused: global.pid_max_refused,
+    })
+}
+
+/// The program table: each program this kernel calls for (from its BTF `features`, `None`
+/// when they could not be read: every program), with what the kernel says of it. Apart from
+/// `status` for the metrics, which scrape it often and must not parse the kernel's BTF (some
+/// megabytes) each time.
+pub fn programs(paths: &Paths, kernel: Option<u32>) -> Vec<ProgramStatus> {
+    PROGRAMS
         .iter()
         // A program this kernel does not call for is not listed, unless it is attached (the
         // tests' variables can ask for it on any kernel).
         .filter(|spec| {
-            kernel.as_ref().map_or(true, |f| spec.wanted(*f))
+            kernel.is_none_or(|f| spec.wanted(f))
                 || paths.link_pin(spec.name).exists()
         })
         .map(|spec| {
@@ -141,37 +179,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
                 purpose: spec.purpose,
             }
         })
-        .collect();
-    let (generation, max_tasks, max_slots, global) = match &maps {
-        Some(m) => (
-            m.active_generation().unwrap_or(0),
-            m.tasks_capacity(),
-            m.max_slots(),
-            m.global().unwrap_or_default(),
-        ),
-        None => (0, 0, 0, Default::default()),
-    };
-    let slots = if loaded { registry::read(paths).map(|r| r.slots.len()).unwrap_or(0) } else { 0 };
-    Ok(Status {
-        instance: paths.instance().to_owned(),
-        pin_dir: paths.pin_dir(),
-        loaded,
-        generation,
-        programs,
-        features: features(paths, &cgroups, &kernel),
-        cgroup_layout: cgroups.layout(),
-        cgroup_parent: cgroups.parent_dir(),
-        cgroup_delegated: cgroups.mounts().unified.as_ref().and_then(|m| {
-            cgroups.parent().delegated.as_ref().map(|d| crate::paths::cgroup_dir(m, d))
-        }),
-        cgroup_scope: cgroups.parent().scope.clone(),
-        max_tasks,
-        max_slots,
-        slots,
-        tag_failures: global.tag_failures,
-        pending_frees: if loaded { Maps::pending_frees(paths).ok().flatten() } else { None },
-        pid_max_refused: global.pid_max_refused,
-    })
+        .collect()
 }
 
 /// A non-root cgroup2 directory to look for per-cgroup files in: the instance's parent if

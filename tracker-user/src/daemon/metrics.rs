@@ -61,7 +61,11 @@ impl Metrics {
             "Kills done by the daemon, by result (complete: the slot was emptied)",
             kills.clone(),
         );
-        registry.register_collector(Box::new(KernelCollector { tracker, hub }));
+        // Read once: the kernel does not change under a running daemon, and parsing its BTF
+        // (megabytes) at every scrape took a second in a debug build, thirty under emulation.
+        let kernel_features =
+            crate::btf::kernel_offsets(tracker.paths().btf()).map(|o| o.features).ok();
+        registry.register_collector(Box::new(KernelCollector { tracker, hub, kernel_features }));
         Self { registry, kill_seconds, kills }
     }
 
@@ -84,6 +88,8 @@ impl Metrics {
 struct KernelCollector {
     tracker: Arc<Tracker>,
     hub: Arc<Hub>,
+    /// The kernel's features as the loader reads them (`None`: unreadable, list every program).
+    kernel_features: Option<u32>,
 }
 
 /// One metric without labels.
@@ -225,41 +231,41 @@ impl Collector for KernelCollector {
             "Slots the tracker holds",
             ConstGauge::new(owners.len() as i64),
         )?;
-        match status::status(t.paths()) {
-            Ok(st) => {
-                let attached = st.programs.iter().filter(|p| p.ready).count();
-                single(
-                    &mut enc,
-                    "tracker_programs_attached",
-                    "Kernel programs attached (or, for those attached only during kills, ready)",
-                    ConstGauge::new(attached as i64),
-                )?;
-                single(
-                    &mut enc,
-                    "tracker_programs",
-                    "Kernel programs the tracker has",
-                    ConstGauge::new(st.programs.len() as i64),
-                )?;
-                single(
-                    &mut enc,
-                    "tracker_program_runs_skipped",
-                    "Runs of the tracker's programs the kernel skipped (recursion_misses)",
-                    ConstCounter::new(st.programs.iter().filter_map(|p| p.skipped).sum::<u64>()),
-                )?;
+        let programs = status::programs(t.paths(), self.kernel_features);
+        single(
+            &mut enc,
+            "tracker_programs_attached",
+            "Kernel programs attached (or, for those attached only during kills, ready)",
+            ConstGauge::new(programs.iter().filter(|p| p.ready).count() as i64),
+        )?;
+        single(
+            &mut enc,
+            "tracker_programs",
+            "Kernel programs the tracker has",
+            ConstGauge::new(programs.len() as i64),
+        )?;
+        single(
+            &mut enc,
+            "tracker_program_runs_skipped",
+            "Runs of the tracker's programs the kernel skipped (recursion_misses)",
+            ConstCounter::new(programs.iter().filter_map(|p| p.skipped).sum::<u64>()),
+        )?;
+        match t.global_counters() {
+            Ok(global) => {
                 single(
                     &mut enc,
                     "tracker_tag_failures",
                     "New tasks of a slot that could not be tagged (should stay 0)",
-                    ConstCounter::new(st.tag_failures),
+                    ConstCounter::new(global.tag_failures),
                 )?;
                 single(
                     &mut enc,
                     "tracker_pid_max_refused",
                     "Writes of kernel.pid_max above what the tasks array can tag, refused",
-                    ConstCounter::new(st.pid_max_refused),
+                    ConstCounter::new(global.pid_max_refused),
                 )?;
             }
-            Err(e) => tracing::error!("metrics: status: {e}"),
+            Err(e) => tracing::error!("metrics: global counters: {e}"),
         }
         let kernel_lost = t.global_counters().map(|g| g.events_lost).unwrap_or_default();
         family(
