@@ -250,7 +250,8 @@ impl Collector for KernelCollector {
             "Runs of the tracker's programs the kernel skipped (recursion_misses)",
             ConstCounter::new(programs.iter().filter_map(|p| p.skipped).sum::<u64>()),
         )?;
-        match t.global_counters() {
+        let global = t.global_counters();
+        match &global {
             Ok(global) => {
                 single(
                     &mut enc,
@@ -267,7 +268,7 @@ impl Collector for KernelCollector {
             }
             Err(e) => tracing::error!("metrics: global counters: {e}"),
         }
-        let kernel_lost = t.global_counters().map(|g| g.events_lost).unwrap_or_default();
+        let kernel_lost = global.map(|g| g.events_lost).unwrap_or_default();
         family(
             &mut enc,
             "tracker_events_lost",
