@@ -37,7 +37,8 @@ use std::{
 };
 
 use tracker_tests::{
-    ESCAPE, Instance, marker, processes_named, skip, test_dir, tracker_bin, wait_exit, wait_for,
+    ESCAPE, Instance, marker, processes_named, scaled, skip, test_dir, tracker_bin, wait_exit,
+    wait_for,
 };
 
 /// Generous: the daemons, the jobs and their epilogs each take well under ten seconds here.
@@ -366,6 +367,8 @@ struct Slurm {
     conf: PathBuf,
     /// Started daemons, in start order (munged, slurmctld, slurmd).
     daemons: Vec<(&'static str, Child)>,
+    /// The cgroup this test made for slurmstepd's scope, removed with the cluster.
+    made_slice: Option<PathBuf>,
 }
 
 struct Finished {
@@ -398,7 +401,8 @@ impl Slurm {
         }
         // munged insists that everyone may traverse its socket's directory: test_dir's may.
         let dir = test_dir("slurm");
-        let mut slurm = Self { conf: dir.join("slurm.conf"), dir, daemons: vec![] };
+        let mut slurm =
+            Self { conf: dir.join("slurm.conf"), dir, daemons: vec![], made_slice: None };
         slurm.build_plugin();
         let [ctld_port, slurmd_port, dbd_port, db_port] = free_ports();
         slurm.write_config(inst, [ctld_port, slurmd_port, dbd_port]);
@@ -416,12 +420,7 @@ impl Slurm {
                 .unwrap();
             slurm.daemons.push((daemon, child));
         }
-        assert!(
-            wait_for(TIMEOUT, || slurm.node_state() == "idle"),
-            "the node did not become idle (state {:?}){}",
-            slurm.node_state(),
-            slurm.logs()
-        );
+        slurm.wait_up("the node to become idle", || slurm.node_state() == "idle");
         Some(slurm)
     }
 
@@ -445,7 +444,7 @@ impl Slurm {
         );
     }
 
-    fn write_config(&self, inst: &Instance, [ctld_port, slurmd_port, dbd_port]: [u16; 3]) {
+    fn write_config(&mut self, inst: &Instance, [ctld_port, slurmd_port, dbd_port]: [u16; 3]) {
         let d = self.dir.display();
         let host = short_hostname();
         // The epilog is a copy: slurmd runs it only if it is executable, whatever the
@@ -509,11 +508,36 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         // Slurm reads cgroup.conf beside slurm.conf. Its cgroup paths (`slurm/uid_U/job_J`)
         // are machine-wide: job ids of our own keep them apart from another test's cluster.
         let plugin = if is_pure_v2() { "cgroup/v2" } else { "cgroup/v1" };
+        // cgroup/v2 has systemd make slurmstepd's scope (over D-Bus); on a node without systemd
+        // as its init, an administrator tells it to make the scope itself, as here.
+        let systemd = if !is_pure_v2() {
+            ""
+        } else if Path::new("/run/systemd/system").exists() {
+            "IgnoreSystemdOnFailure=yes\n"
+        } else {
+            // Slurm then makes `system.slice/<node>_slurmstepd.scope`, but not the slice.
+            let slice = Path::new("/sys/fs/cgroup/system.slice");
+            if !slice.exists() {
+                fs::create_dir(slice).unwrap();
+                self.made_slice = Some(slice.to_path_buf());
+            }
+            // What systemd's Delegate= would have done: the controllers Slurm constrains
+            // jobs with, enabled down to the scope's parent.
+            for parent in [Path::new("/sys/fs/cgroup"), slice] {
+                for c in ["cpuset", "cpu", "io", "memory", "pids"] {
+                    let control = parent.join("cgroup.subtree_control");
+                    if let Err(e) = fs::write(&control, format!("+{c}")) {
+                        panic!("enabling {c} in {}: {e}", control.display());
+                    }
+                }
+            }
+            "IgnoreSystemd=yes\n"
+        };
         fs::write(
             self.dir.join("cgroup.conf"),
             format!(
                 "CgroupPlugin={plugin}\nCgroupAutomount=no\nConstrainCores=yes\n\
-                 ConstrainRAMSpace=yes\nConstrainDevices=yes\n"
+                 ConstrainRAMSpace=yes\nConstrainDevices=yes\n{systemd}"
             ),
         )
         .unwrap();
@@ -554,7 +578,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
             .unwrap();
         self.daemons.push(("mariadbd", child));
         let up = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-        assert!(wait_for(TIMEOUT, || up(db_port)), "mariadbd did not start: {}", self.logs());
+        self.wait_up("mariadbd to listen", || up(db_port));
 
         let d = self.dir.display();
         let conf = self.dir.join("slurmdbd.conf");
@@ -582,7 +606,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
             .spawn()
             .unwrap();
         self.daemons.push(("slurmdbd", child));
-        assert!(wait_for(TIMEOUT, || up(dbd_port)), "slurmdbd did not start: {}", self.logs());
+        self.wait_up("slurmdbd to listen", || up(dbd_port));
         let cluster = format!("trk{}", std::process::id());
         let add =
             self.run_bounded(self.command("sacctmgr").args(["-i", "add", "cluster", &cluster]));
@@ -614,7 +638,31 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
             .spawn()
             .unwrap();
         self.daemons.push(("munged", child));
-        assert!(wait_for(TIMEOUT, || socket.exists()), "munged did not start: {}", self.logs());
+        self.wait_up("munged's socket", || socket.exists());
+    }
+
+    /// Wait for `ready`, failing at once (with the logs) when one of our daemons has died: a
+    /// daemon's fatal error must not read as a slow start for the whole TIMEOUT.
+    fn wait_up(&self, what: &str, ready: impl Fn() -> bool) {
+        let mut dead = None;
+        let in_time = wait_for(TIMEOUT, || {
+            dead = self.dead_daemon();
+            dead.is_some() || ready()
+        });
+        if let Some(d) = dead {
+            panic!("waiting for {what}: {d} exited{}", self.logs());
+        }
+        assert!(in_time, "waiting for {what}: not within {:?}{}", scaled(TIMEOUT), self.logs());
+    }
+
+    /// The first of our daemons that has exited (a zombie: we reap only in `drop`).
+    fn dead_daemon(&self) -> Option<&'static str> {
+        self.daemons.iter().find_map(|(name, child)| {
+            let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+            // The state follows the command's closing parenthesis.
+            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            matches!(state, None | Some('Z' | 'X')).then_some(*name)
+        })
     }
 
     fn set_plugstack(&self, text: &str) {
@@ -797,11 +845,27 @@ impl Drop for Slurm {
             // SAFETY: kill has no memory effects; the process was started by this cluster.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+        if let Some(slice) = &self.made_slice {
+            remove_cgroup_tree(slice);
+        }
         if failed {
             eprintln!("slurm test directory kept: {}{}", self.dir.display(), self.logs());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Remove a cgroup and its descendants, leaves first (best effort: a cgroup with a task left
+/// in it stays, and says so).
+fn remove_cgroup_tree(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    if let Err(e) = fs::remove_dir(dir) {
+        eprintln!("warning: cannot remove cgroup {}: {e}", dir.display());
     }
 }
 

@@ -567,6 +567,13 @@ mkdir -p /run/tracker-vm-disk
 mount -t ext4 "$disk" /run/tracker-vm-disk || fail "cannot mount $disk"
 mkdir -p /run/tracker-vm-disk/tmp && chmod 1777 /run/tracker-vm-disk/tmp
 export TMPDIR=/run/tracker-vm-disk/tmp
+# Slurm's daemons open their ports with getaddrinfo(AI_ADDRCONFIG), which answers nothing on
+# a machine whose only interface is loopback (vng's guest has no NIC): slurmdbd dies with
+# "Address family not supported". A cluster node has an address; give the guest one.
+if ! ip -4 -o addr show scope global | grep -q inet; then
+    modprobe dummy && ip link add trk0 type dummy && ip addr add 192.0.2.1/24 dev trk0 \
+        && ip link set trk0 up || fail "cannot add a network interface (dummy)"
+fi
 # Slurm resolves the node's own name over IPv4.
 grep -q "^127\.0\.0\.1[[:space:]].*\b$(hostname)\b" /etc/hosts \
     || echo "127.0.0.1 $(hostname)" >> /etc/hosts || fail "cannot add the hostname to /etc/hosts"
