@@ -38,108 +38,132 @@ use crate::error::{Error, Result};
 
 /// Resolve every offset the programs need from the BTF at `path`.
 pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets> {
-    if !path.exists() {
-        return Err(Error::NoBtf(path.into()));
-    }
-    let btf = Btf::from_file(path)
-        .map_err(|e| Error::Btf(format!("cannot parse {}: {e}", path.display())))?;
-    let r = Resolver { btf: &btf };
-    let task = "task_struct";
-    let pid = r.field(task, &["pid"], 4)?;
-    let tgid = r.field(task, &["tgid"], 4)?;
-    // The programs read the whole struct at once into `IoCounters`: same fields, same order.
-    let io = "task_io_accounting";
-    let io_fields = ["rchar", "wchar", "syscr", "syscw", "read_bytes", "write_bytes"];
-    for (i, f) in io_fields.iter().chain(["cancelled_write_bytes"].iter()).enumerate() {
-        let at = r.field(io, &[f], 8)?;
-        if at as usize != i * 8 {
-            return Err(Error::Btf(format!("{io}.{f} is at {at}, not {}", i * 8)));
-        }
-    }
-    // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    let rss = r.rss_counters()?;
-    let mut features = rss.feature;
-    // bpf_get_current_task_btf came in 5.11, the atomics in 5.12; bpf_for_each_map_elem, in
-    // 5.13, is the first helper a kernel with both names in its BTF (the atomics are not
-    // named there).
-    if !r.has_helper("get_current_task_btf")?
-        || !r.has_helper("for_each_map_elem")?
-        || env_is_1(OLD_KERNEL_PROGRAMS_ENV)
-    {
-        features |= KF_OLD_KERNEL;
-    }
-    // A kernel that runs tracepoint programs preemptibly may skip a run of the exit program;
-    // its kernels have the recent builds, which the backstop is one of.
-    let skip_runs = env_is_1(TEST_SKIP_RUNS_ENV);
-    if r.has_typedef(PREEMPTIBLE_TRACEPOINTS_TYPE) || env_is_1(PREEMPTIBLE_TP_ENV) || skip_runs {
-        if features & KF_OLD_KERNEL != 0 {
-            if skip_runs {
-                return Err(Error::Btf(format!(
-                    "{TEST_SKIP_RUNS_ENV} needs the recent builds, whose exit backstop closes \
-                     what the exit program leaves: unset {OLD_KERNEL_PROGRAMS_ENV}"
-                )));
-            }
-        } else {
-            features |= KF_PREEMPTIBLE_TP;
-        }
-    }
-    if skip_runs {
-        features |= KF_TEST_SKIP_RUNS;
-    }
-    // sched_process_exit(struct task_struct *p, bool group_dead)
-    if r.tracepoint_int_arg("sched_process_exit", 1)? == Some(1) {
-        features |= KF_EXIT_GROUP_DEAD;
-    }
-    // sched_process_free(struct task_struct *p), where a task's CPU is harvested: present
-    // with this argument since 2.6.32, checked all the same, since nothing else harvests it.
-    if r.tracepoint_ptr_arg("sched_process_free", 0)?.as_deref() != Some("task_struct") {
-        return Err(Error::Btf(
-            "tracepoint sched_process_free has no task_struct argument in this kernel".into(),
-        ));
-    }
-    Ok(KernelOffsets {
-        task_pid: pid,
-        task_tgid: tgid,
-        task_flags: r.field(task, &["flags"], 4)?,
-        task_real_parent: r.field(task, &["real_parent"], 8)?,
-        task_start_boottime: r.field(task, &["start_boottime"], 8)?,
-        task_exit_code: r.field(task, &["exit_code"], 4)?,
-        // `state`, a `long`, before 5.14: its low half (little-endian) holds the same bits.
-        task_state: r.field(task, &["__state"], 4).or_else(|_| r.field(task, &["state"], 8))?,
-        task_mm: r.field(task, &["mm"], 8)?,
-        task_signal: r.field(task, &["signal"], 8)?,
-        task_utime: r.field(task, &["utime"], 8)?,
-        task_stime: r.field(task, &["stime"], 8)?,
-        task_sum_exec: r.field(task, &["se", "sum_exec_runtime"], 8)?,
-        task_ioac: r.field(task, &["ioac"], size_of::<IoCounters>())?,
-        task_min_flt: r.field(task, &["min_flt"], 8)?,
-        task_maj_flt: r.field(task, &["maj_flt"], 8)?,
-        signal_maxrss: r.field("signal_struct", &["maxrss"], 8)?,
-        mm_rss_stat: r.field("mm_struct", &["rss_stat"], rss.size)?,
-        mm_owner: r.field("mm_struct", &["owner"], 8)?,
-        mm_hiwater_rss: r.field("mm_struct", &["hiwater_rss"], 8)?,
-        rss_counter_value: rss.value,
-        rss_counter_stride: rss.stride,
-        page_shift: page.trailing_zeros(),
-        cgroup_kn: r.field("cgroup", &["kn"], 8)?,
-        cgroup_root: r.field("cgroup", &["root"], 8)?,
-        kernfs_node_id: r.field("kernfs_node", &["id"], 8)?,
-        cgroup_root_hierarchy_id: r.field("cgroup_root", &["hierarchy_id"], 4)?,
-        task_comm: r.field(task, &["comm"], 16)?,
-        features,
-        signal_live: r.field("signal_struct", &["live"], 4)?,
-        task_group_leader: r.field(task, &["group_leader"], 8)?,
-        _reserved: [0; 2],
-    })
+    KernelBtf::open(path)?.offsets()
 }
 
-/// Whether the kernel whose BTF is at `path` has function `name` (false if unreadable).
-pub fn kernel_has_function(path: &Path, name: &str) -> bool {
-    Btf::from_file(path).is_ok_and(|btf| {
-        btf.resolve_types_by_name(name)
+/// The running kernel's BTF, parsed once per command: it is megabytes, a parse takes a
+/// tenth of a second natively and seconds under emulation, and a command asks it several
+/// things.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::NoBtf(path.into()));
+        }
+        let btf = Btf::from_file(path)
+            .map_err(|e| Error::Btf(format!("cannot parse {}: {e}", path.display())))?;
+        Ok(Self { btf })
+    }
+
+    /// Whether the kernel has function `name`.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
             .is_ok_and(|types| types.iter().any(|t| matches!(t, Type::Func(_))))
-    })
+    }
+
+    /// Whether the kernel has cgroup v2's `memory.peak` (5.19: `memory_peak_read`; 6.12 made
+    /// it resettable per file descriptor: `memory_peak_show`).
+    pub fn has_memory_peak(&self) -> bool {
+        ["memory_peak_read", "memory_peak_show"].iter().any(|f| self.has_function(f))
+    }
+
+    /// Every offset the programs need, and the kernel's features (`KF_*`).
+    pub fn offsets(&self) -> Result<KernelOffsets> {
+        let r = Resolver { btf: &self.btf };
+        let task = "task_struct";
+        let pid = r.field(task, &["pid"], 4)?;
+        let tgid = r.field(task, &["tgid"], 4)?;
+        // The programs read the whole struct at once into `IoCounters`: same fields, same order.
+        let io = "task_io_accounting";
+        let io_fields = ["rchar", "wchar", "syscr", "syscw", "read_bytes", "write_bytes"];
+        for (i, f) in io_fields.iter().chain(["cancelled_write_bytes"].iter()).enumerate() {
+            let at = r.field(io, &[f], 8)?;
+            if at as usize != i * 8 {
+                return Err(Error::Btf(format!("{io}.{f} is at {at}, not {}", i * 8)));
+            }
+        }
+        // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        let rss = r.rss_counters()?;
+        let mut features = rss.feature;
+        // bpf_get_current_task_btf came in 5.11, the atomics in 5.12; bpf_for_each_map_elem, in
+        // 5.13, is the first helper a kernel with both names in its BTF (the atomics are not
+        // named there).
+        if !r.has_helper("get_current_task_btf")?
+            || !r.has_helper("for_each_map_elem")?
+            || env_is_1(OLD_KERNEL_PROGRAMS_ENV)
+        {
+            features |= KF_OLD_KERNEL;
+        }
+        // A kernel that runs tracepoint programs preemptibly may skip a run of the exit program;
+        // its kernels have the recent builds, which the backstop is one of.
+        let skip_runs = env_is_1(TEST_SKIP_RUNS_ENV);
+        if r.has_typedef(PREEMPTIBLE_TRACEPOINTS_TYPE) || env_is_1(PREEMPTIBLE_TP_ENV) || skip_runs
+        {
+            if features & KF_OLD_KERNEL != 0 {
+                if skip_runs {
+                    return Err(Error::Btf(format!(
+                        "{TEST_SKIP_RUNS_ENV} needs the recent builds, whose exit backstop closes \
+                         what the exit program leaves: unset {OLD_KERNEL_PROGRAMS_ENV}"
+                    )));
+                }
+            } else {
+                features |= KF_PREEMPTIBLE_TP;
+            }
+        }
+        if skip_runs {
+            features |= KF_TEST_SKIP_RUNS;
+        }
+        // sched_process_exit(struct task_struct *p, bool group_dead)
+        if r.tracepoint_int_arg("sched_process_exit", 1)? == Some(1) {
+            features |= KF_EXIT_GROUP_DEAD;
+        }
+        // sched_process_free(struct task_struct *p), where a task's CPU is harvested: present
+        // with this argument since 2.6.32, checked all the same, since nothing else harvests it.
+        if r.tracepoint_ptr_arg("sched_process_free", 0)?.as_deref() != Some("task_struct") {
+            return Err(Error::Btf(
+                "tracepoint sched_process_free has no task_struct argument in this kernel".into(),
+            ));
+        }
+        Ok(KernelOffsets {
+            task_pid: pid,
+            task_tgid: tgid,
+            task_flags: r.field(task, &["flags"], 4)?,
+            task_real_parent: r.field(task, &["real_parent"], 8)?,
+            task_start_boottime: r.field(task, &["start_boottime"], 8)?,
+            task_exit_code: r.field(task, &["exit_code"], 4)?,
+            // `state`, a `long`, before 5.14: its low half (little-endian) holds the same bits.
+            task_state: r.field(task, &["__state"], 4).or_else(|_| r.field(task, &["state"], 8))?,
+            task_mm: r.field(task, &["mm"], 8)?,
+            task_signal: r.field(task, &["signal"], 8)?,
+            task_utime: r.field(task, &["utime"], 8)?,
+            task_stime: r.field(task, &["stime"], 8)?,
+            task_sum_exec: r.field(task, &["se", "sum_exec_runtime"], 8)?,
+            task_ioac: r.field(task, &["ioac"], size_of::<IoCounters>())?,
+            task_min_flt: r.field(task, &["min_flt"], 8)?,
+            task_maj_flt: r.field(task, &["maj_flt"], 8)?,
+            signal_maxrss: r.field("signal_struct", &["maxrss"], 8)?,
+            mm_rss_stat: r.field("mm_struct", &["rss_stat"], rss.size)?,
+            mm_owner: r.field("mm_struct", &["owner"], 8)?,
+            mm_hiwater_rss: r.field("mm_struct", &["hiwater_rss"], 8)?,
+            rss_counter_value: rss.value,
+            rss_counter_stride: rss.stride,
+            page_shift: page.trailing_zeros(),
+            cgroup_kn: r.field("cgroup", &["kn"], 8)?,
+            cgroup_root: r.field("cgroup", &["root"], 8)?,
+            kernfs_node_id: r.field("kernfs_node", &["id"], 8)?,
+            cgroup_root_hierarchy_id: r.field("cgroup_root", &["hierarchy_id"], 4)?,
+            task_comm: r.field(task, &["comm"], 16)?,
+            features,
+            signal_live: r.field("signal_struct", &["live"], 4)?,
+            task_group_leader: r.field(task, &["group_leader"], 8)?,
+            _reserved: [0; 2],
+        })
+    }
 }
 
 /// The kernel differences the programs choose between, for `tracker status` and load reports:
@@ -492,9 +516,10 @@ mod tests {
             return;
         }
         // The handler of every cgroup's cgroup.freeze (5.2+; the oldest kernel the tracker loads on is 5.10).
-        assert!(kernel_has_function(vmlinux, "cgroup_freeze_write"));
-        assert!(!kernel_has_function(vmlinux, "no_such_kernel_function"));
-        assert!(!kernel_has_function(Path::new("/nonexistent/vmlinux"), "cgroup_freeze_write"));
+        let btf = KernelBtf::open(vmlinux).unwrap();
+        assert!(btf.has_function("cgroup_freeze_write"));
+        assert!(!btf.has_function("no_such_kernel_function"));
+        assert!(KernelBtf::open(Path::new("/nonexistent/vmlinux")).is_err());
     }
 
     #[test]

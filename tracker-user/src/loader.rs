@@ -84,7 +84,11 @@ pub struct LoadReport {
 pub fn load(paths: &Paths, opts: &LoadOptions) -> Result<LoadReport> {
     preflight::require_root()?;
     preflight::require_bpffs(paths.bpffs_root())?;
-    let offsets = btf::kernel_offsets(paths.btf())?;
+    // Our questions to the kernel's BTF, from one parse of it (aya makes its own).
+    let our_btf = btf::KernelBtf::open(paths.btf())?;
+    let offsets = our_btf.offsets()?;
+    let memory_peak = our_btf.has_memory_peak();
+    drop(our_btf);
     let kernel_btf = Btf::parse_file(paths.btf(), aya::Endianness::default())
         .map_err(|e| Error::Btf(e.to_string()))?;
     let _lock = StateLock::exclusive(paths)?;
@@ -97,7 +101,7 @@ pub fn load(paths: &Paths, opts: &LoadOptions) -> Result<LoadReport> {
     for dir in [paths.pin_dir(), paths.maps_dir(), paths.links_dir(), paths.progs_dir()] {
         make_private_dir(&dir)?;
     }
-    let result = load_locked(paths, opts, &offsets, &kernel_btf, fresh);
+    let result = load_locked(paths, opts, &offsets, &kernel_btf, memory_peak, fresh);
     if result.is_err() && fresh {
         // Leave nothing half-made behind a failed first load.
         let _ = remove_pins(paths);
@@ -110,6 +114,7 @@ fn load_locked(
     opts: &LoadOptions,
     offsets: &tracker_common::KernelOffsets,
     kernel_btf: &Btf,
+    memory_peak: bool,
     fresh: bool,
 ) -> Result<LoadReport> {
     let previous = if fresh { 0 } else { Maps::open(paths)?.active_generation()? };
@@ -273,7 +278,7 @@ fn load_locked(
         ));
     }
     let v2_memory = Cgroups::detect(paths).ok().is_some_and(|c| c.v2_has_controller("memory"));
-    if v2_memory && !crate::status::memory_peak_in_kernel(paths) {
+    if v2_memory && !memory_peak {
         warnings.push(
             "this kernel's cgroup v2 has no memory.peak (5.19+): slots take their memory and \
              its peak from rss_stat, which runs at every RSS change of every process while such \

@@ -92,7 +92,12 @@ pub fn status(paths: &Paths) -> Result<Status> {
     let maps = Maps::open(paths).ok();
     let loaded = maps.is_some();
     let cgroups = Cgroups::detect(paths)?;
-    let kernel = btf::kernel_offsets(paths.btf()).map(|o| o.features);
+    // One parse of the kernel's BTF for everything status asks of it.
+    let btf = btf::KernelBtf::open(paths.btf());
+    let kernel = btf
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.offsets().map(|o| o.features).map_err(|e| e.to_string()));
     let programs = programs(paths, kernel.as_ref().ok().copied());
     let (generation, max_tasks, max_slots, global) = match &maps {
         Some(m) => (
@@ -110,7 +115,7 @@ pub fn status(paths: &Paths) -> Result<Status> {
         loaded,
         generation,
         programs,
-        features: features(paths, &cgroups, &kernel),
+        features: features(paths, &cgroups, btf.as_ref().ok(), &kernel),
         cgroup_layout: cgroups.layout(),
         cgroup_parent: cgroups.parent_dir(),
         cgroup_delegated: cgroups.mounts().unified.as_ref().and_then(|m| {
@@ -199,19 +204,16 @@ fn non_root_cgroup(mount: &Path, cgroups: &Cgroups) -> Option<PathBuf> {
     fs::read_dir(mount).ok()?.flatten().map(|e| e.path()).find(|p| p.is_dir())
 }
 
-/// Whether the kernel has cgroup v2's `memory.peak` (5.19: `memory_peak_read`; 6.12 made it
-/// resettable per file descriptor: `memory_peak_show`).
-pub fn memory_peak_in_kernel(paths: &Paths) -> bool {
-    ["memory_peak_read", "memory_peak_show"]
-        .iter()
-        .any(|f| btf::kernel_has_function(paths.btf(), f))
-}
-
 fn program_by_id(id: u32) -> Option<ProgramInfo> {
     loaded_programs().flatten().find(|p| p.id() == id)
 }
 
-fn features(paths: &Paths, cgroups: &Cgroups, kernel: &Result<u32>) -> Vec<Feature> {
+fn features(
+    paths: &Paths,
+    cgroups: &Cgroups,
+    btf: Option<&btf::KernelBtf>,
+    kernel: &std::result::Result<u32, String>,
+) -> Vec<Feature> {
     let mut f = vec![];
     let mut add = |name, present, detail: String| f.push(Feature { name, present, detail });
     add("btf", paths.btf().exists(), paths.btf().display().to_string());
@@ -239,7 +241,7 @@ fn features(paths: &Paths, cgroups: &Cgroups, kernel: &Result<u32>) -> Vec<Featu
     // it has the file's handler.
     let has = |file: &str, handler: &str| match &probe {
         Some(d) => d.join(file).exists(),
-        None => btf::kernel_has_function(paths.btf(), handler),
+        None => btf.is_some_and(|b| b.has_function(handler)),
     };
     add(
         "cgroup.freeze",
@@ -251,7 +253,7 @@ fn features(paths: &Paths, cgroups: &Cgroups, kernel: &Result<u32>) -> Vec<Featu
         mounts.unified.is_some() && has("cgroup.kill", "cgroup_kill_write"),
         "kill a slot in one write (5.14+)".into(),
     );
-    let peak = memory_peak_in_kernel(paths);
+    let peak = btf.is_some_and(btf::KernelBtf::has_memory_peak);
     add(
         "memory.peak",
         peak,
@@ -272,7 +274,7 @@ fn features(paths: &Paths, cgroups: &Cgroups, kernel: &Result<u32>) -> Vec<Featu
                 add(name, present, detail);
             }
         }
-        Err(e) => add("kernel BTF offsets", false, e.to_string()),
+        Err(e) => add("kernel BTF offsets", false, e.clone()),
     }
     let v1: Vec<&str> = mounts.v1.keys().map(String::as_str).collect();
     add("cgroup v1 controllers", !v1.is_empty(), v1.join(" "));
