@@ -856,16 +856,16 @@ impl Drop for Slurm {
     }
 }
 
-/// Remove a cgroup and its descendants, leaves first (best effort: a cgroup with a task left
-/// in it stays, and says so).
+/// Remove a cgroup and its descendants, leaves first, each once the tasks just killed in it
+/// are gone (best effort: one still busy after a while stays, and says so).
 fn remove_cgroup_tree(dir: &Path) {
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             remove_cgroup_tree(&e.path());
         }
     }
-    if let Err(e) = fs::remove_dir(dir) {
-        eprintln!("warning: cannot remove cgroup {}: {e}", dir.display());
+    if !wait_for(Duration::from_secs(10), || fs::remove_dir(dir).is_ok()) {
+        eprintln!("warning: cannot remove cgroup {}: still busy", dir.display());
     }
 }
 
