@@ -142,6 +142,8 @@ fn ensure_host_packages(systemd: bool) -> Result<()> {
         ("busybox", "busybox-static"),
         ("mkfs.ext4", "e2fsprogs"),
         ("timeout", "coreutils"),
+        // The guest's network interface (see `guest_script`): Slurm needs an address.
+        ("ip", "iproute2"),
     ] {
         if !on_path(tool) {
             missing.push(package);
