@@ -282,6 +282,13 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Process `pid`'s state letter from /proc (`R`, `S`, `Z`…), `None` once it is reaped.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis, which the command itself may contain.
+    stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).and_then(|s| s.chars().next())
+}
+
 /// Every process on the machine whose name is `comm` (to find survivors of a kill anywhere,
 /// not only in the slot).
 pub fn processes_named(comm: &str) -> Vec<u32> {
@@ -290,13 +297,12 @@ pub fn processes_named(comm: &str) -> Vec<u32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(state) = process_state(pid) else {
             continue;
         };
         // A zombie has exited and holds nothing but its pid: it is dead.
-        let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
         if fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-            && state != Some("Z")
+            && state != 'Z'
         {
             pids.push(pid);
         }

@@ -37,8 +37,8 @@ use std::{
 };
 
 use tracker_tests::{
-    ESCAPE, Instance, marker, processes_named, scaled, skip, test_dir, tracker_bin, wait_exit,
-    wait_for,
+    ESCAPE, Instance, marker, process_state, processes_named, scaled, skip, test_dir, tracker_bin,
+    wait_exit, wait_for,
 };
 
 /// Generous: the daemons, the jobs and their epilogs each take well under ten seconds here.
@@ -658,10 +658,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
     /// The first of our daemons that has exited (a zombie: we reap only in `drop`).
     fn dead_daemon(&self) -> Option<&'static str> {
         self.daemons.iter().find_map(|(name, child)| {
-            let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
-            // The state follows the command's closing parenthesis.
-            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-            matches!(state, None | Some('Z' | 'X')).then_some(*name)
+            matches!(process_state(child.id()), None | Some('Z' | 'X')).then_some(*name)
         })
     }
 
