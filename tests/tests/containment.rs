@@ -277,3 +277,41 @@ fn without_cgroups_tagging_and_kill_work_by_the_tag_alone() {
     assert_eq!(report["froze"], false, "{report}");
     assert!(wait_for(T, || processes_named(&m).is_empty()));
 }
+
+/// Two kills of one instance at once (a batch system's kill while `tracker run` cleans up
+/// after its command, or the daemon killing two slots) both have the doom program. Before
+/// 6.10 the kernel refuses one program twice on one tracepoint, and the first kill's detach
+/// took it from the second. Here a kill under way is held open by taking its lock, as a kill
+/// does for its whole length: the slots killed meanwhile keep the program, and it stays
+/// attached until the last kill ends.
+#[test]
+fn kills_at_once_share_the_doom_program_and_the_last_one_detaches_it() {
+    use std::os::fd::AsRawFd;
+    let Some(inst) = Instance::start() else { return };
+    let link = inst.paths.link_pin(programs::DOOM);
+    let no_doom_warning = |v: &serde_json::Value| {
+        let w = v["warnings"].as_array().unwrap();
+        assert!(w.iter().all(|w| !w.as_str().unwrap().contains("doom")), "{v}");
+    };
+    for slot in ["a", "b", "c"] {
+        inst.cli_ok(&["run", "--detach", "--slot", slot, "--", "sleep", "1000"]);
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(inst.paths.doom_users_lock_file())
+        .unwrap();
+    // SAFETY: flock on a file descriptor we own.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) }, 0);
+
+    no_doom_warning(&inst.kill_clean("a"));
+    assert!(link.exists(), "the doom program was detached while another kill was under way");
+    // Attached by another process (the first kill's): the kernel's EEXIST before 6.10.
+    no_doom_warning(&inst.kill_clean("b"));
+    assert!(link.exists());
+
+    drop(lock);
+    no_doom_warning(&inst.kill_clean("c"));
+    assert!(!link.exists(), "the last kill left the doom program attached");
+}

@@ -192,6 +192,17 @@ impl Paths {
         self.state_dir().join("cgroup-parent.json")
     }
 
+    /// Held shared by every kill under way, in any process: the last one out detaches the
+    /// doom program (see tracker/doom.rs).
+    pub fn doom_users_lock_file(&self) -> PathBuf {
+        self.state_dir().join("doom-users.lock")
+    }
+
+    /// Held while the doom program's link is attached and pinned, or unpinned.
+    pub fn doom_attach_lock_file(&self) -> PathBuf {
+        self.state_dir().join("doom-attach.lock")
+    }
+
     /// The slots' parent, relative to each hierarchy's root, where nothing else is chosen or
     /// recorded (and always in the v1 hierarchies): `<instance>` beside the root's children.
     pub fn default_cgroup_parent(&self) -> PathBuf {

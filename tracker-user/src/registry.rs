@@ -86,7 +86,7 @@ impl RegistryData {
 
 /// An advisory lock on the instance's lock file, released on drop.
 pub struct StateLock {
-    _file: File,
+    file: File,
 }
 
 impl StateLock {
@@ -126,6 +126,24 @@ impl StateLock {
         )
     }
 
+    /// Held shared for the whole of a kill (see tracker/doom.rs).
+    pub fn doom_user(paths: &Paths) -> Result<Self> {
+        Self::take_file(paths, &paths.doom_users_lock_file(), libc::LOCK_SH)
+    }
+
+    /// Held while the doom program is attached or detached (see tracker/doom.rs).
+    pub fn doom_attach(paths: &Paths) -> Result<Self> {
+        Self::take_file(paths, &paths.doom_attach_lock_file(), libc::LOCK_EX)
+    }
+
+    /// Turn a shared lock into the exclusive one if no one else holds it, without waiting.
+    /// On failure the shared lock may be lost too (flock converts by unlocking first): only
+    /// for a lock about to be dropped.
+    pub fn try_exclusive(&self) -> bool {
+        // SAFETY: flock on a file descriptor we own.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+
     fn take(paths: &Paths, how: libc::c_int) -> Result<Self> {
         Self::take_file(paths, &paths.lock_file(), how)
     }
@@ -142,7 +160,7 @@ impl StateLock {
         loop {
             // SAFETY: flock on a file descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
-                return Ok(Self { _file: file });
+                return Ok(Self { file });
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {

@@ -18,14 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::BtfTracePoint;
 use serde::Serialize;
 use tracker_common::{SLOT_DOOMED, TaskTag};
 
-use super::{instance::Instance, live, tagged};
+use super::{doom::Doom, instance::Instance, live, tagged};
 use crate::{
-    error::{Error, Result},
-    pidfd, procinfo, programs,
+    error::Result,
+    pidfd, procinfo,
     registry::{self, SlotRecord},
 };
 
@@ -76,27 +75,12 @@ pub struct Survivor {
     pub stack: Vec<String>,
 }
 
-/// The doom program, attached for as long as this value lives.
-struct DoomLink {
-    _prog: BtfTracePoint,
-}
-
-impl DoomLink {
-    fn attach(t: &Instance) -> Result<Self> {
-        let pin = t.paths.prog_pin(programs::DOOM);
-        let mut prog = BtfTracePoint::from_pin(&pin)
-            .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
-        prog.attach().map_err(|e| Error::bpf("attaching the doom program", e))?;
-        Ok(Self { _prog: prog })
-    }
-}
-
 pub(super) fn kill(t: &Instance, rec: &SlotRecord, opts: &KillOptions) -> Result<KillReport> {
     let start = Instant::now();
     let before = t.maps().counters(rec.id)?;
     let mut warnings = vec![];
     t.maps().set_flags(rec.id, SLOT_DOOMED, 0)?;
-    let doom = match DoomLink::attach(t) {
+    let doom = match Doom::attach(t) {
         Ok(d) => Some(d),
         Err(e) => {
             warnings.push(format!("killing without the doom program: {e}"));

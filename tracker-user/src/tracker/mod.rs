@@ -7,7 +7,7 @@
 //! | account (usage of exited and live tasks) | `usage` |
 //! | tag an existing process tree | `adopt` |
 //! | start a command tagged, run it to the end | `launch` |
-//! | kill (doom, freeze, kill, wait, report) | `kill` |
+//! | kill (doom, freeze, kill, wait, report) | `kill`, `doom` (the doom program's link) |
 //! | signal, suspend, resume | `signal` |
 //! | whole-slot OOM kills for a long-running process | `oom_guard` |
 //! | slot cgroups systemd removed, made again from the registry | `restore` |
@@ -16,6 +16,7 @@
 //! slot's tasks come from `live` (the usage iterator); every module works on an `Instance`
 //! (paths, pinned maps, cgroups). Nothing below calls back up.
 mod adopt;
+mod doom;
 mod instance;
 mod kill;
 mod launch;

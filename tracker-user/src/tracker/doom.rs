@@ -1,0 +1,60 @@
+//! The doom program's attachment: one link, pinned, shared by every kill of the instance that
+//! is under way, in any process.
+//!
+//! Before 6.10 the kernel refuses to attach one program twice to one raw tracepoint (EEXIST:
+//! it keys the attachment by the program, not by the link). Two kills at once (a batch
+//! system's `kill` while `tracker run` cleans up after its command, or the daemon killing two
+//! slots) would leave the second without the program, and the first's detach would take it
+//! from the second mid-kill. So the link is pinned, each kill holds a shared lock for its
+//! whole length, and the last kill out (the one that can turn its shared lock exclusive)
+//! unpins it. A kill that died leaves the link pinned: the next kill's end detaches it.
+use std::fs;
+
+use aya::programs::{BtfTracePoint, links::FdLink};
+
+use super::instance::Instance;
+use crate::{
+    error::{Error, IoContext, Result},
+    paths::Paths,
+    programs,
+    registry::StateLock,
+};
+
+/// The doom program is attached for as long as this value (or another kill's) lives.
+pub(super) struct Doom<'a> {
+    paths: &'a Paths,
+    user: StateLock,
+}
+
+impl<'a> Doom<'a> {
+    pub(super) fn attach(t: &'a Instance) -> Result<Self> {
+        let paths = &t.paths;
+        let user = StateLock::doom_user(paths)?;
+        let _attaching = StateLock::doom_attach(paths)?;
+        let link = paths.link_pin(programs::DOOM);
+        if !link.exists() {
+            let pin = paths.prog_pin(programs::DOOM);
+            let mut prog = BtfTracePoint::from_pin(&pin)
+                .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
+            let id = prog.attach().map_err(|e| Error::bpf("attaching the doom program", e))?;
+            let fd = FdLink::from(
+                prog.take_link(id).map_err(|e| Error::bpf("taking the doom program's link", e))?,
+            );
+            fd.pin(&link).map_err(|e| Error::bpf(format!("pinning {}", link.display()), e))?;
+        }
+        Ok(Self { paths, user })
+    }
+}
+
+impl Drop for Doom<'_> {
+    fn drop(&mut self) {
+        // Under the attach lock, so no kill pins the link between the check and the unpin.
+        let Ok(_attaching) = StateLock::doom_attach(self.paths) else { return };
+        if self.user.try_exclusive() {
+            let link = self.paths.link_pin(programs::DOOM);
+            if let Err(e) = fs::remove_file(&link).ctx(|| format!("removing {}", link.display())) {
+                tracing::warn!("detaching the doom program: {e}");
+            }
+        }
+    }
+}
