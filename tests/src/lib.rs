@@ -262,12 +262,16 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// test-vm` sets it for kernels emulated in software, some 30 times slower). Tests wait for
 /// conditions, so a longer deadline costs nothing where the condition comes early.
 pub fn scaled(d: Duration) -> Duration {
-    let scale: u32 = std::env::var("TRACKER_TEST_TIME_SCALE")
+    d * time_scale()
+}
+
+/// `TRACKER_TEST_TIME_SCALE`, 1 where unset: above 1 the kernel runs emulated in software.
+pub fn time_scale() -> u32 {
+    std::env::var("TRACKER_TEST_TIME_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())
         .filter(|&s| s >= 1)
-        .unwrap_or(1);
-    d * scale
+        .unwrap_or(1)
 }
 
 /// Poll `cond` every 10 ms until it holds, for at most `timeout` (scaled, see [`scaled`]).

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tracker_tests::{ESCAPE, Instance, marker, wait_for};
+use tracker_tests::{ESCAPE, Instance, marker, time_scale, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 const MIB: u64 = 1 << 20;
@@ -38,23 +38,19 @@ fn wait_empty(inst: &Instance, slot: &str) {
     assert!(wait_for(T, done), "{}", stat(inst, slot));
 }
 
+/// Ten thousand; a thousand where the kernel is emulated in software, where one exec of
+/// `/bin/true` takes 150 to 300 ms (measured: 300 of them in 50 s on 6.1 and 96 s on 5.10,
+/// beside another VM), and ten thousand the better part of an hour.
 #[test]
-fn ten_thousand_short_processes_are_all_counted() {
+fn thousands_of_short_processes_are_all_counted() {
     let Some(inst) = Instance::start() else { return };
-    let out = inst.cli_output(&[
-        "run",
-        "--slot",
-        "short",
-        "--keep",
-        "--",
-        "bash",
-        "-c",
-        "for i in $(seq 10000); do /bin/true; done",
-    ]);
+    let n: u32 = if time_scale() > 1 { 1_000 } else { 10_000 };
+    let script = format!("for i in $(seq {n}); do /bin/true; done");
+    let out = inst.cli_output(&["run", "--slot", "short", "--keep", "--", "bash", "-c", &script]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = stat(&inst, "short");
-    assert!(num(&s, "tasks_started") >= 10_001.0, "{s}");
-    assert!(num(&s, "execs") >= 10_000.0, "{s}");
+    assert!(num(&s, "tasks_started") >= f64::from(n + 1), "{s}");
+    assert!(num(&s, "execs") >= f64::from(n), "{s}");
     assert_eq!(num(&s, "tasks_live"), 0.0, "{s}");
     // Nothing runs: what the slot's memory cgroup is still charged (page cache, kernel
     // memory), as the cgroup has it; with no cgroup, no resident page.

@@ -589,6 +589,12 @@ cd {tests_dir}
 "$TRACKER_BIN" --instance vm-probe load > "$OUT/load.log" 2>&1 && echo ok >> "$OUT/load.log"
 "$TRACKER_BIN" --instance vm-probe status >> "$OUT/load.log" 2>&1
 "$TRACKER_BIN" --instance vm-probe unload --force > /dev/null 2>&1
+# What runs, every 5 minutes (guest time): all there is to read when a suite seems to hang.
+(while sleep 300; do
+  {{ cat /proc/uptime; ps -eo pid,ppid,stat,etime,time,wchan:24,args; }} > "$OUT/ps.tmp" 2>&1
+  mv "$OUT/ps.tmp" "$OUT/ps.log"
+done) < /dev/null > /dev/null 2>&1 &
+SNAPSHOTS=$!
 "#,
         out = shell_quote(&out.display().to_string()),
         tracker = shell_quote(&tracker.display().to_string()),
@@ -615,7 +621,7 @@ cd {tests_dir}
             exe = shell_quote(&t.exe.display().to_string()),
         );
     }
-    s += "echo done > \"$OUT/done\"\n";
+    s += "kill $SNAPSHOTS\necho done > \"$OUT/done\"\n";
     s
 }
 
@@ -821,7 +827,8 @@ fn run_guest(
         // The load's own line says more than the suites' failures it causes.
     } else if !out.join("done").exists() {
         o.problem = Some(format!(
-            "the guest did not finish (timeout {} min, or it crashed: see console.log)",
+            "the guest did not finish (timeout {} min, or it crashed: see console.log, and \
+             ps.log for what ran last)",
             opts.timeout_minutes
         ));
     } else if !crashed.is_empty() {
