@@ -138,10 +138,16 @@ impl StateLock {
 
     /// Turn a shared lock into the exclusive one if no one else holds it, without waiting.
     /// On failure the shared lock may be lost too (flock converts by unlocking first): only
-    /// for a lock about to be dropped.
+    /// for a lock about to be released.
     pub fn try_exclusive(&self) -> bool {
         // SAFETY: flock on a file descriptor we own.
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+
+    /// Release the lock now, before this value is dropped.
+    pub fn release(&self) {
+        // SAFETY: flock on a file descriptor we own.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 
     fn take(paths: &Paths, how: libc::c_int) -> Result<Self> {

@@ -48,7 +48,8 @@ impl<'a> Doom<'a> {
 
 impl Drop for Doom<'_> {
     fn drop(&mut self) {
-        // Under the attach lock, so no kill pins the link between the check and the unpin.
+        // Under the attach lock, so no kill pins the link between the check and the unpin,
+        // and released under it, so the next kill to end sees exactly the kills still on.
         let Ok(_attaching) = StateLock::doom_attach(self.paths) else { return };
         if self.user.try_exclusive() {
             let link = self.paths.link_pin(programs::DOOM);
@@ -56,5 +57,6 @@ impl Drop for Doom<'_> {
                 tracing::warn!("detaching the doom program: {e}");
             }
         }
+        self.user.release();
     }
 }
