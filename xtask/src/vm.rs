@@ -589,9 +589,11 @@ cd {tests_dir}
 "$TRACKER_BIN" --instance vm-probe load > "$OUT/load.log" 2>&1 && echo ok >> "$OUT/load.log"
 "$TRACKER_BIN" --instance vm-probe status >> "$OUT/load.log" 2>&1
 "$TRACKER_BIN" --instance vm-probe unload --force > /dev/null 2>&1
-# What runs, every 5 minutes (guest time): all there is to read when a suite seems to hang.
+# What runs (kernel threads aside), every 5 minutes (guest time): all there is to read when a
+# suite seems to hang.
 (while sleep 300; do
-  {{ cat /proc/uptime; ps -eo pid,ppid,stat,etime,time,wchan:24,args; }} > "$OUT/ps.tmp" 2>&1
+  {{ cat /proc/uptime; ps -eo pid,ppid,stat,etime,time,wchan:24,args | awk '$2 != 2'; }} \
+    > "$OUT/ps.tmp" 2>&1
   mv "$OUT/ps.tmp" "$OUT/ps.log"
 done) < /dev/null > /dev/null 2>&1 &
 SNAPSHOTS=$!
