@@ -20,8 +20,17 @@ from tracker_client._gen import tracker_pb2_grpc
 CLOCK_TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")
 
 
+# Waits are stretched where the kernel is emulated in software (`cargo xtask test-vm` sets
+# the variable; some 30 times slower): they wait for a condition, so a long one costs nothing.
+SCALE = max(1, int(os.environ.get("TRACKER_TEST_TIME_SCALE", "1")))
+
+
+def scaled(seconds):
+    return seconds * SCALE
+
+
 def wait_until(pred, what, timeout=30):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if pred():
             return
@@ -91,7 +100,7 @@ def test_a_batch_jobs_whole_life(client, slot):
 
     report = client.kill(slot, timeout=30)
     assert report.complete and report.killed == 2 and report.survivors == [], report
-    job.wait(timeout=10)
+    job.wait(timeout=scaled(10))
     assert not any(alive(p) for p in procs.values()), procs
     assert client.usage(slot).tasks_live == 0
     client.release(slot)
@@ -138,7 +147,7 @@ def test_no_daemon_is_unavailable(tmp_path):
 def test_watch_sees_a_jobs_life_in_order(client, slot):
     client.create(slot)
     events = []
-    with client.watch(slot, timeout=120) as w:
+    with client.watch(slot, timeout=scaled(120)) as w:
 
         def collect():
             for e in w:
@@ -147,9 +156,9 @@ def test_watch_sees_a_jobs_life_in_order(client, slot):
         reader = threading.Thread(target=collect, daemon=True)
         reader.start()
         job = adopted_job(client, slot, "/bin/true; exit 0")
-        job.wait(timeout=30)
+        job.wait(timeout=scaled(30))
         wait_until(lambda: any(e.kind == "SLOT_EMPTY" for e in events), "SLOT_EMPTY")
-    reader.join(timeout=30)
+    reader.join(timeout=scaled(30))
     assert not reader.is_alive(), "closing the watch did not end the iteration"
     kinds = [e.kind for e in events]
     for want in ["FORK", "EXEC", "EXIT"]:
@@ -181,7 +190,7 @@ def test_watch_accounts_for_every_lost_event(socket, client, slot):
     gRPC's C core otherwise grows it as data comes), ~800 KB is well beyond both."""
     client.create(slot)
     slow = tc.Client(grpc_channel=tc.channel(socket, [("grpc.http2.bdp_probe", 0)]), timeout=30)
-    with slow, slow.watch("", timeout=300) as w:
+    with slow, slow.watch("", timeout=scaled(300)) as w:
         storm = f"{sys.executable} -c '{FORK_STORM}'"
         job = adopted_job(client, slot, f"/bin/true; read go2; {storm}")
         events = iter(w)
@@ -189,7 +198,7 @@ def test_watch_accounts_for_every_lost_event(socket, client, slot):
         base = next(e for e in events if e.kind == "EXEC" and e.comm == "true").seq
         job.stdin.write(b"go2\n")
         job.stdin.close()
-        job.wait(timeout=120)
+        job.wait(timeout=scaled(120))
         wait_until(lambda: client.usage(slot).tasks_live == 0, "the slot to empty")
         seen = []
         for e in events:
@@ -211,7 +220,7 @@ def cli(socket, *args):
         [sys.executable, "-m", "tracker_client", "--socket", socket, *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
 
 
@@ -237,7 +246,7 @@ def test_python_m_tracker_client_for_scripts(socket, slot):
     assert usage["tasks_live"] == 1 and usage["execs"] >= 1, usage
     r = cli(socket, "kill", slot, "--timeout", "30")
     assert r.returncode == 0 and json.loads(r.stdout)["killed"] == 1, r
-    assert job.wait(timeout=10) == -signal.SIGKILL
+    assert job.wait(timeout=scaled(10)) == -signal.SIGKILL
     assert cli(socket, "release", slot).returncode == 0
     r = cli(socket, "usage", slot)
     assert r.returncode == 3 and "NOT_FOUND" in r.stderr, (r.returncode, r.stderr)
