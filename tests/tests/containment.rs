@@ -286,7 +286,6 @@ fn without_cgroups_tagging_and_kill_work_by_the_tag_alone() {
 /// attached until the last kill ends.
 #[test]
 fn kills_at_once_share_the_doom_program_and_the_last_one_detaches_it() {
-    use std::os::fd::AsRawFd;
     let Some(inst) = Instance::start() else { return };
     let link = inst.paths.link_pin(programs::DOOM);
     let no_doom_warning = |v: &serde_json::Value| {
@@ -296,14 +295,7 @@ fn kills_at_once_share_the_doom_program_and_the_last_one_detaches_it() {
     for slot in ["a", "b", "c"] {
         inst.cli_ok(&["run", "--detach", "--slot", slot, "--", "sleep", "1000"]);
     }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(inst.paths.doom_users_lock_file())
-        .unwrap();
-    // SAFETY: flock on a file descriptor we own.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) }, 0);
+    let lock = tracker::registry::StateLock::doom_user(&inst.paths).unwrap();
 
     no_doom_warning(&inst.kill_clean("a"));
     assert!(link.exists(), "the doom program was detached while another kill was under way");

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod loader;
 pub mod maps;
 mod memory_link;
+mod on_demand;
 pub mod paths;
 mod pidfd;
 pub mod preflight;

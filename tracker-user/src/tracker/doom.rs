@@ -8,17 +8,8 @@
 //! from the second mid-kill. So the link is pinned, each kill holds a shared lock for its
 //! whole length, and the last kill out (the one that can turn its shared lock exclusive)
 //! unpins it. A kill that died leaves the link pinned: the next kill's end detaches it.
-use std::fs;
-
-use aya::programs::{BtfTracePoint, links::FdLink};
-
 use super::instance::Instance;
-use crate::{
-    error::{Error, IoContext, Result},
-    paths::Paths,
-    programs,
-    registry::StateLock,
-};
+use crate::{error::Result, on_demand, paths::Paths, programs, registry::StateLock};
 
 /// The doom program is attached for as long as this value (or another kill's) lives.
 pub(super) struct Doom<'a> {
@@ -31,17 +22,7 @@ impl<'a> Doom<'a> {
         let paths = &t.paths;
         let user = StateLock::doom_user(paths)?;
         let _attaching = StateLock::doom_attach(paths)?;
-        let link = paths.link_pin(programs::DOOM);
-        if !link.exists() {
-            let pin = paths.prog_pin(programs::DOOM);
-            let mut prog = BtfTracePoint::from_pin(&pin)
-                .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
-            let id = prog.attach().map_err(|e| Error::bpf("attaching the doom program", e))?;
-            let fd = FdLink::from(
-                prog.take_link(id).map_err(|e| Error::bpf("taking the doom program's link", e))?,
-            );
-            fd.pin(&link).map_err(|e| Error::bpf(format!("pinning {}", link.display()), e))?;
-        }
+        on_demand::attach(paths, programs::DOOM)?;
         Ok(Self { paths, user })
     }
 }
@@ -51,11 +32,10 @@ impl Drop for Doom<'_> {
         // Under the attach lock, so no kill pins the link between the check and the unpin,
         // and released under it, so the next kill to end sees exactly the kills still on.
         let Ok(_attaching) = StateLock::doom_attach(self.paths) else { return };
-        if self.user.try_exclusive() {
-            let link = self.paths.link_pin(programs::DOOM);
-            if let Err(e) = fs::remove_file(&link).ctx(|| format!("removing {}", link.display())) {
-                tracing::warn!("detaching the doom program: {e}");
-            }
+        if self.user.try_exclusive()
+            && let Err(e) = on_demand::detach(self.paths, programs::DOOM)
+        {
+            tracing::warn!("detaching the doom program: {e}");
         }
         self.user.release();
     }
