@@ -237,9 +237,11 @@ fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
     let Some(inst) = Instance::start() else { return };
     let port = free_port();
     let tf = token_file(TOKEN);
-    let d = Daemon::start(
+    // A known limit to start with, so that each listener's cap is the default 512.
+    let d = Daemon::start_limited(
         &inst,
         &format!("tcp_listen = \"127.0.0.1:{port}\"\ntcp_token_file = \"{}\"", tf.display()),
+        4096,
     );
     // Its caps were sized for the limit it started with; take most descriptors away, as a
     // lower limit or a leak elsewhere would, so that accepting fails with EMFILE.
@@ -247,7 +249,10 @@ fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
     let ok = Command::new("prlimit").args(["--pid", &pid, "--nofile=300:300"]).status().unwrap();
     assert!(ok.success());
     let attacker = attacker_for_anyone();
-    let (crowd, _, _) = Crowd::hold(&attacker, 1000, 1, &[format!("127.0.0.1:{port}")]);
+    let (crowd, opened, refused) = Crowd::hold(&attacker, 1000, 1, &[format!("127.0.0.1:{port}")]);
+    // More than the 300 descriptors, and fewer than the listener's cap of 512: accepting runs
+    // out of descriptors before the cap stops it.
+    assert_eq!((opened, refused), (1000, 0), "the crowd did not reach the TCP listener");
     let accept_lines = || d.log().lines().filter(|l| l.contains("accept:")).count();
     assert!(
         tracker_tests::wait_for(std::time::Duration::from_secs(60), || accept_lines() > 0),

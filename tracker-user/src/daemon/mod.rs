@@ -59,7 +59,6 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
 
     let hub = hub::Hub::start(paths.clone(), config.watch_buffer_events);
     let metrics = Arc::new(metrics::Metrics::new(tracker.clone(), hub.clone()));
-    let sock = socket::bind(&config.socket, config.group_gid)?;
     // Only the API's own socket is needed to serve: the others, taken or broken, are warnings.
     let metrics_sock = config.metrics_socket.as_deref().and_then(|path| {
         optional("metrics socket", socket::bind(path, config.group_gid).and_then(unix_listener))
@@ -72,6 +71,9 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
         Some(addr) => optional("gRPC on TCP", bind_tcp(addr, "tcp_listen").await),
         None => None,
     };
+    // The API's socket last: whoever waits for it to answer (a batch system, systemd, a test)
+    // then finds every other listener bound, not refusing connections.
+    let sock = socket::bind(&config.socket, config.group_gid)?;
     let listeners = 1 + usize::from(metrics_sock.is_some()) + usize::from(metrics_tcp.is_some());
     let listeners = listeners + usize::from(tcp.is_some());
     let guard = listen::Guard {
