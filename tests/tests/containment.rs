@@ -307,3 +307,22 @@ fn kills_at_once_share_the_doom_program_and_the_last_one_detaches_it() {
     no_doom_warning(&inst.kill_clean("c"));
     assert!(!link.exists(), "the last kill left the doom program attached");
 }
+
+#[test]
+fn the_doom_program_a_dead_kill_left_attached_goes_at_the_next_load() {
+    use tracker::loader::{self, LoadOptions};
+    let Some(inst) = Instance::start() else { return };
+    let link = inst.paths.link_pin(programs::DOOM);
+    inst.cli_ok(&["run", "--detach", "--slot", "a", "--", "sleep", "1000"]);
+    // A kill that died before its end: its lock gone, its link still pinned.
+    let lock = tracker::registry::StateLock::doom_user(&inst.paths).unwrap();
+    inst.kill_clean("a");
+    assert!(link.exists());
+    // A load leaves the program to a kill under way...
+    loader::load(&inst.paths, &LoadOptions::default()).unwrap();
+    assert!(link.exists(), "the load detached the doom program from under a kill");
+    // ...and detaches it once none is.
+    drop(lock);
+    let report = loader::load(&inst.paths, &LoadOptions::default()).unwrap();
+    assert!(!link.exists(), "the doom program stayed attached: {report:?}");
+}

@@ -7,7 +7,8 @@
 //! slots) would leave the second without the program, and the first's detach would take it
 //! from the second mid-kill. So the link is pinned, each kill holds a shared lock for its
 //! whole length, and the last kill out (the one that can turn its shared lock exclusive)
-//! unpins it. A kill that died leaves the link pinned: the next kill's end detaches it.
+//! unpins it. A kill that died leaves the link pinned: the next kill's end, or the next
+//! load, detaches it.
 use super::instance::Instance;
 use crate::{error::Result, on_demand, paths::Paths, programs, registry::StateLock};
 
@@ -25,6 +26,18 @@ impl<'a> Doom<'a> {
         on_demand::attach(paths, programs::DOOM)?;
         Ok(Self { paths, user })
     }
+}
+
+/// Detach the doom program if no kill is under way: what a kill that died left attached
+/// (`sys_enter` runs for every system call on the node while it is).
+pub(crate) fn detach_if_idle(paths: &Paths) -> Result<()> {
+    let _attaching = StateLock::doom_attach(paths)?;
+    let user = StateLock::doom_user(paths)?;
+    if user.try_exclusive() {
+        on_demand::detach(paths, programs::DOOM)?;
+    }
+    user.release();
+    Ok(())
 }
 
 impl Drop for Doom<'_> {

@@ -34,6 +34,7 @@ use std::{
 };
 
 pub use adopt::AdoptReport;
+pub(crate) use doom::detach_if_idle as detach_idle_doom;
 pub use kill::{KillOptions, KillReport, Survivor};
 pub use launch::{RunOptions, RunOutcome, shell_status};
 pub use signal::{SuspendReport, check_signal, parse_signal};
