@@ -28,6 +28,12 @@ import time
 import urllib.request
 
 NOBODY = 65534
+# Under software emulation everything is slower: every wait stretches by this factor.
+SCALE = max(1, int(os.environ.get("TRACKER_TEST_TIME_SCALE", "1")))
+
+
+def scaled(seconds):
+    return seconds * SCALE
 
 
 def parse_args():
@@ -98,7 +104,7 @@ class Client:
     def code_of(self, fn, *a, **kw):
         """The status code a call fails with (None if it succeeds)."""
         try:
-            fn(*a, timeout=30, **kw)
+            fn(*a, timeout=scaled(30), **kw)
         except self.grpc.RpcError as e:
             return e.code(), e.details()
         return None, None
@@ -110,7 +116,7 @@ def metrics_of(url):
     if url.startswith("unix:"):
         text = get_over_unix(url.removeprefix("unix:"), "/metrics")
     else:
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        text = urllib.request.urlopen(url, timeout=scaled(10)).read().decode()
     samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -155,12 +161,12 @@ def health_and_reflection(args):
     ch = channel(grpc, args.socket)
     health = health_pb2_grpc.HealthStub(ch)
     for service in ["", "tracker.v1.Tracker"]:
-        r = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        r = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=scaled(10))
         assert r.status == health_pb2.HealthCheckResponse.SERVING, (service, r)
 
     refl = reflection_pb2_grpc.ServerReflectionStub(ch)
     replies = refl.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=scaled(10)
     )
     names = {s.name for r in replies for s in r.list_services_response.service}
     for want in ["tracker.v1.Tracker", "grpc.health.v1.Health"]:
@@ -192,7 +198,7 @@ class Watcher(threading.Thread):
         except Exception as e:  # the cancel at the end, or a real failure
             self.error = e
 
-    def wait_for(self, pred, what, timeout=30):
+    def wait_for(self, pred, what, timeout=scaled(30)):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if any(pred(e) for e in list(self.events)):
@@ -213,14 +219,14 @@ def lifecycle(args, c):
     pb, stub, grpc = c.pb, c.stub, c.grpc
     slot = args.slot
     health_and_reflection(args)
-    before = {s.slot.name for s in stub.ListSlots(pb.ListSlotsRequest(), timeout=10).slots}
+    before = {s.slot.name for s in stub.ListSlots(pb.ListSlotsRequest(), timeout=scaled(10)).slots}
     assert slot not in before, before
 
     watcher = Watcher(c, slot)
     watcher.start()
 
     created = stub.CreateSlot(
-        pb.CreateSlotRequest(name=slot, limits=pb.Limits(tasks_max=100)), timeout=30
+        pb.CreateSlotRequest(name=slot, limits=pb.Limits(tasks_max=100)), timeout=scaled(30)
     )
     assert created.slot.name == slot and created.slot.owner_uid == 0, created
     assert created.slot.limits.tasks_max == 100, created
@@ -234,17 +240,21 @@ def lifecycle(args, c):
             "exec sleep 3002",
         ],
         stdin=subprocess.PIPE,
+        # Not this script's output: a job left behind by a failure would hold it open, and the
+        # test reading it would wait for the job instead of reporting the failure.
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    adopted = stub.AdoptProcess(pb.AdoptProcessRequest(slot=slot, pid=job.pid), timeout=30)
+    adopted = stub.AdoptProcess(pb.AdoptProcessRequest(slot=slot, pid=job.pid), timeout=scaled(30))
     assert adopted.processes == 1, adopted
     job.stdin.write(b"go\n")
     job.stdin.close()
 
     def sleeps():
-        procs = stub.ListProcesses(pb.ListProcessesRequest(slot=slot), timeout=10).processes
+        procs = stub.ListProcesses(pb.ListProcessesRequest(slot=slot), timeout=scaled(10)).processes
         return {p.cmdline[-1]: p for p in procs if p.comm == "sleep"}
 
-    deadline = time.time() + 30
+    deadline = time.time() + scaled(30)
     while set(sleeps()) != {"3001", "3002"} and time.time() < deadline:
         time.sleep(0.05)
     procs = sleeps()
@@ -255,7 +265,7 @@ def lifecycle(args, c):
     assert daemon.start_time_ns > 0
     print(f"adopted pid {job.pid}; its double-forked daemon {daemon.pid} (ppid {daemon.ppid}) is in the slot")
 
-    usage = stub.GetUsage(pb.GetUsageRequest(slot=slot), timeout=10).usage
+    usage = stub.GetUsage(pb.GetUsageRequest(slot=slot), timeout=scaled(10)).usage
     assert usage.tasks_live == 2, usage
     assert usage.tasks_started >= 3 and usage.execs >= 2, usage
     assert usage.memory_current_bytes > 0, usage
@@ -266,16 +276,16 @@ def lifecycle(args, c):
     assert sample(m, "tracker_programs_attached") > 0
     assert sample(m, "tracker_slot_memory_bytes", slot=slot) > 0
 
-    listed = {s.slot.name: s for s in stub.ListSlots(pb.ListSlotsRequest(), timeout=10).slots}
+    listed = {s.slot.name: s for s in stub.ListSlots(pb.ListSlotsRequest(), timeout=scaled(10)).slots}
     assert listed[slot].tasks_live == 2, listed[slot]
 
     # Suspend and resume.
-    r = stub.SuspendSlot(pb.SuspendSlotRequest(slot=slot), timeout=30)
+    r = stub.SuspendSlot(pb.SuspendSlotRequest(slot=slot), timeout=scaled(30))
     assert r.cgroup_frozen or r.processes_stopped == 2, r
-    listed = {s.slot.name: s for s in stub.ListSlots(pb.ListSlotsRequest(), timeout=10).slots}
+    listed = {s.slot.name: s for s in stub.ListSlots(pb.ListSlotsRequest(), timeout=scaled(10)).slots}
     assert listed[slot].suspended, listed[slot]
-    stub.ResumeSlot(pb.ResumeSlotRequest(slot=slot), timeout=30)
-    listed = {s.slot.name: s for s in stub.ListSlots(pb.ListSlotsRequest(), timeout=10).slots}
+    stub.ResumeSlot(pb.ResumeSlotRequest(slot=slot), timeout=scaled(30))
+    listed = {s.slot.name: s for s in stub.ListSlots(pb.ListSlotsRequest(), timeout=scaled(10)).slots}
     assert not listed[slot].suspended, listed[slot]
 
     # Bad requests: the right code, and nothing changes.
@@ -312,19 +322,19 @@ def lifecycle(args, c):
             got = c.code_of(method, req)
         assert got[0] == want, (method._method, req, got)
         assert got[1] and "\n" not in got[1], ("not one clear line", got)
-    after = stub.ListSlots(pb.ListSlotsRequest(), timeout=10).slots
+    after = stub.ListSlots(pb.ListSlotsRequest(), timeout=scaled(10)).slots
     assert {s.slot.name for s in after} == before | {slot}, after
     assert {s.slot.name: s for s in after}[slot].tasks_live == 2
     print(f"{len(expect)} bad requests: each refused with its code, nothing changed")
 
     # SIGCONT reaches both, harmlessly: a signal to the whole slot.
-    sent = stub.SignalSlot(pb.SignalSlotRequest(slot=slot, signal=signal.SIGCONT), timeout=10)
+    sent = stub.SignalSlot(pb.SignalSlotRequest(slot=slot, signal=signal.SIGCONT), timeout=scaled(10))
     assert sent.processes == 2, sent
 
-    report = stub.KillSlot(pb.KillSlotRequest(slot=slot), timeout=60).report
+    report = stub.KillSlot(pb.KillSlotRequest(slot=slot), timeout=scaled(60)).report
     assert report.complete and not report.survivors, report
     assert report.killed == 2, report
-    job.wait(timeout=10)
+    job.wait(timeout=scaled(10))
     for p in procs.values():
         assert not alive(p.pid), f"{p.pid} survived the kill"
     print(f"killed {report.killed} process(es) in {report.elapsed_ms:.1f} ms")
@@ -350,7 +360,7 @@ def lifecycle(args, c):
     assert sample(m, "tracker_kills_total", result="complete") >= 1
     assert sample(m, "tracker_kill_duration_seconds_count") >= 1
 
-    stub.ReleaseSlot(pb.ReleaseSlotRequest(slot=slot), timeout=30)
+    stub.ReleaseSlot(pb.ReleaseSlotRequest(slot=slot), timeout=scaled(30))
     assert c.code_of(stub.GetUsage, pb.GetUsageRequest(slot=slot))[0] == grpc.StatusCode.NOT_FOUND
     print(f"released {slot}")
 
@@ -359,7 +369,7 @@ def as_user(args, mode, **creds):
     cmd = [sys.executable, __file__, "--mode", mode]
     for k in ["socket", "proto", "metrics", "slot", "group", "stubs"]:
         cmd += [f"--{k}", str(getattr(args, k))]
-    r = subprocess.run(cmd, timeout=120, **creds)
+    r = subprocess.run(cmd, timeout=scaled(120), **creds)
     assert r.returncode == 0, f"{mode} run failed ({r.returncode})"
 
 
@@ -373,9 +383,9 @@ def stranger(args, c):
 def member(args, c):
     pb = c.pb
     name = args.slot + "-member"
-    created = c.stub.CreateSlot(pb.CreateSlotRequest(name=name), timeout=30)
+    created = c.stub.CreateSlot(pb.CreateSlotRequest(name=name), timeout=scaled(30))
     assert created.slot.owner_uid == os.getuid(), created
-    c.stub.ReleaseSlot(pb.ReleaseSlotRequest(slot=name), timeout=30)
+    c.stub.ReleaseSlot(pb.ReleaseSlotRequest(slot=name), timeout=scaled(30))
     print(f"uid {os.getuid()} in group {args.group}: may call; owns the slot it made")
 
 
@@ -405,13 +415,19 @@ def main():
         generate_stubs(args.proto, args.stubs)
     c = Client(args)
     if args.mode == "root":
-        lifecycle(args, c)
+        try:
+            lifecycle(args, c)
+        except BaseException:
+            # Leave no job behind the failure (it reports itself on the way out).
+            for call, req in [(c.stub.KillSlot, c.pb.KillSlotRequest), (c.stub.ReleaseSlot, c.pb.ReleaseSlotRequest)]:
+                c.code_of(call, req(slot=args.slot))
+            raise
         nobody = dict(user=NOBODY, group=NOBODY, extra_groups=[])
         as_user(args, "stranger", **nobody)
         as_user(args, "member", **{**nobody, "extra_groups": [args.group]})
         as_user(args, "peer-denied")
         # Nothing the other users tried is left behind.
-        names = {s.slot.name for s in c.stub.ListSlots(c.pb.ListSlotsRequest(), timeout=10).slots}
+        names = {s.slot.name for s in c.stub.ListSlots(c.pb.ListSlotsRequest(), timeout=scaled(10)).slots}
         assert not any(n.startswith(args.slot) for n in names), names
         print("python client: all checks passed")
     else:
