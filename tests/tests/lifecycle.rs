@@ -136,8 +136,12 @@ fn slots_survive_the_tracker_process_being_killed() {
         return;
     };
     let m = marker("surv");
-    // A job that forks a new daemon a moment after it starts, when the tracker is gone.
-    let script = format!("sleep 1; ({ESCAPE} daemonize {m}); exec {ESCAPE} sleep {m}");
+    // A job that forks a new daemon once the tracker is gone (the test says when: a file).
+    let go = tracker_tests::test_dir("surv").join("go");
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.1; done; ({ESCAPE} daemonize {m}); exec {ESCAPE} sleep {m}",
+        go = go.display()
+    );
     let mut run = inst
         .cli()
         .args(["run", "--slot", "surv", "--", "bash", "-c", &script])
@@ -147,11 +151,12 @@ fn slots_survive_the_tracker_process_being_killed() {
     // Until the command runs, the tracker still holds it between fork and exec; the slot
     // itself appears only once `tracker run` has made it.
     assert!(wait_for(T, || {
-        inst.ps_if_exists("surv").is_some_and(|ps| ps.iter().any(|p| p.comm == "sleep"))
+        inst.ps_if_exists("surv").is_some_and(|ps| ps.iter().any(|p| p.comm == "bash"))
     }));
     // SIGKILL: no cleanup of any kind runs.
     run.kill().unwrap();
     run.wait().unwrap();
+    std::fs::write(&go, "").unwrap();
     assert!(wait_for(T, || processes_named(&m).len() == 2));
     let ps: BTreeSet<u32> = inst.ps("surv").iter().map(|p| p.pid).collect();
     assert_eq!(ps, processes_named(&m).into_iter().collect::<BTreeSet<_>>());
