@@ -237,10 +237,16 @@ fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
     let Some(inst) = Instance::start() else { return };
     let port = free_port();
     let tf = token_file(TOKEN);
-    // A known limit to start with, so that each listener's cap is the default 512.
+    // A known limit to start with, so that each listener's cap is the default 512; silent
+    // connections kept for an hour, so that the daemon runs out of descriptors however slowly
+    // it accepts (with the default 10 s, a slow machine closes them as fast as it accepts).
     let d = Daemon::start_limited(
         &inst,
-        &format!("tcp_listen = \"127.0.0.1:{port}\"\ntcp_token_file = \"{}\"", tf.display()),
+        &format!(
+            "tcp_listen = \"127.0.0.1:{port}\"\ntcp_token_file = \"{}\"\n\
+             first_bytes_timeout_seconds = 3600.0",
+            tf.display()
+        ),
         4096,
     );
     // Its caps were sized for the limit it started with; take most descriptors away, as a
