@@ -268,7 +268,7 @@ fn load_locked(
     // The rss_stat program, attached from the new generation's pin while a slot needs it.
     memory_link::sync(paths, &registry::read_locked(paths)?.slots)?;
     // The doom program, attached only while a kill runs: a kill that died left it on.
-    if let Err(e) = crate::tracker::detach_idle_doom(paths) {
+    if let Err(e) = crate::tracker::doom::detach_if_idle(paths) {
         warnings.push(format!("the doom program may stay attached: {e}"));
     }
     // Checked after the guard is attached: a raise before it is seen here, one after it is

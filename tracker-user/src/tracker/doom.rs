@@ -31,25 +31,24 @@ impl<'a> Doom<'a> {
 /// Detach the doom program if no kill is under way: what a kill that died left attached
 /// (`sys_enter` runs for every system call on the node while it is).
 pub(crate) fn detach_if_idle(paths: &Paths) -> Result<()> {
+    detach_if_last(paths, &StateLock::doom_user(paths)?)
+}
+
+/// Detach the doom program unless a kill other than `user`'s holder is under way, and release
+/// `user`. Under the attach lock, so no kill pins the link between the check and the unpin,
+/// and `user` released under it, so the next kill to end sees exactly the kills still on.
+fn detach_if_last(paths: &Paths, user: &StateLock) -> Result<()> {
     let _attaching = StateLock::doom_attach(paths)?;
-    let user = StateLock::doom_user(paths)?;
-    if user.try_exclusive() {
-        on_demand::detach(paths, programs::DOOM)?;
-    }
+    let detached =
+        if user.try_exclusive() { on_demand::detach(paths, programs::DOOM) } else { Ok(()) };
     user.release();
-    Ok(())
+    detached
 }
 
 impl Drop for Doom<'_> {
     fn drop(&mut self) {
-        // Under the attach lock, so no kill pins the link between the check and the unpin,
-        // and released under it, so the next kill to end sees exactly the kills still on.
-        let Ok(_attaching) = StateLock::doom_attach(self.paths) else { return };
-        if self.user.try_exclusive()
-            && let Err(e) = on_demand::detach(self.paths, programs::DOOM)
-        {
+        if let Err(e) = detach_if_last(self.paths, &self.user) {
             tracing::warn!("detaching the doom program: {e}");
         }
-        self.user.release();
     }
 }

@@ -16,7 +16,7 @@
 //! slot's tasks come from `live` (the usage iterator); every module works on an `Instance`
 //! (paths, pinned maps, cgroups). Nothing below calls back up.
 mod adopt;
-mod doom;
+pub(crate) mod doom;
 mod instance;
 mod kill;
 mod launch;
@@ -34,7 +34,6 @@ use std::{
 };
 
 pub use adopt::AdoptReport;
-pub(crate) use doom::detach_if_idle as detach_idle_doom;
 pub use kill::{KillOptions, KillReport, Survivor};
 pub use launch::{RunOptions, RunOutcome, shell_status};
 pub use signal::{SuspendReport, check_signal, parse_signal};
