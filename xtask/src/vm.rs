@@ -92,6 +92,10 @@ pub fn run(opts: &Options) -> Result<()> {
     if wants("daemon") {
         crate::python::ensure_venv();
     }
+    // The guest's root is the host's: Slurm's daemons, tools and headers come from the host.
+    if wants("slurm") {
+        crate::slurm::ensure_packages();
+    }
     // The client package's tests install its wheel, built here, into a directory of their own.
     let client = if wants("python_client") { crate::python::ensure_client() } else { None };
     let tests = build_tests(&opts.suites)?;
