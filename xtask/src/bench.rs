@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: see tests/src/bin/bench.rs for what is measured.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -21,8 +21,10 @@ pub fn run(rounds: u32) -> Result<()> {
         "bench",
     ]);
     run::quiet(&mut build)?;
-    let worker = build_worker()?;
-    let bench = run::workspace().join("target/release/bench");
+    // Both beside the release tracker, wherever CARGO_TARGET_DIR puts it.
+    let release = run::target_dir().join("release");
+    let worker = build_worker(&release)?;
+    let bench = release.join("bench");
     run::status(
         std::process::Command::new(bench)
             .env("TRACKER_BIN", tracker)
@@ -34,10 +36,10 @@ pub fn run(rounds: u32) -> Result<()> {
 /// The timed worker, a static C program (tests/bench/worker.c): a fork of it copies little,
 /// so the ratios are against the cost of a fork, not of a large process's page tables. The C
 /// compiler is the one Rust links with; without a static libc it links dynamically, and says so.
-fn build_worker() -> Result<PathBuf> {
+fn build_worker(release: &Path) -> Result<PathBuf> {
     let ws = run::workspace();
     let src = ws.join("tests/bench/worker.c");
-    let out = ws.join("target/release/bench-worker");
+    let out = release.join("bench-worker");
     let cc = |extra: &[&str]| {
         std::process::Command::new("cc")
             .args(["-O2", "-Wall"])
