@@ -195,10 +195,36 @@ impl Drop for Instance {
                 let _ = t.kill(&s.name, &KillOptions { timeout: scaled(Duration::from_secs(5)) });
             }
         }
+        // An unpinned link is detached later, by a kernel work queue: wait until every link of
+        // the instance is gone, so that no detach of this test's programs runs beside the next
+        // test's (see `one_at_a_time`).
+        let links = link_ids(&self.paths.links_dir());
         if let Err(e) = loader::unload(&self.paths, true) {
             eprintln!("warning: unloading test instance {}: {e}", self.name);
         }
+        let attached = || {
+            aya::programs::loaded_links().filter_map(Result::ok).any(|l| links.contains(&l.id()))
+        };
+        if !wait_for(Duration::from_secs(10), || !attached()) {
+            eprintln!(
+                "warning: test instance {}: links still attached after its unload",
+                self.name
+            );
+        }
     }
+}
+
+/// The kernel's ids of the links pinned in `dir`.
+fn link_ids(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| aya::programs::links::PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|l| {
+            let info = aya::programs::links::FdLink::from(l).info().ok()?;
+            Some(info.id())
+        })
+        .collect()
 }
 
 fn parse_ps(json: &str) -> Vec<Proc> {
