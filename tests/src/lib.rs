@@ -216,14 +216,12 @@ impl Drop for Instance {
 
 /// The kernel's ids of the links pinned in `dir`.
 fn link_ids(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    use aya::programs::links::{FdLink, PinnedLink};
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
     entries
         .filter_map(Result::ok)
-        .filter_map(|e| aya::programs::links::PinnedLink::from_pin(e.path()).ok())
-        .filter_map(|l| {
-            let info = aya::programs::links::FdLink::from(l).info().ok()?;
-            Some(info.id())
-        })
+        .filter_map(|e| PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|l| FdLink::from(l).info().ok().map(|i| i.id()))
         .collect()
 }
 
