@@ -10,7 +10,10 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -78,16 +81,39 @@ fn kernel_ready() -> Option<()> {
 pub struct Instance {
     pub paths: Paths,
     pub name: String,
+    /// Held from before the load until after the unload (dropped after `Drop::drop`), for an
+    /// instance started by [`Instance::start_alone`].
+    _alone: Option<MutexGuard<'static, ()>>,
 }
 
 impl Instance {
     /// Load a fresh instance, or `None` (after a skip) where the kernel cannot.
     pub fn start() -> Option<Self> {
+        Self::load(None)
+    }
+
+    /// As [`Instance::start`], for a test whose counts must be exact: no other instance of the
+    /// same test binary that was started this way loads or unloads while this one lives.
+    ///
+    /// While a program is attached to or detached from a tracepoint, the kernel may skip runs
+    /// of the other programs already there. Measured on 6.18: a `bpftrace` program attached to
+    /// and detached from `sched_process_free` 25 times while a tracked job ran 2,400 short
+    /// processes made the tracker's free program miss 8 frees (none with the same churn on
+    /// another tracepoint); two test instances loading and unloading beside each other made one
+    /// slot miss 10 of 400. Each instance attaches and detaches the whole set of programs, so
+    /// tests run side by side make each other's exact counts miss now and then.
+    pub fn start_alone() -> Option<Self> {
+        static LOCK: Mutex<()> = Mutex::new(());
+        // A test that failed while holding it poisons it; the next one still runs alone.
+        Self::load(Some(LOCK.lock().unwrap_or_else(PoisonError::into_inner)))
+    }
+
+    fn load(alone: Option<MutexGuard<'static, ()>>) -> Option<Self> {
         kernel_ready()?;
         let name = format!("t-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let paths = Paths::new(&name).unwrap();
         loader::load(&paths, &LoadOptions { max_slots: 64, ..Default::default() }).unwrap();
-        Some(Self { paths, name })
+        Some(Self { paths, name, _alone: alone })
     }
 
     /// Load a fresh instance with the `tracker load` CLI, as `setup` prepares the command (its
@@ -95,7 +121,7 @@ impl Instance {
     pub fn start_cli(setup: impl FnOnce(&mut Command)) -> Option<(Self, String)> {
         kernel_ready()?;
         let name = format!("t-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let inst = Self { paths: Paths::new(&name).unwrap(), name };
+        let inst = Self { paths: Paths::new(&name).unwrap(), name, _alone: None };
         let mut cmd = inst.cli();
         cmd.args(["load", "--max-slots", "64"]).stdin(Stdio::null());
         setup(&mut cmd);
@@ -197,7 +223,7 @@ impl Drop for Instance {
         }
         // An unpinned link is detached later, by a kernel work queue: wait until every link of
         // the instance is gone, so that no detach of this test's programs runs beside the next
-        // test's (see `one_at_a_time`).
+        // test's (see `Instance::start_alone`).
         let links = link_ids(&self.paths.links_dir());
         if let Err(e) = loader::unload(&self.paths, true) {
             eprintln!("warning: unloading test instance {}: {e}", self.name);
@@ -280,22 +306,6 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let _ = child.kill();
     let _ = child.wait();
     None
-}
-
-/// Held by a test whose counts must be exact, from before its instance loads until after it
-/// unloads, so that no other test of the same binary loads or unloads meanwhile.
-///
-/// While a program is attached to or detached from a tracepoint, the kernel may skip runs of
-/// the other programs already there. Measured on 6.18: a `bpftrace` program attached to and
-/// detached from `sched_process_free` 25 times while a tracked job ran 2,400 short processes
-/// made the tracker's free program miss 8 frees (none with the same churn on another
-/// tracepoint); two test instances loading and unloading beside each other made one slot miss
-/// 10 of 400. Each test instance attaches and detaches the whole set of programs, so tests run
-/// side by side make each other's exact counts miss now and then.
-pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    // A test that failed while holding it poisons it; the next one still runs alone.
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `d` stretched for slow machines: times `TRACKER_TEST_TIME_SCALE` (default 1; `cargo xtask

@@ -3,7 +3,7 @@
 //!
 //! Each test counts exits and frees exactly, so the tests run one at a time: another test's
 //! instance loading or unloading beside them makes the kernel skip runs of their programs
-//! (see `tracker_tests::one_at_a_time`).
+//! (see `tracker_tests::Instance::start_alone`).
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -49,8 +49,7 @@ fn wait_empty(inst: &Instance, slot: &str) {
 /// beside another VM), and ten thousand the better part of an hour.
 #[test]
 fn thousands_of_short_processes_are_all_counted() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     let n: u32 = if time_scale() > 1 { 1_000 } else { 10_000 };
     let script = format!("for i in $(seq {n}); do /bin/true; done");
     let out = inst.cli_output(&["run", "--slot", "short", "--keep", "--", "bash", "-c", &script]);
@@ -88,8 +87,7 @@ fn cgroup_cpu_seconds(inst: &Instance, slot: &str) -> Option<f64> {
 
 #[test]
 fn cpu_time_matches_the_kernels_cgroup_counter_and_getrusage() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     let m = marker("spin");
     // Two processes spinning a second each, one of them a daemon in its own session.
     let script = format!("{ESCAPE} daemon-spin {m} 1; {ESCAPE} spin {m} 1");
@@ -157,8 +155,7 @@ fn cgroup_memory_peak(inst: &Instance, slot: &str) -> Option<u64> {
 
 #[test]
 fn a_short_memory_spike_of_a_grandchild_shows_in_the_peak() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     let m = marker("mem");
     // A grandchild touches 400 MiB for 100 ms and frees it.
     let script = format!("bash -c '{ESCAPE} touch {m} 400 100'; sleep 0.2");
@@ -200,8 +197,7 @@ fn a_short_memory_spike_of_a_grandchild_shows_in_the_peak() {
 /// such a slot exists and only then.
 #[test]
 fn a_slot_without_a_memory_cgroup_keeps_its_peak_through_rss_stat() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     let link = inst.paths.link_pin("trk_rss");
     assert!(!link.exists());
     let m = marker("rssmem");
@@ -227,8 +223,7 @@ fn a_slot_without_a_memory_cgroup_keeps_its_peak_through_rss_stat() {
 /// are no longer charged: the slot's memory still has them.
 #[test]
 fn memory_of_a_process_moved_out_of_the_slots_cgroup_still_counts() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     let t = inst.tracker();
     inst.cli_ok(&["create", "away"]);
     let cg = t.slot("away").unwrap().cgroups;
@@ -269,8 +264,7 @@ fn memory_of_a_process_moved_out_of_the_slots_cgroup_still_counts() {
 /// them, though the kernel leaves their charges in the process's former cgroup.
 #[test]
 fn memory_an_adopted_process_had_before_counts() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     inst.cli_ok(&["create", "adoptmem"]);
     let m = marker("adoptmem");
     let mut child = Command::new(ESCAPE).args(["touch", &m, "200", "60000"]).spawn().unwrap();
@@ -288,8 +282,7 @@ fn memory_an_adopted_process_had_before_counts() {
 
 #[test]
 fn block_writes_and_file_reads_are_counted() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     let dir = tracker_tests::test_dir("io");
     let file = dir.join("data");
     let script = format!(
@@ -307,8 +300,7 @@ fn block_writes_and_file_reads_are_counted() {
 
 #[test]
 fn network_of_the_slot_is_counted_and_nothing_else() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     if inst.tracker().slot("x").is_err() && inst.tracker().cgroups().mounts().unified.is_none() {
         tracker_tests::skip("no cgroup2 hierarchy for the network programs");
         return;
@@ -352,8 +344,7 @@ fn network_of_the_slot_is_counted_and_nothing_else() {
 
 #[test]
 fn a_process_the_kill_took_is_harvested_too() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     let m = marker("burn");
     inst.cli_ok(&["run", "--detach", "--slot", "burn", "--", ESCAPE, "spin", &m, "100"]);
     assert!(wait_for(T, || {
@@ -371,8 +362,7 @@ fn a_process_the_kill_took_is_harvested_too() {
 
 #[test]
 fn run_prints_the_trees_usage_and_writes_the_summary() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     let file = std::env::temp_dir().join(format!("tracker-summary-{}.json", std::process::id()));
     let m = marker("sum");
     // The job waits for its daemon to finish its 0.2 s (however slow the machine), so that
@@ -408,8 +398,7 @@ fn pending_frees(inst: &Instance) -> Option<u64> {
 /// freed, so that the machine's other frees pay nothing again.
 #[test]
 fn every_exited_task_is_freed_and_the_pending_count_returns_to_zero() {
-    let _alone = tracker_tests::one_at_a_time();
-    let Some(inst) = Instance::start() else { return };
+    let Some(inst) = Instance::start_alone() else { return };
     assert_eq!(pending_frees(&inst), Some(0));
     // Processes, reaped by the job's shell.
     let script = "for i in $(seq 100); do /bin/true; done";
