@@ -251,6 +251,11 @@ fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
     );
     // Its caps were sized for the limit it started with; take most descriptors away, as a
     // lower limit or a leak elsewhere would, so that accepting fails with EMFILE.
+    // Every connection of the crowd must reach the daemon: a backlog it overflows makes the
+    // kernel answer with SYN cookies, and a cookie connection whose last ACK meets a full queue
+    // is lost for good when its client says nothing (tokio's default of 128 did that).
+    let backlog = listen_backlog(port);
+    assert!(backlog >= 1000, "the TCP listener's backlog is {backlog}, fewer than the crowd");
     let pid = d.pid().to_string();
     let ok = Command::new("prlimit").args(["--pid", &pid, "--nofile=300:300"]).status().unwrap();
     assert!(ok.success());
@@ -275,6 +280,16 @@ fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
     let (rt, mut c) = d.client();
     rt.block_on(c.list_slots(proto::ListSlotsRequest {})).unwrap();
     eprintln!("{lines} accept-error line(s) logged; daemon CPU so far {cpu} ticks");
+}
+
+/// The backlog of the TCP listener on 127.0.0.1:`port`, as the kernel reports it.
+fn listen_backlog(port: u16) -> u64 {
+    let out = Command::new("ss").args(["-Hltn", &format!("sport = :{port}")]).output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    // State, Recv-Q (connections waiting), Send-Q (the backlog), local address, peer.
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields.len(), 5, "ss said {out:?}");
+    fields[2].parse().unwrap()
 }
 
 /// User and system CPU of `pid` so far, in clock ticks (for the record, not asserted).

@@ -105,6 +105,28 @@ fn ensure_bpf_linker() -> Result<()> {
 
 /// Mount tracefs and bpffs where they are not mounted; bpffs root-only (mode 0700: by
 /// default its root is 1777, where anyone may make the directory the tracker pins in).
+/// The tools the kernel tests run besides the tracker, with the Debian package of each.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("gcc", "gcc"),
+    ("nm", "binutils"),
+    ("prlimit", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("ss", "iproute2"),
+];
+
+/// Install what the kernel tests need and a minimal image may lack.
+pub fn ensure_test_tools() -> Result<()> {
+    let mut missing: Vec<&str> =
+        TEST_TOOLS.iter().filter(|(t, _)| !crate::run::on_path(t)).map(|(_, p)| *p).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    say(&format!("the tests need {}: installing with apt-get", missing.join(" ")));
+    crate::run::apt_install(&missing)
+        .context(format!("cannot install {}: install them by hand", missing.join(" ")))
+}
+
 pub fn ensure_kernel_filesystems() -> Result<()> {
     for (fstype, dir) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
         if is_mounted(fstype, dir)? {

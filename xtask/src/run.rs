@@ -36,6 +36,14 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     apt(&[&["install", "-y", "-qq"][..], packages].concat())
 }
 
+/// Whether `tool` is an executable on `PATH` (or in the sbin directories root has).
+pub fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| d.join(tool).is_file())
+}
+
 /// Run `cmd` with its output shown as it comes.
 pub fn status(cmd: &mut Command) -> Result<()> {
     let st = cmd.status().with_context(|| format!("cannot start {}", show(cmd)))?;

@@ -14,6 +14,7 @@ pub fn run(filter: Option<&str>) -> Result<()> {
     prereqs::require_root()?;
     prereqs::ensure_toolchain()?;
     prereqs::ensure_kernel_filesystems()?;
+    prereqs::ensure_test_tools()?;
     let strict = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
 
     println!("xtask: checking formatting");

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run::{quiet, workspace};
+use crate::run::{on_path, quiet, workspace};
 
 /// Cache of everything downloaded or made (kernels, the venv, the disk images, the logs).
 const ROOT: &str = "/var/tmp/tracker-vm";
@@ -80,6 +80,8 @@ pub fn run(opts: &Options) -> Result<()> {
     crate::prereqs::require_root()?;
     // On a fresh machine test-vm may be the first command: the build needs bpf-linker too.
     crate::prereqs::ensure_toolchain()?;
+    // The guest runs the tests from the host's root.
+    crate::prereqs::ensure_test_tools()?;
     let kernels: Vec<String> = if opts.kernel == "all" {
         KERNELS.iter().map(|k| (*k).to_owned()).collect()
     } else {
@@ -190,13 +192,6 @@ fn install_from_backports(package: &str) -> Result<()> {
         package,
     ]);
     quiet(&mut c).map(|_| ())
-}
-
-fn on_path(tool: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|d| d.join(tool).is_file())
 }
 
 fn venv_works() -> bool {

@@ -19,7 +19,7 @@ mod socket;
 use std::{net::SocketAddr, os::fd::OwnedFd, sync::Arc, thread, time::Duration};
 
 use tokio::{
-    net::{TcpListener, UnixListener},
+    net::{TcpListener, TcpSocket, UnixListener},
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
@@ -64,11 +64,11 @@ async fn serve(paths: Paths, config: DaemonConfig) -> Result<()> {
         optional("metrics socket", socket::bind(path, config.group_gid).and_then(unix_listener))
     });
     let metrics_tcp = match config.metrics_listen {
-        Some(addr) => optional("metrics on TCP", bind_tcp(addr, "metrics_listen").await),
+        Some(addr) => optional("metrics on TCP", bind_tcp(addr, "metrics_listen")),
         None => None,
     };
     let tcp = match config.tcp_listen {
-        Some(addr) => optional("gRPC on TCP", bind_tcp(addr, "tcp_listen").await),
+        Some(addr) => optional("gRPC on TCP", bind_tcp(addr, "tcp_listen")),
         None => None,
     };
     // The API's socket last: whoever waits for it to answer (a batch system, systemd, a test)
@@ -263,8 +263,22 @@ fn unix_listener(sock: socket::Socket) -> Result<(socket::Socket, UnixListener)>
     Ok((sock, l))
 }
 
-async fn bind_tcp(addr: SocketAddr, key: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| Error::Daemon(format!("{addr}: {e} (set {key})")))
+/// The longest queue of connections the kernel keeps for the daemon to accept; it caps this
+/// at `net.core.somaxconn` (4096 since 5.4).
+const TCP_BACKLOG: u32 = 4096;
+
+/// Bound as tokio does (`SO_REUSEADDR`), but with the backlog the Unix sockets get rather than
+/// tokio's 128: connections beyond a listener's cap wait there, and a crowd that overflows it
+/// makes the kernel answer with SYN cookies, which lose a connection whose client stays
+/// silent.
+fn bind_tcp(addr: SocketAddr, key: &str) -> Result<TcpListener> {
+    let bind = || {
+        let s = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }?;
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(TCP_BACKLOG)
+    };
+    bind().map_err(|e: std::io::Error| Error::Daemon(format!("{addr}: {e} (set {key})")))
 }
 
 /// A listener the daemon can serve without: its failure is a warning, in the log and on
