@@ -396,9 +396,11 @@ static int churn(int workers) {
 
 /* A child that exits at once, reaped only when a line comes on stdin: until then it has
  * exited and is not freed. */
-static int reap_on_input(void) {
+/* A child that spins SECS of CPU (none: exits at once) and stays a zombie until a line comes
+ * on stdin, when it is reaped. */
+static int reap_on_input(double secs) {
     pid_t child = fork();
-    if (child == 0) _exit(0);
+    if (child == 0) _exit(secs > 0 ? spin(secs) : 0);
     char line[16];
     if (!fgets(line, sizeof line, stdin)) return 1;
     return waitpid(child, NULL, 0) == child ? 0 : 1;
@@ -436,7 +438,7 @@ int main(int argc, char **argv) {
     marker = argv[2];
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!strcmp(mode, "reaper")) return reaper(argv + 3);
-    if (!strcmp(mode, "reap-on-input")) return reap_on_input();
+    if (!strcmp(mode, "reap-on-input")) return reap_on_input(argc > 3 ? atof(argv[3]) : 0);
     if (!strcmp(mode, "sleep")) sleep_forever();
     if (!strcmp(mode, "daemonize")) return daemonize();
     if (!strcmp(mode, "env-pgrp")) return env_and_pgrp(argv[0]);

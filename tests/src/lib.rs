@@ -199,6 +199,19 @@ impl Instance {
         out.status.success().then(|| parse_ps(&String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// Detach the instance's program `name` (its link's pin goes), and wait until the kernel
+    /// has: from then on it sees none of its tracepoint's runs, as if the kernel skipped them
+    /// all.
+    pub fn detach(&self, name: &str) {
+        let pin = self.paths.link_pin(name);
+        let ids = link_ids_of([pin.clone()]);
+        assert_eq!(ids.len(), 1, "{} is not an attached link", pin.display());
+        fs::remove_file(&pin).unwrap();
+        let gone =
+            || !aya::programs::loaded_links().filter_map(Result::ok).any(|l| ids.contains(&l.id()));
+        assert!(wait_for(Duration::from_secs(10), gone), "{name} still attached");
+    }
+
     /// `tracker kill SLOT --json`, asserting exit 0 and no survivors.
     pub fn kill_clean(&self, slot: &str) -> serde_json::Value {
         // The CLI's default wait (10 s), stretched as every deadline is on a slow machine.
@@ -242,11 +255,15 @@ impl Drop for Instance {
 
 /// The kernel's ids of the links pinned in `dir`.
 fn link_ids(dir: &Path) -> Vec<u32> {
-    use aya::programs::links::{FdLink, PinnedLink};
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| PinnedLink::from_pin(e.path()).ok())
+    link_ids_of(entries.filter_map(Result::ok).map(|e| e.path()))
+}
+
+/// The kernel's ids of the links pinned at `pins`.
+fn link_ids_of(pins: impl IntoIterator<Item = PathBuf>) -> Vec<u32> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    pins.into_iter()
+        .filter_map(|p| PinnedLink::from_pin(p).ok())
         .filter_map(|l| FdLink::from(l).info().ok().map(|i| i.id()))
         .collect()
 }

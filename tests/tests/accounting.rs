@@ -424,3 +424,85 @@ fn every_exited_task_is_freed_and_the_pending_count_returns_to_zero() {
     assert_eq!(num(&s, "tasks_started"), 4.0, "{s}");
     assert!(wait_for(T, || pending_frees(&inst) == Some(0)), "{:?}", pending_frees(&inst));
 }
+
+/// A task's CPU time is harvested at its exit, and only its last slice (the exit itself, and
+/// at most a scheduler tick before it) at its free: where the kernel skips the free program's
+/// run (it does while another program attaches to or detaches from `sched_process_free`, see
+/// `Instance::start_alone`), the slot keeps the task's CPU time. Here the free program is
+/// detached outright, so that no free is seen at all: the condition is certain, and observed
+/// (every exit stays pending).
+#[test]
+fn a_task_whose_free_is_never_seen_keeps_the_cpu_its_exit_harvested() {
+    let Some(inst) = Instance::start_alone() else { return };
+    inst.detach(tracker::programs::FREE);
+    let m = marker("nofree");
+    let script = format!("{ESCAPE} spin {m} 1; times");
+    let out = inst.cli_output(&["run", "--slot", "nofree", "--keep", "--", "bash", "-c", &script]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs: f64 = text.lines().take(2).flat_map(str::split_whitespace).map(parse_times).sum();
+    let s = stat(&inst, "nofree");
+    assert_eq!(num(&s, "tasks_live"), 0.0, "{s}");
+    assert_eq!(num(&s, "tasks_exited"), num(&s, "tasks_started"), "{s}");
+    assert_eq!(num(&s, "tasks_finished"), 0.0, "no free was seen: {s}");
+    let ours = num(&s, "cpu_user_seconds") + num(&s, "cpu_system_seconds");
+    assert!(ours >= 0.9 * secs && ours <= 1.05 * secs, "tracker {ours} s, getrusage {secs} s");
+}
+
+/// The zombie whose name is `comm`, and its parent.
+fn zombie_named(comm: &str) -> Option<(u32, u32)> {
+    fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next()?, fields.next()?.parse().ok()?);
+        (name == comm && state == "Z").then_some((pid, ppid))
+    })
+}
+
+/// A task's runtime as the kernel has it (`sum_exec_runtime`, in `/proc/PID/schedstat`), in
+/// seconds.
+fn runtime(pid: u32) -> f64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap();
+    text.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e9
+}
+
+/// A zombie (exited, not yet reaped by its parent) counts once: what its exit harvested, in
+/// the slot's counters, plus the rest, which the usage iterator reads of it. Both are the
+/// kernel's own runtime of the task, which `/proc/PID/schedstat` shows, and the parent's,
+/// asleep, does not move either. Once reaped, it counts once still.
+#[test]
+fn a_zombies_cpu_time_counts_once_before_and_after_it_is_reaped() {
+    let Some(inst) = Instance::start_alone() else { return };
+    let m = marker("zcpu");
+    let mut job = inst
+        .cli()
+        .args(["run", "--keep", "--slot", "zcpu", "--", ESCAPE, "reap-on-input", &m, "0.3"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut found = None;
+    let zombie = || {
+        found = zombie_named(&m);
+        found.is_some()
+    };
+    assert!(wait_for(T, zombie), "no zombie {m}");
+    let (child, parent) = found.unwrap();
+    let s = stat(&inst, "zcpu");
+    assert_eq!((num(&s, "tasks_started"), num(&s, "tasks_exited")), (2.0, 1.0), "{s}");
+    assert_eq!(num(&s, "tasks_finished"), 0.0, "{s}");
+    let kernel = runtime(child) + runtime(parent);
+    let ours = num(&s, "cpu_user_seconds") + num(&s, "cpu_system_seconds");
+    assert!(
+        (ours - kernel).abs() <= 0.001 + kernel / 1000.0,
+        "tracker {ours} s, kernel {kernel} s"
+    );
+    // Reaped: the rest is added at the free, and the parent's exit, a moment of CPU.
+    job.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(job.wait().unwrap().success());
+    wait_empty(&inst, "zcpu");
+    let s = stat(&inst, "zcpu");
+    let after = num(&s, "cpu_user_seconds") + num(&s, "cpu_system_seconds");
+    assert!(after >= ours && after - ours < 0.1, "{ours} s, then {after} s once reaped");
+}

@@ -58,6 +58,9 @@ pub mod map_name {
     /// `tgid -> 1`: on kernels before 5.13, the lock of a process's memory entry while one CPU
     /// changes it. Not pinned: each generation has its own, and only the active one writes.
     pub const RSS_LOCK: &str = "TRK_RSS_LOCK";
+    /// `tid -> ns`, an array sized as the tasks array: the runtime a tagged task had when it
+    /// passed its exit, which the exit harvested; its close harvests only the rest.
+    pub const EXIT_CPU: &str = "TRK_EXIT_CPU";
 }
 
 /// Names of the globals the loader sets before loading.
@@ -76,8 +79,8 @@ pub const NO_SLOT: u32 = 0;
 pub const SLOT_DOOMED: u32 = 1 << 1;
 
 /// `TaskTag::slot` bit: the task passed `do_exit` and waits to be freed
-/// (`sched_process_free`, after its final context switch), where its CPU time is final and is
-/// harvested. Not a live task any more.
+/// (`sched_process_free`, after its final context switch), where its CPU time is final and the
+/// rest of it is harvested. Not a live task any more.
 pub const TAG_EXITED: u32 = 1 << 31;
 
 /// The count of exited tagged tasks not yet freed, when it cannot be known: an upgrade from a

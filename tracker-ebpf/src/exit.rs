@@ -1,7 +1,7 @@
 //! `sched_process_exit`: a tagged task leaves its slot when it passes `do_exit`, before its
-//! pid can be reused. Its I/O and page faults are final here and are harvested; its CPU time
-//! is not (the running slice is not yet added): `free.rs` harvests that when the task is
-//! freed, after its final context switch.
+//! pid can be reused. Its I/O and page faults are final here and are harvested, and its CPU
+//! time so far; the rest of its CPU time (its last slice) is final only when the task is freed,
+//! after its final context switch, where `free.rs` harvests it (see `harvest.rs`).
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, task_struct},
     macros::{btf_tracepoint, map},
@@ -11,11 +11,11 @@ use aya_ebpf::{
 
 use tracker_common::{
     EVENT_EXIT, EVENT_GROUP_DEAD, KF_EXIT_GROUP_DEAD, KF_PREEMPTIBLE_TP, KF_TEST_SKIP_RUNS,
-    KernelOffsets, TASK_DEAD,
+    KernelOffsets, TASK_DEAD, cpu::split,
 };
 
 use crate::{
-    events,
+    events, harvest,
     kernel::{Task, is_active, offsets},
     rss, slot,
 };
@@ -112,6 +112,11 @@ fn exit_tagged<const COMPAT: bool>(task: Task, tid: u32, how: u32) -> u32 {
     if how & BACKSTOP != 0 && (COMPAT || !slot::close_dead(tid, &tag)) {
         return 0;
     }
+    // Recorded before the entry is marked exited, where the exit program marks it; where the
+    // backstop claimed it, after, but the free cannot come before this final switch is done.
+    let cpu = task.cpu(off);
+    harvest::record(tid, cpu.0);
+    let (user, system) = split(cpu.0, cpu.1, cpu.2);
     let (gone, group_dead) = group_end(off, task, tag.tgid, how);
     // The event before the live count drops: a reader that sees the slot's count at 0 has
     // every exit event of it in the ring (see the user side's `Watcher::drain`).
@@ -144,6 +149,8 @@ fn exit_tagged<const COMPAT: bool>(task: Task, tid: u32, how: u32) -> u32 {
         add(&mut c.io.cancelled_write_bytes, io.cancelled_write_bytes);
         add(&mut c.min_flt, faults.0);
         add(&mut c.maj_flt, faults.1);
+        add(&mut c.cpu_user_ns, user);
+        add(&mut c.cpu_system_ns, system);
         if group_dead {
             add(&mut c.counts.processes_exited, 1);
             if by_signal {

@@ -1,14 +1,16 @@
-//! `sched_process_free`: a task's CPU time is final when it is freed. The kernel frees a task
-//! (`delayed_put_task_struct`, an RCU callback) once both `release_task` and its final
-//! context switch have dropped their reference (`rcu_users`), so its last running slice is
-//! counted, which for a process that lives a millisecond is most of its life. It runs once
+//! `sched_process_free`: a task's CPU time is final when it is freed, and what its exit did not
+//! harvest is harvested here (see `harvest.rs`). The kernel frees a task
+//! (`delayed_put_task_struct`, an RCU callback) once both `release_task` and its final context
+//! switch have dropped their reference (`rcu_users`), so its last running slice is counted,
+//! which for a process that lives a millisecond is a good part of its life. It runs once
 //! per task, where a `sched_switch` program ran at every context switch of the machine; while
 //! no tagged task awaits its free, every task returns after reading one count, and otherwise
 //! every task but an exited tagged one after its tid and one array load.
 use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracker_common::{KF_PREEMPTIBLE_TP, cpu::split};
+use tracker_common::KF_PREEMPTIBLE_TP;
 
 use crate::{
+    harvest,
     kernel::{Task, is_active, offsets},
     slot,
 };
@@ -73,19 +75,18 @@ fn free_after_skipped_exec<const COMPAT: bool>(task: Task, tid: u32, tgid: u32) 
     free_tagged::<COMPAT>(task, tid)
 }
 
-/// Harvest the final CPU time of `task` (tid `tid`), whose exited tag is under its tid or its
-/// group's (see `slot::holds_live_tag` for why apart).
+/// Harvest the CPU time of `task` (tid `tid`) that its exit did not, whose exited tag is under
+/// its tid or its group's (see `slot::holds_live_tag` for why apart).
 #[inline(never)]
 fn free_tagged<const COMPAT: bool>(task: Task, tid: u32) -> u32 {
     let off = offsets();
-    let Some(slot) = slot::finish::<COMPAT>(tid, task).or_else(|| {
+    let Some((slot, done)) = slot::finish::<COMPAT>(tid, task).or_else(|| {
         let tgid = task.tgid(off);
         if tid != tgid { slot::finish::<COMPAT>(tgid, task) } else { None }
     }) else {
         return 0;
     };
-    let (sum, utime, stime) = task.cpu(off);
-    let (user, system) = split(sum, utime, stime);
+    let (user, system) = harvest::rest(done, task.cpu(off));
     slot::count_finished(slot, |c| {
         slot::add(&mut c.cpu_user_ns, user);
         slot::add(&mut c.cpu_system_ns, system);

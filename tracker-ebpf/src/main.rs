@@ -17,6 +17,7 @@ mod exec;
 mod exit;
 mod fork;
 mod free;
+mod harvest;
 mod kernel;
 mod maps;
 mod net;

@@ -59,6 +59,11 @@ pub static EXITED: HashMap<[u64; 2], u32> = HashMap::with_max_entries(1, 0);
 #[map(name = "TRK_RSS_LOCK")]
 pub static RSS_LOCK: HashMap<u32, u8> = HashMap::with_max_entries(1, 0);
 
+/// `tid -> sum_exec_runtime` that a tagged task's exit harvested (see `harvest.rs`); sized by
+/// the loader as the tasks array, and read as the array is: a load, never a helper call.
+#[map(name = "TRK_EXIT_CPU")]
+pub static EXIT_CPU: Array<u64> = Array::with_max_entries(32768, 0);
+
 #[map(name = "TRK_GLOBAL")]
 pub static GLOBAL: PerCpuArray<GlobalCounters> = PerCpuArray::with_max_entries(1, 0);
 

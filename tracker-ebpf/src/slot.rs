@@ -13,6 +13,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_send_signal};
 use tracker_common::{KF_PREEMPTIBLE_TP, SIGKILL, SLOT_DOOMED, SlotCounters, TAG_EXITED, TaskTag};
 
 use crate::{
+    harvest,
     kernel::{Task, current_start_ns, is_active, offsets},
     maps::{COUNTERS, EXITED, GLOBAL, PENDING_FREE, SLOT_STATE, SLOTS, TASKS},
 };
@@ -187,7 +188,8 @@ pub fn tag<const COMPAT: bool>(tid: u32, tag: &TaskTag) -> bool {
 }
 
 /// Task `tid` of `slot` passed `do_exit`: it leaves the slot now; its entry stays, marked
-/// exited, until the task is freed (`free.rs`), where its CPU time is final and harvested.
+/// exited, until the task is freed (`free.rs`), where its CPU time is final and the rest of it
+/// (after what its exit harvested, see `harvest`) is harvested.
 ///
 /// The caller counts `tasks_exited` before, with the rest of what it counts, in one lookup of
 /// the counters (a helper call before 6.10), so that a reader that sees the live count drop
@@ -255,9 +257,10 @@ fn exited_key(tid: u32, start_ns: u64) -> [u64; 2] {
     [u64::from(tid), start_ns]
 }
 
-/// Task `tid` (`task`) is being freed: its slot, if the entry is its exited one, after
-/// closing the entry; the caller counts the task finished. The untagged path is one array
-/// load; the task's start time is read only for an exited entry.
+/// Task `tid` (`task`) is being freed: if the entry is its exited one, its slot and the runtime
+/// its exit harvested (`harvest::recorded`, read before the close), after closing the entry;
+/// the caller counts the task finished. The untagged path is one array load; the task's start
+/// time is read only for an exited entry.
 ///
 /// The tid was released before this free (at `release_task`), so a new task may be tagged
 /// under it at any moment, on another CPU. Closing is a compare-and-exchange of the slot word
@@ -268,7 +271,7 @@ fn exited_key(tid: u32, start_ns: u64) -> [u64; 2] {
 /// `COMPAT`: deleting the task's key from `EXITED` closes it; the entry stays (see the module
 /// doc).
 #[inline(always)]
-pub fn finish<const COMPAT: bool>(tid: u32, task: Task) -> Option<u32> {
+pub fn finish<const COMPAT: bool>(tid: u32, task: Task) -> Option<(u32, u64)> {
     if COMPAT {
         if !is_active() {
             return None;
@@ -277,7 +280,8 @@ pub fn finish<const COMPAT: bool>(tid: u32, task: Task) -> Option<u32> {
         // SAFETY: the value is copied out at once. A key's value never changes while it is
         // there (one task, one slot), so it is the one the delete takes.
         let slot = unsafe { EXITED.get(&key) }.copied()?;
-        return EXITED.remove(&key).is_ok().then_some(slot);
+        let done = harvest::recorded(tid);
+        return EXITED.remove(&key).is_ok().then_some((slot, done));
     }
     let entry = TASKS.get_ptr_mut(tid)?;
     // SAFETY: an array element, valid for the map's lifetime.
@@ -290,12 +294,13 @@ pub fn finish<const COMPAT: bool>(tid: u32, task: Task) -> Option<u32> {
     {
         return None;
     }
+    let done = harvest::recorded(tid);
     // During an upgrade the old generation's program runs too: only the active one closes.
     if !is_active() || !slot_cmpxchg(entry, word, 0) {
         return None;
     }
     // The caller counts it finished, with its CPU time, in one lookup of the counters.
-    Some(word & !TAG_EXITED)
+    Some((word & !TAG_EXITED, done))
 }
 
 /// Swap the slot word of `entry` from `old` to `new`; whether it was `old`.
@@ -335,7 +340,8 @@ fn slot_cmpxchg(entry: *mut TaskTag, old: u32, new: u32) -> bool {
 ///
 /// The leader's entry at `tid` is marked exited (its exit program ran before `de_thread`
 /// could go on). `de_thread` swapped the two pids, so the leader will be freed under
-/// `old_tid`: unless its free came already, its exited entry moves there to be harvested.
+/// `old_tid`: unless its free came already, its exited entry moves there to be harvested, with
+/// what its exit harvested (`harvest::copy`, before the entry).
 /// The free may run on another CPU at this moment, looking under `old_tid` and then under its
 /// group's tid (see `free.rs`): the copy is written first and the original claimed with a
 /// compare-and-exchange; if the free took the original first, the copy is taken back. Either
@@ -364,6 +370,7 @@ pub fn exec_by_thread<const COMPAT: bool>(
     let leader = unsafe { *new };
     let moves = leader.slot & TAG_EXITED != 0 && leader.start_ns == start_ns;
     if moves {
+        harvest::copy(tid, old_tid);
         // SAFETY: as above; the slot word last, so a free that sees it sees the rest.
         unsafe {
             (*old).tgid = leader.tgid;

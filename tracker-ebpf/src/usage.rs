@@ -6,11 +6,13 @@
 //! never an old sample.
 //!
 //! An exited task that is not freed yet (a zombie its parent has not reaped: the kernel frees
-//! a task only after `release_task`) has its CPU time still to be harvested (`free.rs`): it is
-//! reported too, marked, so that its CPU is counted however long its parent takes.
+//! a task only after `release_task`) has the rest of its CPU time still to be harvested
+//! (`free.rs`): that rest is reported too, marked, so that it counts however long its parent
+//! takes.
 use tracker_common::{TAG_EXITED, USAGE_EXITED, USAGE_LEADER, UsageRecord};
 
 use crate::{
+    harvest,
     kernel::{IterTaskCtx, Task, current_tid, offsets, seq_write},
     maps::{TASKS, USAGE},
 };
@@ -45,7 +47,8 @@ pub extern "C" fn trk_usage(ctx: *mut IterTaskCtx) -> i32 {
             slot,
             flags: USAGE_EXITED,
             start_ns: tag.start_ns,
-            sum_exec_ns,
+            // What its exit did not harvest.
+            sum_exec_ns: sum_exec_ns.saturating_sub(harvest::recorded(tid)),
             utime_ns,
             stime_ns,
             ..Default::default()

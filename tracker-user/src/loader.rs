@@ -147,6 +147,7 @@ fn load_locked(
         .override_global(global_name::GENERATION, &generation, true)
         .override_global(global_name::TASKS_CAPACITY, &capacity_global, true)
         .map_max_entries(map_name::TASKS, capacity)
+        .map_max_entries(map_name::EXIT_CPU, capacity)
         .map_max_entries(map_name::MM_RSS, capacity)
         .map_max_entries(map_name::CGROUP_SLOTS, max_slots)
         .map_max_entries(map_name::SLOTS, max_slots)

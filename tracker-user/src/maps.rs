@@ -42,6 +42,7 @@ pub const SHAPES: &[MapShape] = &[
     shape::<Key<Net6>, AllowPorts>(map_name::ALLOW6, MapType::LpmTrie),
     shape::<DeviceKey, u32>(map_name::DENY_DEV, MapType::Hash),
     shape::<[u64; 2], u32>(map_name::EXITED, MapType::Hash),
+    shape::<u32, u64>(map_name::EXIT_CPU, MapType::Array),
 ];
 
 const fn shape<K, V>(name: &'static str, map_type: MapType) -> MapShape {

@@ -73,7 +73,8 @@ struct Live {
     maj_flt: u64,
     max_rss: u64,
     processes: u64,
-    /// Exited tasks seen not yet freed (their CPU is in `user_ns`/`system_ns`).
+    /// Exited tasks seen not yet freed (the CPU time their exit did not harvest is in
+    /// `user_ns`/`system_ns`).
     unfreed: u64,
     /// Each live process: (pid, resident bytes now, its peak).
     leaders: Vec<(u32, u64, u64)>,
@@ -84,7 +85,7 @@ impl Live {
         let (user, system) = split(r.sum_exec_ns, r.utime_ns, r.stime_ns);
         self.user_ns += user;
         self.system_ns += system;
-        // An exited task not yet freed: the rest was harvested at its exit.
+        // An exited task not yet freed: everything else was harvested at its exit.
         if r.flags & USAGE_EXITED != 0 {
             self.unfreed += 1;
             return;
@@ -170,17 +171,16 @@ fn build(rec: &SlotRecord, st: &SlotState, c: &SlotCounters, live: &Live) -> Usa
 pub(super) fn of(t: &Instance, name: &str) -> Result<Usage> {
     let rec = t.slot(name)?;
     await_final_cpu(t, rec.id)?;
-    let (st, c) = kernel_records(t, rec.id)?;
-    let live = live_usage(t, rec.id)?;
-    Ok(build(&rec, &st, &c, &live.get(&rec.id).cloned().unwrap_or_default()))
+    let (kernel, live) = settled(t, &[rec.id], rec.id)?;
+    let (st, c) = &kernel[0];
+    Ok(build(&rec, st, c, &live.get(&rec.id).cloned().unwrap_or_default()))
 }
 
 /// The usage of every slot, with one pass over the kernel's tasks.
 pub(super) fn all(t: &Instance) -> Result<Vec<Usage>> {
     let reg = registry::read(&t.paths)?;
-    let kernel: Vec<(SlotState, SlotCounters)> =
-        reg.slots.iter().map(|r| kernel_records(t, r.id)).collect::<Result<_>>()?;
-    let live = live_usage(t, 0)?;
+    let ids: Vec<u32> = reg.slots.iter().map(|r| r.id).collect();
+    let (kernel, live) = settled(t, &ids, 0)?;
     Ok(reg
         .slots
         .iter()
@@ -189,22 +189,52 @@ pub(super) fn all(t: &Instance) -> Result<Vec<Usage>> {
         .collect())
 }
 
-/// Read before the iterator runs: a task freed after this read is still seen by the iterator
-/// (a task is freed only after it is unhashed), one freed before it is in these counters and
-/// not seen, so none is counted twice.
-fn kernel_records(t: &Instance, slot: u32) -> Result<(SlotState, SlotCounters)> {
-    let maps = t.maps();
-    Ok((maps.state(slot)?, maps.counters(slot)?))
+/// What the kernel counts of one slot.
+type Kernel = (SlotState, SlotCounters);
+
+/// The kernel's records of slots `ids` and what the usage iterator reads of slot `want` (0:
+/// every slot), taken so that no task is counted twice or not at all: the records are read
+/// before the iterator runs (a task the iterator reports live has harvested nothing yet), and
+/// read again after; while a task of them passed its exit or free program in between, its
+/// harvest may be in neither read (it exited after the first read and before the iterator
+/// reached it, which then reports only the rest), and the pass is made again. Bounded: a slot
+/// whose tasks exit without pause may be read with such a task short, for that read only.
+fn settled(t: &Instance, ids: &[u32], want: u32) -> Result<(Vec<Kernel>, BTreeMap<u32, Live>)> {
+    const PASSES: usize = 4;
+    let closes = |c: &SlotCounters| (c.counts.tasks_exited, c.counts.tasks_finished);
+    let mut pass = 0;
+    loop {
+        let kernel: Vec<Kernel> = {
+            let maps = t.maps();
+            ids.iter()
+                .map(|&id| Ok((maps.state(id)?, maps.counters(id)?)))
+                .collect::<Result<_>>()?
+        };
+        let live = live_usage(t, want)?;
+        pass += 1;
+        if pass == PASSES {
+            return Ok((kernel, live));
+        }
+        let maps = t.maps();
+        let mut still = true;
+        for (&id, (_, c)) in ids.iter().zip(&kernel) {
+            still &= closes(&maps.counters(id)?) == closes(c);
+        }
+        if still {
+            return Ok((kernel, live));
+        }
+    }
 }
 
-/// An empty slot's usage is final: wait until its exited tasks have been freed, where their
-/// CPU time is added. Until then, a task that passed its exit (no longer live) may hold
-/// seconds of CPU that neither the counters nor the iterator show; the free comes an RCU grace
-/// period after the task's last context switch, for which a dying task on a loaded machine can
-/// wait milliseconds. A zombie its parent has not reaped is not freed either, but the iterator
-/// shows it (and its CPU): not waited for. Bounded, so that an exited task neither freed nor
-/// seen (a leader released by another thread's exec, for a grace period) costs a second, not
-/// a hang.
+/// An empty slot's usage is final: wait until its exited tasks have been freed, where the rest
+/// of their CPU time is added. Until then, a task that passed its exit (no longer live) holds
+/// the CPU time of its last moments, which neither the counters nor the iterator show: for a
+/// large process, freeing its memory can take a good part of a second. The free comes an RCU
+/// grace period after the task's last context switch, for which a dying task on a loaded
+/// machine can wait milliseconds. A zombie its parent has not reaped is not freed either, but
+/// the iterator shows it (and the rest of its CPU): not waited for. Bounded, so that an exited
+/// task neither freed nor seen (a leader released by another thread's exec, for a grace
+/// period; one whose free program run the kernel skipped) costs a second, not a hang.
 fn await_final_cpu(t: &Instance, slot: u32) -> Result<()> {
     const BOUND: Duration = Duration::from_secs(1);
     if t.maps().state(slot)?.live_tasks != 0 {
