@@ -739,6 +739,7 @@ fn kernel_memory(paths: &Paths) {
     println!("\nkernel memory of the maps (memlock):");
     for name in [
         map_name::TASKS,
+        map_name::EXIT_CPU,
         map_name::SLOTS,
         map_name::COUNTERS,
         map_name::MM_RSS,
@@ -750,6 +751,7 @@ fn kernel_memory(paths: &Paths) {
         println!("  {name:<18} {:>10} bytes for {entries:>6} entries", bytes);
     }
     let (tasks, pids) = memlock(paths, map_name::TASKS);
+    let (exit_cpu, _) = memlock(paths, map_name::EXIT_CPU);
     let (slots, nslots) = memlock(paths, map_name::SLOTS);
     let (counters, _) = memlock(paths, map_name::COUNTERS);
     // The per-process memory entry: what 1,000 live processes that touched memory add.
@@ -760,9 +762,12 @@ fn kernel_memory(paths: &Paths) {
     let _ = child.wait();
     t.release("memory").unwrap();
     println!(
-        "per tracked task: {} bytes of the tasks array, fixed, for each of the {pids} possible tids \
-         (pid_max), plus {} bytes per process for its memory entry",
+        "per tracked task: {} bytes ({} of its tag, {} of the runtime its exit harvested), fixed, \
+         for each of the {pids} possible tids (pid_max), plus {} bytes per process for its memory \
+         entry",
+        (tasks + exit_cpu) / pids,
         tasks / pids,
+        exit_cpu / pids,
         after.saturating_sub(before) / 1000
     );
     println!(
