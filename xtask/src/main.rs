@@ -69,8 +69,10 @@ enum Task {
         cpus: u32,
         #[arg(long, default_value = "3G")]
         memory: String,
-        /// Minutes after which a guest is stopped and its run counted as failed
-        #[arg(long, default_value_t = 60)]
+        /// Minutes after which a guest is stopped and its run counted as failed: a guard
+        /// against hangs; every suite takes about 50 min alone under emulation here, and more
+        /// beside other VMs (a 60-minute limit stopped such a run that was passing)
+        #[arg(long, default_value_t = 120)]
         timeout_minutes: u64,
         /// Boot systemd as PID 1 (the host's, with the guest's own units): the suites run
         /// beside it, as on a site's node

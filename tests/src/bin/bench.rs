@@ -310,18 +310,21 @@ const HOT: [&str; 6] =
     [programs::FORK, programs::EXIT, programs::DEAD, programs::EXEC, programs::FREE, programs::RSS];
 
 /// Attach what `state` needs: a load over pinned maps is an upgrade, which keeps every tag;
-/// dropping a link's pin detaches it. Before detaching, every tagged task that exited is let
-/// be freed while the free program is there: one freed with no program attached would stay
-/// in the kernel's count of pending frees for good, and keep the free program's path open
-/// (on a node the programs stay attached, and that never happens).
+/// dropping a link's pin detaches it. First every tagged task that exited is let be freed
+/// (an RCU grace period after the last batch) while the free program is there and nothing
+/// attaches to its hook: the kernel may skip a program's run on a tracepoint while a program
+/// attaches there or leaves, and a free seen by no program would stay in the kernel's count of
+/// pending frees for good and keep the free program's path open (on a node the programs stay
+/// attached, and that never happens). Waiting only before the detach, a free of the last
+/// batch could fall in the upgrade's re-attach: the count then never came back to 0.
 fn set_state(paths: &Paths, state: State) {
+    let settled = || status::status(paths).unwrap().pending_frees == Some(0);
+    assert!(
+        tracker_tests::wait_for(Duration::from_secs(10), settled),
+        "tagged tasks exited and were never freed"
+    );
     loader::load(paths, &LoadOptions::default()).unwrap();
     if state == State::Off {
-        let settled = || status::status(paths).unwrap().pending_frees == Some(0);
-        assert!(
-            tracker_tests::wait_for(Duration::from_secs(10), settled),
-            "tagged tasks exited and were never freed"
-        );
         for p in HOT {
             let _ = fs::remove_file(paths.link_pin(p));
         }
@@ -492,8 +495,12 @@ fn overhead(paths: &Paths, rounds: usize) {
             per_call(what, n, &s1, &s2, &mut tagged_calls);
         }
     }
-    drop(empties);
+    // Read before the empty programs leave: a free that falls in their detach may be seen by no
+    // program (see `set_state`), and the count would show the bench's churn, not the tracker.
+    let settled = || status::status(paths).unwrap().pending_frees == Some(0);
+    tracker_tests::wait_for(Duration::from_secs(10), settled);
     let pending_after = status::status(paths).unwrap().pending_frees;
+    drop(empties);
     drop(tagged);
     let _ = t.kill("bench", &KillOptions::default());
     println!(
