@@ -65,6 +65,10 @@ pub struct WatchEvent {
     pub lost: u64,
 }
 
+/// How many times `Watcher::await_exits_done` looks at an exiting task's tag (each a map read
+/// and a yield: a few milliseconds in all).
+const EXIT_WAIT_TRIES: u32 = 2000;
+
 /// The one reader of the kernel's events. Dropping it tells the kernel to stop producing.
 pub struct Watcher {
     paths: Paths,
@@ -149,6 +153,7 @@ impl Watcher {
         let mut empty = BTreeMap::new();
         if raw.iter().any(|e| e.kind == EVENT_EXIT) {
             loop {
+                self.await_exits_done(&raw);
                 empty = raw
                     .iter()
                     .filter(|e| e.kind == EVENT_EXIT)
@@ -205,6 +210,26 @@ impl Watcher {
 
     /// The slot's (epoch, tasks started) if it has no live task now and had one since it
     /// was last reported empty.
+    /// The exit program queues a task's event before it takes the task out of the slot's live
+    /// count, so the ring may hand over the last exit of a slot whose count has not dropped
+    /// yet; read then, the slot would look busy, and no later exit would make it look empty
+    /// (its slot-empty event was lost so, once, natively on 6.18). For the last exit of each
+    /// slot in `raw`, wait while the task's tag is still live: the program is in those few
+    /// instructions. Bounded, for a kernel that preempts a tracepoint program (7.0+) or a tid
+    /// tagged again since.
+    fn await_exits_done(&self, raw: &[Event]) {
+        let last_exits: BTreeMap<u32, u32> =
+            raw.iter().filter(|e| e.kind == EVENT_EXIT).map(|e| (e.slot, e.pid)).collect();
+        for (slot, tid) in last_exits {
+            for _ in 0..EXIT_WAIT_TRIES {
+                match self.maps.tag(tid) {
+                    Ok(Some(t)) if t.slot == slot => std::thread::yield_now(),
+                    _ => break,
+                }
+            }
+        }
+    }
+
     fn emptied_now(&self, slot: u32) -> Option<(u64, u64)> {
         self.maps.state(slot).ok().filter(|c| c.live_tasks == 0)?;
         let epoch = self.maps.control(slot).ok()?.epoch;
