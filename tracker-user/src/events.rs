@@ -208,8 +208,6 @@ impl Watcher {
         raw
     }
 
-    /// The slot's (epoch, tasks started) if it has no live task now and had one since it
-    /// was last reported empty.
     /// The exit program queues a task's event before it takes the task out of the slot's live
     /// count, so the ring may hand over the last exit of a slot whose count has not dropped
     /// yet; read then, the slot would look busy, and no later exit would make it look empty
@@ -230,6 +228,8 @@ impl Watcher {
         }
     }
 
+    /// The slot's (epoch, tasks started) if it has no live task now and had one since it
+    /// was last reported empty.
     fn emptied_now(&self, slot: u32) -> Option<(u64, u64)> {
         self.maps.state(slot).ok().filter(|c| c.live_tasks == 0)?;
         let epoch = self.maps.control(slot).ok()?.epoch;

@@ -318,17 +318,20 @@ const HOT: [&str; 6] =
 /// attached, and that never happens). Waiting only before the detach, a free of the last
 /// batch could fall in the upgrade's re-attach: the count then never came back to 0.
 fn set_state(paths: &Paths, state: State) {
-    let settled = || status::status(paths).unwrap().pending_frees == Some(0);
-    assert!(
-        tracker_tests::wait_for(Duration::from_secs(10), settled),
-        "tagged tasks exited and were never freed"
-    );
+    assert!(frees_settled(paths), "tagged tasks exited and were never freed");
     loader::load(paths, &LoadOptions::default()).unwrap();
     if state == State::Off {
         for p in HOT {
             let _ = fs::remove_file(paths.link_pin(p));
         }
     }
+}
+
+/// Whether every tagged task that exited has been freed, within 10 s (a grace period or so).
+fn frees_settled(paths: &Paths) -> bool {
+    tracker_tests::wait_for(Duration::from_secs(10), || {
+        status::status(paths).unwrap().pending_frees == Some(0)
+    })
 }
 
 /// The tracker's programs that run on every fork, exec, exit, switch and memory change, each
@@ -497,8 +500,7 @@ fn overhead(paths: &Paths, rounds: usize) {
     }
     // Read before the empty programs leave: a free that falls in their detach may be seen by no
     // program (see `set_state`), and the count would show the bench's churn, not the tracker.
-    let settled = || status::status(paths).unwrap().pending_frees == Some(0);
-    tracker_tests::wait_for(Duration::from_secs(10), settled);
+    frees_settled(paths);
     let pending_after = status::status(paths).unwrap().pending_frees;
     drop(empties);
     drop(tagged);
